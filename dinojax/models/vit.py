@@ -1,0 +1,374 @@
+"""The DINOv2 Vision Transformer (Oquab et al., 2023) as linen modules applied to a params pytree.
+
+Images are NHWC float arrays. `ViT.__call__` returns the official `forward_features` dictionary
+(`x_norm_clstoken`, `x_norm_regtokens`, `x_norm_patchtokens`, `x_prenorm`, `masks`), so code written
+against the PyTorch repository reads the same here. Parameters carry logical axis names (`embed`, `mlp`,
+`heads`, `kv`, `norm`); `dinojax.parallel` maps them to mesh axes.
+"""
+
+import math
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dinojax.ops import attention as attention_ops
+from dinojax.ops.resize import torch_bicubic_resize
+
+# Official architectures (dinov2/models/vision_transformer.py); giant2 is always used with SwiGLU.
+VARIANTS = {
+    "vit_small": dict(embed_dim=384, depth=12, num_heads=6),
+    "vit_base": dict(embed_dim=768, depth=12, num_heads=12),
+    "vit_large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "vit_giant2": dict(embed_dim=1536, depth=40, num_heads=24, ffn="swiglu"),
+}
+
+LAYER_NORM_EPS = 1e-6
+
+
+def _init(init: Callable, *names: str | None) -> Callable:
+  return nn.with_logical_partitioning(init, names)
+
+
+_dense_init = nn.initializers.truncated_normal(0.02)
+
+
+def ffn_hidden_dim(embed_dim: int, mlp_ratio: float, ffn: str) -> int:
+  """Hidden width of the FFN; SwiGLU keeps 2/3 of it, rounded up to a multiple of 8 (official)."""
+  hidden = int(embed_dim * mlp_ratio)
+  if ffn == "swiglu":
+    hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
+  return hidden
+
+
+def layer_norm(name: str, dtype: Any, param_dtype: Any) -> nn.LayerNorm:
+  return nn.LayerNorm(
+      epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, name=name,
+      scale_init=_init(nn.initializers.ones, "norm"), bias_init=_init(nn.initializers.zeros, "norm"))
+
+
+def stochastic_depth_residual(x: jax.Array, residual_fn: Callable[[jax.Array], jax.Array],
+                              rate: float, rng: jax.Array) -> jax.Array:
+  """Stochastic depth that skips the dropped samples' compute (DINOv2 §5, "efficient stochastic depth").
+
+  The residual branch runs on a random subset of max(int(B·(1-rate)), 1) samples only and its output is
+  scaled by B/subset, so every sample's expected update equals the full residual.
+  """
+  batch = x.shape[0]
+  keep = max(int(batch * (1 - rate)), 1)
+  kept = jax.random.permutation(rng, batch)[:keep]
+  residual = residual_fn(x[kept])
+  return x.at[kept].add(residual.astype(x.dtype) * (batch / keep))
+
+
+class PatchEmbed(nn.Module):
+  """Non-overlapping patches to embeddings: (B, H, W, C) -> (B, H/p, W/p, D)."""
+  patch_size: int
+  embed_dim: int
+  in_chans: int = 3
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    if images.ndim != 4:
+      raise ValueError(f"Expected NHWC images of rank 4, got shape {images.shape}.")
+    b, h, w, c = images.shape
+    p = self.patch_size
+    if c != self.in_chans:
+      raise ValueError(f"Expected images with {self.in_chans} channels (NHWC), got shape {images.shape}.")
+    if h % p or w % p:
+      raise ValueError(f"Image size {h}x{w} is not a multiple of the patch size {p}; "
+                       f"resize or crop to e.g. {h // p * p}x{w // p * p}.")
+    # Same as the strided convolution of the original, written as a matmul over patches.
+    kernel = self.param("kernel", _init(nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform",
+                                                                         in_axis=(0, 1, 2), out_axis=3),
+                                        None, None, None, "embed"),
+                        (p, p, c, self.embed_dim), self.param_dtype)
+    bias = self.param("bias", _init(nn.initializers.zeros, "embed"), (self.embed_dim,), self.param_dtype)
+    patches = images.reshape(b, h // p, p, w // p, p, c).astype(self.dtype)
+    out = jnp.einsum("byixjc,ijcd->byxd", patches, kernel.astype(self.dtype))
+    return out + bias.astype(self.dtype)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention; qkv kernel is (embed, 3, heads, head_dim) so heads shard cleanly."""
+  num_heads: int
+  qkv_bias: bool = True
+  proj_bias: bool = True
+  implementation: str = "xla"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, return_weights: bool = False):
+    dim = x.shape[-1]
+    head_dim = dim // self.num_heads
+    qkv = nn.DenseGeneral(
+        (3, self.num_heads, head_dim), use_bias=self.qkv_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, name="qkv",
+        kernel_init=_init(_dense_init, "embed", None, "heads", "kv"),
+        bias_init=_init(nn.initializers.zeros, None, "heads", "kv"))(x)
+    q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    weights = None
+    if return_weights:
+      weights = attention_ops.attention_weights(q, k)
+      out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    else:
+      out = attention_ops.dot_product_attention(q, k, v, self.implementation)
+    out = nn.DenseGeneral(
+        dim, axis=(-2, -1), use_bias=self.proj_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        name="proj", kernel_init=_init(_dense_init, "heads", "kv", "embed"),
+        bias_init=_init(nn.initializers.zeros, "embed"))(out)
+    return out, weights
+
+
+class Mlp(nn.Module):
+  hidden_dim: int
+  bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dim = x.shape[-1]
+    x = nn.Dense(self.hidden_dim, use_bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                 name="fc1", kernel_init=_init(_dense_init, "embed", "mlp"),
+                 bias_init=_init(nn.initializers.zeros, "mlp"))(x)
+    x = nn.gelu(x, approximate=False)
+    return nn.Dense(dim, use_bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="fc2", kernel_init=_init(_dense_init, "mlp", "embed"),
+                    bias_init=_init(nn.initializers.zeros, "embed"))(x)
+
+
+class SwiGLU(nn.Module):
+  """SwiGLU FFN; w12 is (embed, 2, mlp): index 0 is the SiLU-gated half, as in the official w12."""
+  hidden_dim: int
+  bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dim = x.shape[-1]
+    x12 = nn.DenseGeneral((2, self.hidden_dim), use_bias=self.bias, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="w12",
+                          kernel_init=_init(_dense_init, "embed", None, "mlp"),
+                          bias_init=_init(nn.initializers.zeros, None, "mlp"))(x)
+    hidden = nn.silu(x12[..., 0, :]) * x12[..., 1, :]
+    return nn.Dense(dim, use_bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype,
+                    name="w3", kernel_init=_init(_dense_init, "mlp", "embed"),
+                    bias_init=_init(nn.initializers.zeros, "embed"))(hidden)
+
+
+class LayerScale(nn.Module):
+  init_values: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    gamma = self.param("gamma", _init(nn.initializers.constant(self.init_values), "norm"),
+                       (x.shape[-1],), jnp.float32)
+    return x * gamma.astype(x.dtype)
+
+
+class Block(nn.Module):
+  """Pre-norm transformer block with LayerScale and efficient stochastic depth."""
+  num_heads: int
+  mlp_hidden_dim: int
+  ffn: str = "mlp"
+  qkv_bias: bool = True
+  proj_bias: bool = True
+  ffn_bias: bool = True
+  init_values: float | None = None
+  drop_path: float = 0.0
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    self.norm1 = layer_norm("norm1", self.dtype, self.param_dtype)
+    self.attn = Attention(self.num_heads, self.qkv_bias, self.proj_bias, self.attention, self.dtype,
+                          self.param_dtype)
+    self.norm2 = layer_norm("norm2", self.dtype, self.param_dtype)
+    ffn_cls = {"mlp": Mlp, "swiglu": SwiGLU}[self.ffn]
+    self.mlp = ffn_cls(self.mlp_hidden_dim, self.ffn_bias, self.dtype, self.param_dtype)
+    identity = lambda x: x
+    self.ls1 = LayerScale(self.init_values) if self.init_values else identity
+    self.ls2 = LayerScale(self.init_values) if self.init_values else identity
+
+  def _attn_branch(self, x):
+    return self.ls1(self.attn(self.norm1(x))[0])
+
+  def _ffn_branch(self, x):
+    return self.ls2(self.mlp(self.norm2(x)))
+
+  def _residual(self, x, branch, train):
+    if not train or self.drop_path == 0.0:
+      return x + branch(x)
+    return stochastic_depth_residual(x, branch, self.drop_path, self.make_rng("drop_path"))
+
+  def __call__(self, x: jax.Array, train: bool = False, return_attention: bool = False):
+    """Returns (tokens, attention weights or None); weights need `return_attention` (no drop path)."""
+    if return_attention:
+      out, weights = self.attn(self.norm1(x), return_weights=True)
+      x = x + self.ls1(out)
+      return x + self._ffn_branch(x), weights
+    x = self._residual(x, self._attn_branch, train)
+    return self._residual(x, self._ffn_branch, train), None
+
+
+class ViT(nn.Module):
+  """DINOv2's `DinoVisionTransformer`.
+
+  Attributes mirror the official constructor. `img_size` fixes the grid the position embedding is
+  stored at (518 // 14 = 37 for the released checkpoints); inputs of any multiple of `patch_size`
+  are accepted and the embedding is resized with PyTorch's bicubic (`interpolate_offset` and
+  `interpolate_antialias` as in the official code: 0.1/False without registers, 0.0/True with).
+  """
+  embed_dim: int = 384
+  depth: int = 12
+  num_heads: int = 6
+  patch_size: int = 14
+  img_size: int = 518
+  in_chans: int = 3
+  mlp_ratio: float = 4.0
+  ffn: str = "mlp"
+  qkv_bias: bool = True
+  proj_bias: bool = True
+  ffn_bias: bool = True
+  init_values: float | None = 1.0
+  num_register_tokens: int = 0
+  drop_path_rate: float = 0.0
+  drop_path_uniform: bool = False
+  interpolate_offset: float = 0.1
+  interpolate_antialias: bool = False
+  attention: str = "xla"
+  remat: bool = False
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def setup(self):
+    if self.ffn not in ("mlp", "swiglu"):
+      raise ValueError(f"Unknown ffn {self.ffn!r}; choose 'mlp' or 'swiglu'.")
+    attention_ops.check_implementation(self.attention)
+    d, p = self.embed_dim, self.patch_size
+    grid = self.img_size // p
+    self.patch_embed = PatchEmbed(p, d, self.in_chans, self.dtype, self.param_dtype)
+    self.cls_token = self.param("cls_token", _init(nn.initializers.normal(1e-6), None, None, "embed"),
+                                (1, 1, d), self.param_dtype)
+    self.pos_embed = self.param("pos_embed", _init(_dense_init, None, None, "embed"),
+                                (1, grid * grid + 1, d), self.param_dtype)
+    if self.num_register_tokens:
+      self.register_tokens = self.param(
+          "register_tokens", _init(nn.initializers.normal(1e-6), None, None, "embed"),
+          (1, self.num_register_tokens, d), self.param_dtype)
+    self.mask_token = self.param("mask_token", _init(nn.initializers.zeros, None, "embed"), (1, d),
+                                 self.param_dtype)
+    if self.drop_path_uniform:
+      rates = [self.drop_path_rate] * self.depth
+    else:
+      rates = np.linspace(0, self.drop_path_rate, self.depth).tolist()
+    block_cls = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block
+    self.blocks = [
+        block_cls(self.num_heads, ffn_hidden_dim(d, self.mlp_ratio, self.ffn), self.ffn, self.qkv_bias,
+                  self.proj_bias, self.ffn_bias, self.init_values, rates[i], self.attention, self.dtype,
+                  self.param_dtype)
+        for i in range(self.depth)
+    ]
+    self.norm = layer_norm("norm", self.dtype, self.param_dtype)
+
+  def interpolate_pos_encoding(self, h: int, w: int) -> jax.Array:
+    """Position embedding (1, 1 + h*w, D) for an h×w patch grid."""
+    pos = self.pos_embed.astype(jnp.float32)
+    n = pos.shape[1] - 1
+    m = math.isqrt(n)
+    if n == h * w and h == w:
+      return pos
+    patch_pos = pos[:, 1:].reshape(1, m, m, -1)
+    if self.interpolate_offset:
+      # The official "historical kludge": a scale factor slightly above the ratio of grid sizes.
+      scale = ((h + self.interpolate_offset) / m, (w + self.interpolate_offset) / m)
+      patch_pos = torch_bicubic_resize(patch_pos, scale_factor=scale, antialias=self.interpolate_antialias)
+    else:
+      patch_pos = torch_bicubic_resize(patch_pos, size=(h, w), antialias=self.interpolate_antialias)
+    return jnp.concatenate([pos[:, :1], patch_pos.reshape(1, h * w, -1)], axis=1)
+
+  def prepare_tokens(self, images: jax.Array, masks: jax.Array | None = None) -> jax.Array:
+    """Patch tokens (masked ones replaced by the mask token), CLS, position, then registers."""
+    x = self.patch_embed(images)
+    b, h, w, d = x.shape
+    x = x.reshape(b, h * w, d)
+    if masks is not None:
+      if masks.shape != (b, h * w):
+        raise ValueError(f"masks must have shape (batch, patches) = {(b, h * w)}, got {masks.shape}.")
+      x = jnp.where(masks[..., None], self.mask_token.astype(x.dtype)[None], x)
+    cls = jnp.broadcast_to(self.cls_token.astype(x.dtype), (b, 1, d))
+    x = jnp.concatenate([cls, x], axis=1)
+    x = (x + self.interpolate_pos_encoding(h, w)).astype(self.dtype)
+    if self.num_register_tokens:
+      regs = jnp.broadcast_to(self.register_tokens.astype(x.dtype), (b, self.num_register_tokens, d))
+      x = jnp.concatenate([x[:, :1], regs, x[:, 1:]], axis=1)
+    return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+  def _run_blocks(self, x, train, take=(), return_attention=False):
+    taken, weights = [], None
+    for i, block in enumerate(self.blocks):
+      last = i == len(self.blocks) - 1
+      x, weights = block(x, train, return_attention and last)
+      x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+      if i in take:
+        taken.append(x)
+    return x, taken, weights
+
+  def __call__(self, images: jax.Array, masks: jax.Array | None = None, *, train: bool = False,
+               return_attention: bool = False) -> dict[str, jax.Array]:
+    """The official `forward_features` dict; with `return_attention`, also `attention`: the last
+    block's softmax weights (B, heads, T, T) over all T = 1 + registers + patches tokens."""
+    x = self.prepare_tokens(images, masks)
+    x, _, weights = self._run_blocks(x, train, return_attention=return_attention)
+    x_norm = self.norm(x)
+    r = self.num_register_tokens
+    out = {
+        "x_norm_clstoken": x_norm[:, 0],
+        "x_norm_regtokens": x_norm[:, 1:r + 1],
+        "x_norm_patchtokens": x_norm[:, r + 1:],
+        "x_prenorm": x,
+        "masks": masks,
+    }
+    if return_attention:
+      out["attention"] = weights
+    return out
+
+  def get_intermediate_layers(self, images: jax.Array, n: int | Sequence[int] = 1,
+                              reshape: bool = False, return_class_token: bool = False,
+                              norm: bool = True):
+    """Outputs of the last `n` blocks (or of the blocks listed in `n`), as in the official method.
+
+    Patch tokens are (B, T, D), or (B, h, w, D) with `reshape` (NHWC, where PyTorch gives NCHW);
+    with `return_class_token` each entry is a (patch_tokens, class_token) pair.
+    """
+    take = range(self.depth - n, self.depth) if isinstance(n, int) else tuple(n)
+    bad = [i for i in take if not 0 <= i < self.depth]
+    if bad:
+      raise ValueError(f"Blocks {bad} do not exist in a ViT of depth {self.depth}.")
+    x = self.prepare_tokens(images)
+    _, outputs, _ = self._run_blocks(x, False, take=take)
+    if norm:
+      outputs = [self.norm(o) for o in outputs]
+    class_tokens = [o[:, 0] for o in outputs]
+    outputs = [o[:, 1 + self.num_register_tokens:] for o in outputs]
+    if reshape:
+      b, h, w, _ = images.shape
+      outputs = [o.reshape(b, h // self.patch_size, w // self.patch_size, -1) for o in outputs]
+    if return_class_token:
+      return tuple(zip(outputs, class_tokens))
+    return tuple(outputs)
+
+
+def vit(variant: str, **kwargs) -> ViT:
+  """A ViT by official variant name (`vit_small`, `vit_base`, `vit_large`, `vit_giant2`)."""
+  if variant not in VARIANTS:
+    raise ValueError(f"Unknown ViT variant {variant!r}; choose one of {sorted(VARIANTS)}.")
+  return ViT(**{**VARIANTS[variant], **kwargs})
