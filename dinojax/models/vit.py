@@ -93,6 +93,30 @@ class PatchEmbed(nn.Module):
     return out + bias.astype(self.dtype)
 
 
+class Linear(nn.Module):
+  """x @ kernel contracting x's last `len(in_axes)` dims; the kernel is (*inputs, *features) with
+  logical names `in_axes + out_axes`. (Our own rather than `nn.DenseGeneral`, whose flattened init
+  cannot carry per-dimension logical names.)"""
+  features: tuple[int, ...]
+  in_axes: tuple[str | None, ...]
+  out_axes: tuple[str | None, ...]
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    contract = len(self.in_axes)
+    kernel = self.param("kernel", _init(_dense_init, *self.in_axes, *self.out_axes),
+                        (*x.shape[-contract:], *self.features), self.param_dtype)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=contract)
+    if self.use_bias:
+      bias = self.param("bias", _init(nn.initializers.zeros, *self.out_axes), self.features,
+                        self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 class Attention(nn.Module):
   """Multi-head self-attention; qkv kernel is (embed, 3, heads, head_dim) so heads shard cleanly."""
   num_heads: int
@@ -105,12 +129,8 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, return_weights: bool = False):
     dim = x.shape[-1]
-    head_dim = dim // self.num_heads
-    qkv = nn.DenseGeneral(
-        (3, self.num_heads, head_dim), use_bias=self.qkv_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, name="qkv",
-        kernel_init=_init(_dense_init, "embed", None, "heads", "kv"),
-        bias_init=_init(nn.initializers.zeros, None, "heads", "kv"))(x)
+    qkv = Linear((3, self.num_heads, dim // self.num_heads), ("embed",), (None, "heads", "kv"),
+                 self.qkv_bias, self.dtype, self.param_dtype, name="qkv")(x)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     weights = None
     if return_weights:
@@ -118,10 +138,8 @@ class Attention(nn.Module):
       out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
     else:
       out = attention_ops.dot_product_attention(q, k, v, self.implementation)
-    out = nn.DenseGeneral(
-        dim, axis=(-2, -1), use_bias=self.proj_bias, dtype=self.dtype, param_dtype=self.param_dtype,
-        name="proj", kernel_init=_init(_dense_init, "heads", "kv", "embed"),
-        bias_init=_init(nn.initializers.zeros, "embed"))(out)
+    out = Linear((dim,), ("heads", "kv"), ("embed",), self.proj_bias, self.dtype, self.param_dtype,
+                 name="proj")(out)
     return out, weights
 
 
@@ -134,13 +152,11 @@ class Mlp(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dim = x.shape[-1]
-    x = nn.Dense(self.hidden_dim, use_bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                 name="fc1", kernel_init=_init(_dense_init, "embed", "mlp"),
-                 bias_init=_init(nn.initializers.zeros, "mlp"))(x)
+    x = Linear((self.hidden_dim,), ("embed",), ("mlp",), self.bias, self.dtype, self.param_dtype,
+               name="fc1")(x)
     x = nn.gelu(x, approximate=False)
-    return nn.Dense(dim, use_bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name="fc2", kernel_init=_init(_dense_init, "mlp", "embed"),
-                    bias_init=_init(nn.initializers.zeros, "embed"))(x)
+    return Linear((dim,), ("mlp",), ("embed",), self.bias, self.dtype, self.param_dtype,
+                  name="fc2")(x)
 
 
 class SwiGLU(nn.Module):
@@ -153,14 +169,11 @@ class SwiGLU(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     dim = x.shape[-1]
-    x12 = nn.DenseGeneral((2, self.hidden_dim), use_bias=self.bias, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name="w12",
-                          kernel_init=_init(_dense_init, "embed", None, "mlp"),
-                          bias_init=_init(nn.initializers.zeros, None, "mlp"))(x)
+    x12 = Linear((2, self.hidden_dim), ("embed",), (None, "mlp"), self.bias, self.dtype,
+                 self.param_dtype, name="w12")(x)
     hidden = nn.silu(x12[..., 0, :]) * x12[..., 1, :]
-    return nn.Dense(dim, use_bias=self.bias, dtype=self.dtype, param_dtype=self.param_dtype,
-                    name="w3", kernel_init=_init(_dense_init, "mlp", "embed"),
-                    bias_init=_init(nn.initializers.zeros, "embed"))(hidden)
+    return Linear((dim,), ("mlp",), ("embed",), self.bias, self.dtype, self.param_dtype,
+                  name="w3")(hidden)
 
 
 class LayerScale(nn.Module):

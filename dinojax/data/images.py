@@ -1,0 +1,51 @@
+"""Reading single images: files of any format PIL reads, or scikit-image's bundled samples."""
+
+import os
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+# Colour photographs that ship inside scikit-image, usable offline.
+SAMPLE_IMAGES = ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry")
+
+
+def to_rgb(image: np.ndarray) -> np.ndarray:
+  """Grayscale -> 3 channels, RGBA -> RGB; anything else is an error that says what it got."""
+  if image.ndim == 2:
+    image = np.repeat(image[..., None], 3, axis=-1)
+  if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+    raise ValueError(f"Expected an H×W×{{1,3,4}} image, got shape {image.shape}.")
+  if image.shape[-1] == 1:
+    image = np.repeat(image, 3, axis=-1)
+  return image[..., :3]
+
+
+def load_image(source: str) -> np.ndarray:
+  """An RGB uint8 H×W×3 array from an image file path or a scikit-image sample name."""
+  if not os.path.exists(source):
+    if source in SAMPLE_IMAGES:
+      import skimage.data
+      return to_rgb(np.asarray(getattr(skimage.data, source)()))
+    raise FileNotFoundError(f"No image file {source!r} (and not a sample name: {SAMPLE_IMAGES}).")
+  try:
+    with Image.open(source) as img:
+      return to_rgb(np.asarray(img.convert("RGB")))
+  except (UnidentifiedImageError, OSError) as e:
+    raise ValueError(f"Cannot read image {source!r}: {e}") from e
+
+
+def resize_to_patch_multiple(image: np.ndarray, short_side: int, patch_size: int) -> np.ndarray:
+  """Resizes (bicubic) so the short side is about `short_side` and both sides are patch multiples."""
+  h, w = image.shape[:2]
+  scale = short_side / min(h, w)
+  out_h = max(patch_size, round(h * scale / patch_size) * patch_size)
+  out_w = max(patch_size, round(w * scale / patch_size) * patch_size)
+  return np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.BICUBIC))
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+  """uint8 RGB -> float32 with ImageNet mean/std, the normalisation every DINOv2 model expects."""
+  return (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD

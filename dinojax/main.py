@@ -1,0 +1,35 @@
+"""Runs the job a config names: `python -m dinojax.main --config configs/<file>.py[:arg] --workdir DIR`.
+
+Any config value can be overridden on the command line (`--config.resolution=224`); an unknown key
+is an error.
+"""
+
+import importlib
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+# Job name -> module with `run(config, workdir)`.
+JOBS = {
+    "pca_features": "dinojax.evaluators.pca",
+}
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.")
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError("--config is required, e.g. --config configs/features_pca.py")
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required.")
+  if config.job not in JOBS:
+    raise app.UsageError(f"Unknown job {config.job!r}; choose one of {sorted(JOBS)}.")
+  logging.info("Config:\n%s", config)
+  importlib.import_module(JOBS[config.job]).run(config, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,115 @@
+"""Device meshes and the logical-axis rules that place params and activations on them.
+
+Models name their axes (`embed`, `mlp`, `heads`, `kv`, `vocab`, `norm`; activations `batch`, `length`,
+`act_embed`); a config's rule table maps each name to mesh axes (`data`, `fsdp`, `model`). The same
+model then runs data-parallel (`data`), with params sharded FSDP-style (`fsdp`), or tensor-parallel
+(`model`) by changing only the mesh shape.
+"""
+
+import contextlib
+import logging
+import math
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "model")
+
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+# Batch over every data-like axis; params' embed dim over fsdp; heads / FFN width over model.
+DEFAULT_RULES: Rules = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("mlp", "model"),
+    ("heads", "model"),
+    ("kv", None),
+    ("vocab", "model"),
+    ("norm", None),
+    ("length", None),
+    ("act_embed", None),
+)
+
+
+def mesh_shape(axes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+  """Resolves sizes (at most one -1 meaning "the rest") against the device count."""
+  unknown = [a for a in axes if a not in MESH_AXES]
+  if unknown:
+    raise ValueError(f"Unknown mesh axes {unknown}; mesh axes are {MESH_AXES}.")
+  sizes = [int(axes.get(a, 1)) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"At most one mesh axis may be -1, got {dict(axes)}.")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if num_devices % known:
+      raise ValueError(f"Mesh {dict(axes)} does not divide {num_devices} devices.")
+    sizes[sizes.index(-1)] = num_devices // known
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"Mesh {dict(axes)} has {math.prod(sizes)} devices, but {num_devices} are in use.")
+  return tuple(sizes)
+
+
+def make_mesh(axes: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
+  """A (data, fsdp, model) mesh; by default all devices on `data`."""
+  devices = list(devices if devices is not None else jax.devices())
+  shape = mesh_shape(axes or {"data": -1}, len(devices))
+  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                       devices=devices)
+
+
+def _divisible_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+  """Drops mesh axes from dims they do not divide (those dims stay replicated)."""
+  dims = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = math.prod(mesh.shape[n] for n in names)
+    if names and dim % size:
+      logging.info("Dimension of size %d not divisible by mesh axes %s; replicating it.", dim, names)
+      names = ()
+    dims.append(names[0] if len(names) == 1 else (names or None))
+  return P(*dims)
+
+
+def logical_to_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
+  """NamedShardings for a tree of logically-annotated (boxed) values, e.g. `jax.eval_shape(model.init)`."""
+  logical = nn.get_partition_spec(abstract_boxed)
+  mesh_specs = nn.logical_to_mesh(logical, rules)
+  shapes = nn.unbox(abstract_boxed)
+  return jax.tree.map(lambda spec, x: NamedSharding(mesh, _divisible_spec(spec, x.shape, mesh)),
+                      mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
+
+
+def init_sharded(init_fn, mesh: Mesh, rules: Rules, *args) -> tuple[Any, Any]:
+  """Runs `init_fn(*args)` straight into its shardings; returns (unboxed params, shardings)."""
+  abstract = jax.eval_shape(init_fn, *args)
+  shardings = logical_to_shardings(abstract, mesh, rules)
+  params = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
+  return params, shardings
+
+
+def batch_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES, ndim: int = 1) -> NamedSharding:
+  """Sharding of an array whose leading dim is the batch."""
+  batch_axes = dict(rules).get("batch")
+  return NamedSharding(mesh, P(batch_axes, *([None] * (ndim - 1))))
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
+  """Context under which the models' `with_logical_constraint` calls constrain activations."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    yield
+
+
+def sharded_fraction(tree: Any) -> float:
+  """Fraction of the bytes of `tree` held by one device: 1.0 means fully replicated."""
+  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  local = sum(x.addressable_shards[0].data.size * x.dtype.itemsize for x in jax.tree.leaves(tree))
+  return local / max(total, 1)
+
+
+def to_device(tree: Any, shardings: Any) -> Any:
+  """Places host arrays (e.g. converted checkpoints) onto their shardings."""
+  return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), tree, shardings)
