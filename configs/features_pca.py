@@ -4,22 +4,25 @@
   python -m dinojax.main --config configs/features_pca.py:vitb14 --workdir /tmp/pca \
       --config.checkpoint=dinov2_vitb14_pretrain.pth --config.image=photo.jpg
 
-The argument names the backbone (`vits14`, `vitb14_reg`, ...; default `vits14_reg`).
+The argument names the backbone (`vits14`, `vitb14_reg`, ...; default `vits14_reg`), optionally
+with a shallower `depth=N` for quick CPU runs: `configs/features_pca.py:vits14_reg,depth=2`.
 """
 
 import ml_collections
 
 from dinojax import parallel
+from dinojax.config_args import parse_arg
 
 
 def get_config(arg=None):
+  arg = parse_arg(arg, model="vits14_reg", depth=0)
   config = ml_collections.ConfigDict()
   config.job = "pca_features"
   config.seed = 0
 
   config.model = ml_collections.ConfigDict()
-  config.model.name = arg or "vits14_reg"
-  config.model.overrides = ml_collections.ConfigDict()  # Any ViT attribute, e.g. depth=4.
+  config.model.name = arg.model
+  config.model.overrides = ml_collections.ConfigDict({"depth": arg.depth} if arg.depth else {})
   config.checkpoint = ml_collections.FieldReference(None, field_type=str)
   config.attention = "xla"
 

@@ -55,7 +55,7 @@ def save_state_dict(state_dict: StateDict, path: str | os.PathLike) -> None:
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
   elif path.endswith((".pth", ".pt")):
     import torch
-    torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state_dict.items()}, path)
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)
   else:
     raise ValueError(f"Unsupported output format {path!r}; use .pth or .safetensors.")
 

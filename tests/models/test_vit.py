@@ -1,0 +1,142 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dinojax.models.vit import VARIANTS, ViT, ffn_hidden_dim, stochastic_depth_residual, vit
+
+TINY = dict(embed_dim=64, depth=3, num_heads=4, patch_size=14, img_size=56, init_values=0.1)
+
+
+def _init(model, shape=(2, 56, 56, 3)):
+  x = jax.random.normal(jax.random.key(1), shape)
+  return nn.unbox(model.init(jax.random.key(0), x)), x
+
+
+@pytest.mark.parametrize("registers", [0, 4])
+def test_forward_features_dict(registers):
+  model = ViT(**TINY, num_register_tokens=registers)
+  params, x = _init(model, (2, 56, 42, 3))
+  out = model.apply(params, x)
+  assert set(out) == {"x_norm_clstoken", "x_norm_regtokens", "x_norm_patchtokens", "x_prenorm", "masks"}
+  assert out["x_norm_clstoken"].shape == (2, 64)
+  assert out["x_norm_regtokens"].shape == (2, registers, 64)
+  assert out["x_norm_patchtokens"].shape == (2, 4 * 3, 64)
+  assert out["x_prenorm"].shape == (2, 1 + registers + 12, 64)
+  assert out["masks"] is None
+
+
+def test_official_variant_sizes():
+  assert VARIANTS["vit_small"] == dict(embed_dim=384, depth=12, num_heads=6)
+  assert VARIANTS["vit_large"] == dict(embed_dim=1024, depth=24, num_heads=16)
+  g = vit("vit_giant2")
+  assert (g.embed_dim, g.depth, g.num_heads, g.ffn) == (1536, 40, 24, "swiglu")
+  assert ffn_hidden_dim(1536, 4, "swiglu") == 4096  # official ViT-g/14 w12 is (8192, 1536)
+  with pytest.raises(ValueError, match="Unknown ViT variant"):
+    vit("vit_huge")
+
+
+def test_patch_size_16_and_swiglu():
+  model = ViT(**{**TINY, "patch_size": 16, "img_size": 64, "ffn": "swiglu"})
+  params, _ = _init(model, (1, 64, 48, 3))
+  assert params["params"]["blocks_0"]["mlp"]["w12"]["kernel"].shape == (64, 2, ffn_hidden_dim(64, 4, "swiglu"))
+  out = model.apply(params, jnp.ones((1, 64, 48, 3)))
+  assert out["x_norm_patchtokens"].shape == (1, 12, 64)
+
+
+def test_masks_replace_patches_with_mask_token():
+  model = ViT(**TINY)
+  params, x = _init(model)
+  params["params"]["mask_token"] = jnp.full((1, 64), 3.0)
+  masks = jnp.zeros((2, 16), bool).at[0, 5].set(True)
+  tokens = model.apply(params, x, masks, method=ViT.prepare_tokens)
+  plain = model.apply(params, x, method=ViT.prepare_tokens)
+  pos = model.apply(params, 4, 4, method=ViT.interpolate_pos_encoding)
+  np.testing.assert_allclose(tokens[0, 1 + 5], 3.0 + pos[0, 1 + 5], atol=1e-6)
+  np.testing.assert_allclose(tokens[1], plain[1])
+  assert model.apply(params, x, masks)["masks"] is masks
+  with pytest.raises(ValueError, match="masks must have shape"):
+    model.apply(params, x, jnp.zeros((2, 15), bool))
+
+
+def test_intermediate_layers_match_forward():
+  model = ViT(**TINY, num_register_tokens=4)
+  params, x = _init(model)
+  out = model.apply(params, x)
+  last, = model.apply(params, x, 1, method=ViT.get_intermediate_layers)
+  np.testing.assert_allclose(last, out["x_norm_patchtokens"], atol=1e-6)
+  layers = model.apply(params, x, [0, 2], reshape=True, return_class_token=True, norm=False,
+                       method=ViT.get_intermediate_layers)
+  (patches0, cls0), (patches2, cls2) = layers
+  assert patches0.shape == (2, 4, 4, 64) and cls0.shape == (2, 64)
+  np.testing.assert_allclose(cls2, out["x_prenorm"][:, 0], atol=1e-6)
+  with pytest.raises(ValueError, match="do not exist"):
+    model.apply(params, x, [3], method=ViT.get_intermediate_layers)
+
+
+def test_last_block_attention_maps():
+  model = ViT(**TINY, num_register_tokens=4)
+  params, x = _init(model)
+  out = model.apply(params, x, return_attention=True)
+  assert out["attention"].shape == (2, 4, 1 + 4 + 16, 1 + 4 + 16)
+  np.testing.assert_allclose(out["attention"].sum(-1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(out["x_prenorm"], model.apply(params, x)["x_prenorm"], atol=1e-5)
+
+
+def test_bad_inputs_have_clear_errors():
+  model = ViT(**TINY)
+  params, _ = _init(model)
+  with pytest.raises(ValueError, match="not a multiple of the patch size 14"):
+    model.apply(params, jnp.zeros((1, 50, 56, 3)))
+  with pytest.raises(ValueError, match="3 channels"):
+    model.apply(params, jnp.zeros((1, 56, 56, 4)))
+  with pytest.raises(ValueError, match="rank 4"):
+    model.apply(params, jnp.zeros((56, 56, 3)))
+  with pytest.raises(ValueError, match="Unknown attention"):
+    ViT(**TINY, attention="flash").init(jax.random.key(0), jnp.zeros((1, 56, 56, 3)))
+
+
+def test_stochastic_depth_is_identity_at_eval_and_remat_agrees():
+  model = ViT(**TINY, drop_path_rate=0.5)
+  params, x = _init(model)
+  no_drop = ViT(**TINY).apply(params, x)["x_prenorm"]
+  np.testing.assert_allclose(model.apply(params, x)["x_prenorm"], no_drop, atol=1e-6)
+  remat = ViT(**TINY, drop_path_rate=0.5, remat=True)
+  rngs = {"drop_path": jax.random.key(3)}
+  np.testing.assert_allclose(remat.apply(params, x, train=True, rngs=rngs)["x_prenorm"],
+                             model.apply(params, x, train=True, rngs=rngs)["x_prenorm"], atol=1e-5)
+
+
+def test_stochastic_depth_computes_only_kept_samples():
+  x = jnp.arange(8 * 3 * 2, dtype=jnp.float32).reshape(8, 3, 2)
+  seen = []
+
+  def residual(y):
+    seen.append(y.shape[0])
+    return jnp.ones_like(y)
+
+  out = stochastic_depth_residual(x, residual, 0.25, jax.random.key(0))
+  assert seen == [6]  # int(8 * 0.75) samples computed, the rest skipped
+  changed = np.abs(np.asarray(out - x)).max(axis=(1, 2))
+  np.testing.assert_allclose(np.sort(changed), [0.0, 0.0] + [8 / 6] * 6, atol=1e-5)
+
+
+def test_stochastic_depth_expected_update_is_the_full_residual():
+  x = jax.random.normal(jax.random.key(0), (8, 5, 4))
+  residual = lambda y: jnp.tanh(y) * 2.0
+  keys = jax.random.split(jax.random.key(1), 4000)
+  outs = jax.vmap(lambda k: stochastic_depth_residual(x, residual, 0.4, k))(keys)
+  # Each sample is kept with probability 4/8 and then scaled by 8/4: mean update = residual, up to
+  # sampling noise (std of the keep frequency ≈ 0.008, so 0.05 is a > 5-sigma bound).
+  np.testing.assert_allclose(outs.mean(0) - x, residual(x), rtol=0.05, atol=1e-4)
+
+
+def test_bf16_compute_keeps_fp32_params():
+  model = ViT(**TINY, dtype=jnp.bfloat16)
+  params, x = _init(model)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  out = model.apply(params, x)
+  assert out["x_norm_clstoken"].dtype == jnp.bfloat16
+  ref = ViT(**TINY).apply(params, x)["x_norm_clstoken"]
+  np.testing.assert_allclose(out["x_norm_clstoken"].astype(jnp.float32), ref, atol=0.1)

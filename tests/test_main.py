@@ -1,0 +1,49 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dinojax.evaluators import pca
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _run_main(*args, tmp_path, config_arg="vits14_reg,depth=2"):
+  cmd = [sys.executable, "-m", "dinojax.main", "--config",
+         f"{REPO / 'configs/features_pca.py'}:{config_arg}",
+         "--workdir", str(tmp_path), *args]
+  return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+def test_main_job_writes_pca_picture(tmp_path):
+  result = _run_main("--config.resolution=112", tmp_path=tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = json.loads((tmp_path / "summary.json").read_text())
+  assert summary["grid"] == [8, 12] and summary["embed_dim"] == 384 and summary["random_weights"]
+  picture = Image.open(tmp_path / "pca.png")
+  assert picture.size == (2 * 168, 112)
+  features = np.load(tmp_path / "features.npz")
+  assert features["patch_tokens"].shape == (8, 12, 384)
+
+
+def test_config_typo_fails_naming_the_key(tmp_path):
+  result = _run_main("--config.resolutionn=224", tmp_path=tmp_path)
+  assert result.returncode != 0
+  assert "resolutionn" in result.stderr
+  result = _run_main(tmp_path=tmp_path, config_arg="vits14_reg,dpeth=2")
+  assert result.returncode != 0 and "Unknown config argument 'dpeth'" in result.stderr
+
+
+def test_pca_rgb_foreground_split():
+  rng = np.random.default_rng(0)
+  tokens = rng.normal(size=(6, 6, 16)) * 0.1
+  tokens[:3] += 5.0  # an obvious "object" in the top half
+  colours = pca.pca_rgb(tokens, foreground_threshold=0.5)
+  assert colours.shape == (6, 6, 3) and colours.min() >= 0 and colours.max() <= 1
+  dark = (colours.sum(-1) == 0)
+  assert dark[:3].all() != dark[3:].all() and (dark[:3].all() or dark[3:].all())
+  with pytest.raises(ValueError, match="foreground_threshold"):
+    pca.pca_rgb(tokens, foreground_threshold=1.0)

@@ -1,0 +1,63 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dinojax import parallel
+from dinojax.models.vit import ViT
+
+TINY = dict(embed_dim=64, depth=2, num_heads=4, patch_size=14, img_size=56, num_register_tokens=4)
+
+
+def test_mesh_shape_resolution_and_errors():
+  assert parallel.mesh_shape({"data": -1}, 8) == (8, 1, 1)
+  assert parallel.mesh_shape({"fsdp": 2, "model": -1}, 8) == (1, 2, 4)
+  with pytest.raises(ValueError, match="Unknown mesh axes"):
+    parallel.mesh_shape({"dta": 8}, 8)
+  with pytest.raises(ValueError, match="At most one"):
+    parallel.mesh_shape({"data": -1, "fsdp": -1}, 8)
+  with pytest.raises(ValueError, match="has 6 devices"):
+    parallel.mesh_shape({"data": 3, "fsdp": 2}, 8)
+  with pytest.raises(ValueError, match="does not divide"):
+    parallel.mesh_shape({"data": -1, "model": 3}, 8)
+
+
+def _forward(mesh_axes, devices):
+  model = ViT(**TINY)
+  mesh = parallel.make_mesh(mesh_axes, devices)
+  images = jax.random.normal(jax.random.key(1), (8, 56, 42, 3))
+  params, _ = parallel.init_sharded(model.init, mesh, parallel.DEFAULT_RULES, jax.random.key(0),
+                                    images[:1])
+  images = jax.device_put(images, parallel.batch_sharding(mesh, ndim=4))
+  with parallel.activation_sharding(mesh, parallel.DEFAULT_RULES):
+    out = jax.jit(model.apply)(params, images)
+  return params, out
+
+
+@pytest.mark.parametrize("mesh_axes", [{"fsdp": 2, "model": 4}, {"data": 8}, {"data": 2, "fsdp": 4}])
+def test_sharded_forward_equals_one_device(mesh_axes):
+  _, ref = _forward({"data": 1}, jax.devices()[:1])
+  params, out = _forward(mesh_axes, jax.devices())
+  for key in ("x_norm_clstoken", "x_norm_patchtokens", "x_norm_regtokens"):
+    np.testing.assert_allclose(out[key], ref[key], atol=1e-5)
+  if mesh_axes.get("model", 1) > 1:
+    qkv = params["params"]["blocks_0"]["attn"]["qkv"]["kernel"]
+    assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", None, "model", None)
+    assert parallel.sharded_fraction(params) < 0.25  # big matrices split 8 ways, norms replicated
+
+
+def test_shardings_fall_back_to_replication_when_not_divisible():
+  mesh = parallel.make_mesh({"model": 8})
+  model = ViT(**{**TINY, "num_heads": 2, "embed_dim": 32})  # 2 heads cannot split over 8
+  abstract = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 56, 56, 3)))
+  shardings = parallel.logical_to_shardings(abstract, mesh)
+  qkv = shardings["params"]["blocks_0"]["attn"]["qkv"]["kernel"]
+  fc1 = shardings["params"]["blocks_0"]["mlp"]["fc1"]["kernel"]
+  assert qkv.spec == jax.sharding.PartitionSpec("fsdp", None, None, None)  # fsdp has size 1
+  assert fc1.spec == jax.sharding.PartitionSpec("fsdp", "model")
+
+
+def test_batch_sharding_uses_the_batch_rule():
+  mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
+  assert parallel.batch_sharding(mesh, ndim=3).spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, None)
