@@ -28,7 +28,8 @@ VARIANTS = {
 LAYER_NORM_EPS = 1e-6
 
 
-def _init(init: Callable, *names: str | None) -> Callable:
+def with_axes(init: Callable, *names: str | None) -> Callable:
+  """`init` whose params carry the logical axis `names` (mapped to mesh axes by `parallel`)."""
   return nn.with_logical_partitioning(init, names)
 
 
@@ -46,7 +47,7 @@ def ffn_hidden_dim(embed_dim: int, mlp_ratio: float, ffn: str) -> int:
 def layer_norm(name: str, dtype: Any, param_dtype: Any) -> nn.LayerNorm:
   return nn.LayerNorm(
       epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, name=name,
-      scale_init=_init(nn.initializers.ones, "norm"), bias_init=_init(nn.initializers.zeros, "norm"))
+      scale_init=with_axes(nn.initializers.ones, "norm"), bias_init=with_axes(nn.initializers.zeros, "norm"))
 
 
 def stochastic_depth_residual(x: jax.Array, residual_fn: Callable[[jax.Array], jax.Array],
@@ -83,11 +84,11 @@ class PatchEmbed(nn.Module):
       raise ValueError(f"Image size {h}x{w} is not a multiple of the patch size {p}; "
                        f"resize or crop to e.g. {h // p * p}x{w // p * p}.")
     # Same as the strided convolution of the original, written as a matmul over patches.
-    kernel = self.param("kernel", _init(nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform",
+    kernel = self.param("kernel", with_axes(nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform",
                                                                          in_axis=(0, 1, 2), out_axis=3),
                                         None, None, None, "embed"),
                         (p, p, c, self.embed_dim), self.param_dtype)
-    bias = self.param("bias", _init(nn.initializers.zeros, "embed"), (self.embed_dim,), self.param_dtype)
+    bias = self.param("bias", with_axes(nn.initializers.zeros, "embed"), (self.embed_dim,), self.param_dtype)
     patches = images.reshape(b, h // p, p, w // p, p, c).astype(self.dtype)
     out = jnp.einsum("byixjc,ijcd->byxd", patches, kernel.astype(self.dtype))
     return out + bias.astype(self.dtype)
@@ -107,11 +108,11 @@ class Linear(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     contract = len(self.in_axes)
-    kernel = self.param("kernel", _init(_dense_init, *self.in_axes, *self.out_axes),
+    kernel = self.param("kernel", with_axes(_dense_init, *self.in_axes, *self.out_axes),
                         (*x.shape[-contract:], *self.features), self.param_dtype)
     y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=contract)
     if self.use_bias:
-      bias = self.param("bias", _init(nn.initializers.zeros, *self.out_axes), self.features,
+      bias = self.param("bias", with_axes(nn.initializers.zeros, *self.out_axes), self.features,
                         self.param_dtype)
       y = y + bias.astype(self.dtype)
     return y
@@ -181,7 +182,7 @@ class LayerScale(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    gamma = self.param("gamma", _init(nn.initializers.constant(self.init_values), "norm"),
+    gamma = self.param("gamma", with_axes(nn.initializers.constant(self.init_values), "norm"),
                        (x.shape[-1],), jnp.float32)
     return x * gamma.astype(x.dtype)
 
@@ -269,15 +270,15 @@ class ViT(nn.Module):
     d, p = self.embed_dim, self.patch_size
     grid = self.img_size // p
     self.patch_embed = PatchEmbed(p, d, self.in_chans, self.dtype, self.param_dtype)
-    self.cls_token = self.param("cls_token", _init(nn.initializers.normal(1e-6), None, None, "embed"),
+    self.cls_token = self.param("cls_token", with_axes(nn.initializers.normal(1e-6), None, None, "embed"),
                                 (1, 1, d), self.param_dtype)
-    self.pos_embed = self.param("pos_embed", _init(_dense_init, None, None, "embed"),
+    self.pos_embed = self.param("pos_embed", with_axes(_dense_init, None, None, "embed"),
                                 (1, grid * grid + 1, d), self.param_dtype)
     if self.num_register_tokens:
       self.register_tokens = self.param(
-          "register_tokens", _init(nn.initializers.normal(1e-6), None, None, "embed"),
+          "register_tokens", with_axes(nn.initializers.normal(1e-6), None, None, "embed"),
           (1, self.num_register_tokens, d), self.param_dtype)
-    self.mask_token = self.param("mask_token", _init(nn.initializers.zeros, None, "embed"), (1, d),
+    self.mask_token = self.param("mask_token", with_axes(nn.initializers.zeros, None, "embed"), (1, d),
                                  self.param_dtype)
     if self.drop_path_uniform:
       rates = [self.drop_path_rate] * self.depth

@@ -1,0 +1,44 @@
+"""Projection heads of DINOv2 pretraining (the official `DINOHead`), used for DINO and iBOT."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dinojax.models.vit import Linear, with_axes
+
+
+class DINOHead(nn.Module):
+  """MLP (`nlayers` Linear layers, GELU between) to a `bottleneck_dim` vector, L2-normalised, then a
+  weight-normalised linear layer to `out_dim` prototypes: W = g · v / ‖v‖ per prototype, g from 1."""
+  out_dim: int = 65536
+  nlayers: int = 3
+  hidden_dim: int = 2048
+  bottleneck_dim: int = 256
+  mlp_bias: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    nlayers = max(self.nlayers, 1)
+    widths = [self.hidden_dim] * (nlayers - 1) + [self.bottleneck_dim]
+    names = [("embed", "mlp")] + [(None, "mlp")] * (nlayers - 2) + [("mlp", None)]
+    if nlayers == 1:
+      names = [("embed", None)]
+    for i, (width, (n_in, n_out)) in enumerate(zip(widths, names)):
+      x = Linear((width,), (n_in,), (n_out,), self.mlp_bias, self.dtype, self.param_dtype,
+                 name=f"mlp_{i}")(x)
+      if i < nlayers - 1:
+        x = nn.gelu(x, approximate=False)
+    x = x.astype(jnp.float32)
+    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    # PyTorch's default Linear init for v (the official head re-initialises only the MLP).
+    v = self.param("last_layer_v", with_axes(nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+                                         None, "vocab"),
+                   (self.bottleneck_dim, self.out_dim), self.param_dtype)
+    g = self.param("last_layer_g", with_axes(nn.initializers.ones, "vocab"), (self.out_dim,),
+                   self.param_dtype)
+    w = v * (g / jnp.linalg.norm(v, axis=0))
+    return jnp.dot(x.astype(self.dtype), w.astype(self.dtype))
