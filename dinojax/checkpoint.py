@@ -30,7 +30,8 @@ def latest_step(mgr: ocp.CheckpointManager) -> int | None:
 
 
 def abstract_like(state: Any, shardings: Any | None = None) -> Any:
-  """ShapeDtypeStructs (with shardings) describing `state`, the target of a restore."""
+  """ShapeDtypeStructs (with shardings) describing `state` (arrays or ShapeDtypeStructs), the target
+  of a restore; `shardings` replaces the ones `state` carries."""
   if shardings is None:
     shardings = jax.tree.map(lambda x: getattr(x, "sharding", None), state)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
@@ -47,10 +48,7 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None,
   if step is None or step not in mgr.all_steps():
     raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in "
                             f"{mgr.directory}.")
-  abstract = jax.tree.map(
-      lambda x: x if isinstance(x, jax.ShapeDtypeStruct) else
-      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), target)
-  items = {"state": ocp.args.StandardRestore(abstract)}
+  items = {"state": ocp.args.StandardRestore(abstract_like(target))}
   if with_meta:
     items["meta"] = ocp.args.JsonRestore()
   restored = mgr.restore(step, args=ocp.args.Composite(**items))

@@ -60,4 +60,5 @@ def test_shardings_fall_back_to_replication_when_not_divisible():
 
 def test_batch_sharding_uses_the_batch_rule():
   mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
-  assert parallel.batch_sharding(mesh, ndim=3).spec == jax.sharding.PartitionSpec(("data", "fsdp"), None, None)
+  expected = jax.sharding.PartitionSpec(("data", "fsdp"), None, None)
+  assert parallel.batch_sharding(mesh, ndim=3).spec == expected

@@ -40,7 +40,8 @@ def test_official_variant_sizes():
 def test_patch_size_16_and_swiglu():
   model = ViT(**{**TINY, "patch_size": 16, "img_size": 64, "ffn": "swiglu"})
   params, _ = _init(model, (1, 64, 48, 3))
-  assert params["params"]["blocks_0"]["mlp"]["w12"]["kernel"].shape == (64, 2, ffn_hidden_dim(64, 4, "swiglu"))
+  w12 = params["params"]["blocks_0"]["mlp"]["w12"]["kernel"]
+  assert w12.shape == (64, 2, ffn_hidden_dim(64, 4, "swiglu"))
   out = model.apply(params, jnp.ones((1, 64, 48, 3)))
   assert out["x_norm_patchtokens"].shape == (1, 12, 64)
 
