@@ -5,6 +5,7 @@ is an error.
 """
 
 import importlib
+import logging as std_logging
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -12,14 +13,24 @@ from ml_collections import config_flags
 # Job name -> module with `run(config, workdir)`.
 JOBS = {
     "pca_features": "dinojax.evaluators.pca",
+    "ssl": "dinojax.trainers.ssl",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.")
 
 
+class _QuietLibraries(std_logging.Filter):
+  """Keeps the libraries' INFO chatter (orbax logs every checkpoint step) out of the run's log."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or not any(
+        f"/{lib}/" in record.pathname for lib in ("orbax", "jax", "grain"))
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   config = _CONFIG.value
   if config is None:
     raise app.UsageError("--config is required, e.g. --config configs/features_pca.py")

@@ -34,17 +34,21 @@ def dino_loss(student_logits: Sequence[jax.Array], teacher_probs: Sequence[jax.A
   return total
 
 
-def ibot_loss(student_logits: jax.Array, teacher_probs: jax.Array, masks: jax.Array,
-              student_temp: float = 0.1) -> jax.Array:
-  """iBOT's masked-patch loss (§4): per-patch cross-entropy on masked patches, each image's patches
-  weighted by 1 / (its masked count), averaged over images.
-
-  student_logits, teacher_probs: (B, N, K) patch outputs; masks: (B, N) bool.
-  """
+def masked_patch_weights(masks: jax.Array) -> jax.Array:
+  """iBOT's per-patch weights: 1 / (masked patches in the same image) on masked patches, else 0."""
   masks = masks.astype(jnp.float32)
+  return masks / jnp.maximum(masks.sum(-1, keepdims=True), 1.0)
+
+
+def ibot_loss(student_logits: jax.Array, teacher_probs: jax.Array, weights: jax.Array,
+              num_images: int, student_temp: float = 0.1) -> jax.Array:
+  """iBOT's masked-patch loss (§4): per-patch cross-entropy weighted by `masked_patch_weights`,
+  summed, divided by the number of images (so each image counts once, whatever its mask size).
+
+  Patches may be gathered (M, K) or dense (B, N, K), with `weights` shaped like the patch axes.
+  """
   per_patch = cross_entropy(teacher_probs, student_logits, student_temp)
-  weights = masks / jnp.maximum(masks.sum(-1, keepdims=True), 1.0)
-  return jnp.sum(per_patch * weights) / masks.shape[0]
+  return jnp.sum(per_patch * weights) / num_images
 
 
 def softmax_center(teacher_logits: jax.Array, center: jax.Array, teacher_temp: float) -> jax.Array:
@@ -53,11 +57,13 @@ def softmax_center(teacher_logits: jax.Array, center: jax.Array, teacher_temp: f
 
 
 def update_center(center: jax.Array, teacher_logits: jax.Array, momentum: float = 0.9,
+                  valid: jax.Array | None = None,
                   axis_name: str | Sequence[str] | None = None) -> jax.Array:
-  """EMA of the teacher's batch-mean logits; the mean is over the global batch."""
-  logits = teacher_logits.reshape(-1, teacher_logits.shape[-1]).astype(jnp.float32)
-  total = _psum(logits.sum(0, keepdims=True), axis_name)
-  count = _psum(jnp.asarray(logits.shape[0], jnp.float32), axis_name)
+  """EMA of the teacher's batch-mean logits (B, K); the mean is over the global batch's `valid` rows."""
+  logits = teacher_logits.astype(jnp.float32)
+  valid = jnp.ones(logits.shape[0], bool) if valid is None else valid
+  total = _psum(jnp.where(valid[:, None], logits, 0.0).sum(0, keepdims=True), axis_name)
+  count = _psum(valid.sum().astype(jnp.float32), axis_name)
   return center * momentum + (total / count) * (1 - momentum)
 
 

@@ -57,7 +57,13 @@ def test_ibot_loss_matches_numpy():
   masks[2] = False  # an image with nothing masked contributes nothing
   ce = -(t * _log_softmax(s / 0.1)).sum(-1)
   ref = sum(ce[i][masks[i]].sum() / max(masks[i].sum(), 1) for i in range(4)) / 4
-  np.testing.assert_allclose(dino.ibot_loss(s, t, masks, 0.1), ref, rtol=1e-5)
+  weights = dino.masked_patch_weights(masks)
+  np.testing.assert_allclose(dino.ibot_loss(s, t, weights, 4, 0.1), ref, rtol=1e-5)
+  # The gathered form (only masked patches, as the train step uses) gives the same loss.
+  flat = masks.reshape(-1)
+  gathered = dino.ibot_loss(s.reshape(-1, 16)[flat], t.reshape(-1, 16)[flat],
+                            np.asarray(weights).reshape(-1)[flat], 4, 0.1)
+  np.testing.assert_allclose(gathered, ref, rtol=1e-5)
 
 
 def test_softmax_centering_matches_numpy():
@@ -66,6 +72,9 @@ def test_softmax_centering_matches_numpy():
   np.testing.assert_allclose(dino.softmax_center(t, c, 0.04), _softmax((t - c) / 0.04), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(dino.update_center(c, t, 0.9), 0.9 * c + 0.1 * t.mean(0, keepdims=True),
                              rtol=1e-6)
+  valid = np.arange(8) < 5
+  np.testing.assert_allclose(dino.update_center(c, t, 0.9, valid=jnp.asarray(valid)),
+                             0.9 * c + 0.1 * t[:5].mean(0, keepdims=True), rtol=1e-6)
 
 
 def test_sinkhorn_knopp_matches_numpy_and_normalises():
@@ -104,12 +113,12 @@ def test_batch_reductions_on_8_devices_equal_one_device(mesh_axes):
            out_specs=(P(batch), P(), P(), P(batch)))
   def sharded(logits, features, valid, center):
     return (dino.sinkhorn_knopp(logits, 0.1, valid=valid, axis_name=batch),
-            dino.update_center(center, logits, 0.9, axis_name=batch),
+            dino.update_center(center, logits, 0.9, valid=valid, axis_name=batch),
             koleo.koleo_loss(features, axis_name=batch),
             dino.sinkhorn_knopp(logits, 0.1, axis_name=batch))
 
   q_valid, new_center, kl, q = jax.jit(sharded)(logits, features, valid, center)
   np.testing.assert_allclose(q_valid, dino.sinkhorn_knopp(logits, 0.1, valid=valid), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(q, dino.sinkhorn_knopp(logits, 0.1), rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(new_center, dino.update_center(center, logits, 0.9), rtol=1e-5)
+  np.testing.assert_allclose(new_center, dino.update_center(center, logits, 0.9, valid=valid), rtol=1e-5)
   np.testing.assert_allclose(kl, koleo.koleo_loss(features), rtol=1e-5)

@@ -1,0 +1,95 @@
+"""Random-access image sources for grain: an image folder, TFDS, and an offline real set.
+
+Every source yields {"image": uint8 H×W×3 or raw encoded bytes/path, "label": int}; decoding happens
+in the pipeline so a corrupt file costs one skipped example, not the run.
+"""
+
+import os
+
+import numpy as np
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
+
+class ImageFolder:
+  """Every image file under `root` (any depth), sorted; the label is the index of its top-level
+  sub-folder (0 for files directly under root)."""
+
+  def __init__(self, root: str):
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"Image folder not found: {root}")
+    self.paths = sorted(
+        os.path.join(d, f) for d, _, files in os.walk(root) for f in files
+        if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not self.paths:
+      raise ValueError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) under {root}.")
+    classes = sorted({os.path.relpath(p, root).split(os.sep)[0] for p in self.paths
+                      if os.sep in os.path.relpath(p, root)})
+    index = {c: i for i, c in enumerate(classes)}
+    self.labels = [index.get(os.path.relpath(p, root).split(os.sep)[0], 0) for p in self.paths]
+    self.num_classes = max(len(classes), 1)
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, i):
+    return {"image": self.paths[i], "label": self.labels[i]}
+
+
+class Digits:
+  """scikit-learn's handwritten digits (1,797 real 8×8 scans, 10 classes; ships with the package),
+  upsampled to `size` px RGB: the offline set of the tiny configs. `split` is "train" (first 80 % of a
+  fixed shuffle) or "heldout"."""
+
+  num_classes = 10
+
+  def __init__(self, split: str = "train", size: int = 32):
+    from sklearn.datasets import load_digits
+    from PIL import Image
+    if split not in ("train", "heldout"):
+      raise ValueError(f"Digits split must be 'train' or 'heldout', got {split!r}.")
+    digits = load_digits()
+    order = np.random.default_rng(0).permutation(len(digits.images))
+    cut = int(0.8 * len(order))
+    order = order[:cut] if split == "train" else order[cut:]
+    gray = (digits.images[order] * (255 / 16)).astype(np.uint8)
+    self.images = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BICUBIC))
+                            for g in gray])[..., None].repeat(3, axis=-1)
+    self.labels = digits.target[order].astype(np.int32)
+
+  def __len__(self):
+    return len(self.labels)
+
+  def __getitem__(self, i):
+    return {"image": self.images[i], "label": int(self.labels[i])}
+
+
+class Tfds:
+  """A prepared TFDS dataset (e.g. `imagenet2012`) read through its random-access data source.
+  Needs the `tfds` extra and `tfds build` (or manual preparation) done beforehand."""
+
+  def __init__(self, name: str, split: str, data_dir: str | None = None):
+    try:
+      import tensorflow_datasets as tfds
+    except ImportError as e:
+      raise ImportError("TFDS sources need `pip install -e '.[tfds]'`.") from e
+    self.source = tfds.data_source(name, split=split, data_dir=data_dir)
+    self.num_classes = self.source.dataset_info.features["label"].num_classes
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    example = self.source[i]
+    return {"image": example["image"], "label": int(example.get("label", 0))}
+
+
+def make_source(name: str, split: str, **kwargs):
+  """`digits`, `folder:<root>` or `tfds:<name>`."""
+  if name == "digits":
+    return Digits(split, **kwargs)
+  if name.startswith("folder:"):
+    return ImageFolder(os.path.join(name[len("folder:"):], split) if split else name[len("folder:"):])
+  if name.startswith("tfds:"):
+    return Tfds(name[len("tfds:"):], split, **kwargs)
+  raise ValueError(f"Unknown data source {name!r}; use 'digits', 'folder:<root>' or 'tfds:<name>'.")
