@@ -1,0 +1,113 @@
+"""DINOv2 SSL train-step throughput, model FLOPs utilisation, and multi-crop data throughput.
+
+  python bench/ssl_step.py                                  # CPU: ViT-S/14, official crops, batch 2
+  python bench/ssl_step.py --config configs/dinov2_vitl14.py --batch 64 --steps 30   # one H100
+
+Runs the real trainer (`dinojax.trainers.ssl.run`) for a few steps with synthetic-free real data
+(the offline digits set, resized by the crops) and reads its step times; the first steps (compile,
+warm-up) are dropped. MFU = model FLOPs (student forward+backward = 3× forward on all crops, teacher
+forward on the global crops, heads ignored) / step time / peak FLOP/s of the devices.
+"""
+
+import argparse
+import importlib.util
+import os
+import tempfile
+import time
+
+import jax
+import numpy as np
+
+from dinojax.data import sources
+from dinojax.data.multi_crop import MultiCrop
+from dinojax.models.vit import VARIANTS, ffn_hidden_dim
+from dinojax.trainers import loop, ssl
+
+# Dense bf16 peak per device, for MFU.
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v4": 275.0}
+
+
+def vit_forward_flops(dim: int, depth: int, mlp_hidden: int, ffn: str, tokens: int, patch: int) -> float:
+  """Matmul FLOPs of one ViT forward on one image (2 per multiply-add)."""
+  ffn_matmuls = 3 if ffn == "swiglu" else 2
+  per_block = 2 * tokens * (4 * dim * dim + ffn_matmuls * dim * mlp_hidden) + 4 * tokens * tokens * dim
+  return depth * per_block + 2 * tokens * patch * patch * 3 * dim
+
+
+def step_flops(config) -> float:
+  m = config.model
+  arch = {**VARIANTS.get(m.variant, {}), **{k: m[k] for k in ("embed_dim", "depth") if k in m}}
+  dim, depth = arch["embed_dim"], arch["depth"]
+  hidden = ffn_hidden_dim(dim, m.get("mlp_ratio", 4.0), m.ffn)
+  c = config.crops
+  extra = 1 + m.num_register_tokens
+  flops = lambda size: vit_forward_flops(dim, depth, hidden, m.ffn, (size // m.patch_size) ** 2 + extra,
+                                         m.patch_size)
+  student = 3 * (2 * flops(c.global_size) + c.local_number * flops(c.local_size))
+  teacher = 2 * flops(c.global_size)
+  return config.batch_size * (student + teacher)
+
+
+def peak_flops() -> float | None:
+  kind = jax.devices()[0].device_kind
+  for name, tflops in PEAK_TFLOPS.items():
+    if name.lower() in kind.lower():
+      return tflops * 1e12 * jax.device_count()
+  return None
+
+
+def data_throughput(config, seconds: float = 5.0) -> float:
+  """Multi-crop images/s on one core (PIL augmentations, official crop sizes)."""
+  c = config.crops
+  multi_crop = MultiCrop(c.global_size, tuple(c.global_scale), c.local_size, tuple(c.local_scale),
+                         c.local_number)
+  source = sources.Digits("train", size=256)
+  rng, count, start = np.random.default_rng(0), 0, time.perf_counter()
+  while time.perf_counter() - start < seconds:
+    multi_crop(source[count % len(source)]["image"], rng)
+    count += 1
+  return count / (time.perf_counter() - start)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", default="configs/dinov2_vits14.py")
+  parser.add_argument("--batch", type=int, default=2)
+  parser.add_argument("--steps", type=int, default=6)
+  parser.add_argument("--dtype", default=None, help="override model dtype (float32 on CPU by default)")
+  args = parser.parse_args()
+
+  spec = importlib.util.spec_from_file_location("bench_config", args.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  on_cpu = jax.default_backend() == "cpu"
+  config.batch_size = args.batch
+  config.total_steps = args.steps
+  config.model.dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
+  config.model.attention = "xla" if on_cpu else "cudnn"
+  config.data.update(source="digits", split="train", threads=os.cpu_count() or 2)
+  config.eval.every = 0
+  config.log_every = 1
+  config.checkpoint.every = 10 ** 9
+  config.mesh.update(data=-1, fsdp=1, model=1)
+
+  with tempfile.TemporaryDirectory() as workdir:
+    ssl.run(config, workdir)
+    times = [r["step_time_s"] for r in loop.read_metrics(workdir) if "step_time_s" in r]
+  step_time = float(np.median(times[len(times) // 2:]))
+  flops = step_flops(config)
+  peak = peak_flops()
+  stats = jax.local_devices()[0].memory_stats() or {}
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, backend {jax.default_backend()}")
+  print("model | batch | dtype | step s | img/s | TFLOP/s | MFU | peak GiB | multi-crop img/s/core")
+  print(" | ".join([
+      f"{config.model.variant}/{config.model.patch_size}", str(config.batch_size), config.model.dtype,
+      f"{step_time:.3f}", f"{config.batch_size / step_time:.2f}", f"{flops / step_time / 1e12:.3f}",
+      f"{100 * flops / step_time / peak:.1f}%" if peak else "n/a",
+      f"{stats['peak_bytes_in_use'] / 2**30:.1f}" if "peak_bytes_in_use" in stats else "n/a",
+      f"{data_throughput(config):.1f}"]))
+
+
+if __name__ == "__main__":
+  main()
