@@ -1,12 +1,12 @@
 """DINOv2 ViT-g/14 pretraining (`dinov2/configs/train/vitg14.yaml`): as ViT-L/14 with the giant2
 backbone (1536 wide, 40 blocks, SwiGLU), batch 12 per GPU in the original; rematerialised blocks."""
 
-from configs import dinov2_common
+from dinojax.config_defaults import dinov2_ssl
 
 
 def get_config(arg=None):
   del arg
-  c = dinov2_common.base_config()
+  c = dinov2_ssl()
   c.model.update(variant="vit_giant2", patch_size=14, img_size=224, drop_path_rate=0.4, ffn="swiglu",
                  remat=True)
   c.dino.head.update(prototypes=131072, bottleneck_dim=384)

@@ -4,12 +4,12 @@
   python -m dinojax.main --config configs/dinov2_vitl14.py --workdir gs://bucket/vitl14
 """
 
-from configs import dinov2_common
+from dinojax.config_defaults import dinov2_ssl
 
 
 def get_config(arg=None):
   del arg
-  c = dinov2_common.base_config()
+  c = dinov2_ssl()
   c.model.update(variant="vit_large", patch_size=14, img_size=224, drop_path_rate=0.4, ffn="swiglu")
   c.dino.head.update(prototypes=131072, bottleneck_dim=384)
   c.ibot.update(separate_head=True)

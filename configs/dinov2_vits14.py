@@ -5,14 +5,15 @@ from-scratch counterpart for smaller budgets. `:tiny` gives the CPU config of th
 on the offline digits set, a few hundred steps, with k-NN evaluation.
 """
 
-from configs import dinov2_common
+from dinojax.config_defaults import dinov2_ssl
 from dinojax.config_args import parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, tiny=False)
-  c = dinov2_common.base_config()
+  c = dinov2_ssl()
   c.model.update(variant="vit_small", patch_size=14, img_size=224, drop_path_rate=0.1, ffn="mlp")
+  c.crops.local_size = 98  # a multiple of the 14-px patch, as the official /14 recipes
   if arg.tiny:
     return tiny(c)
   return c

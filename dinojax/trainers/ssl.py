@@ -85,6 +85,10 @@ def run(config, workdir: str) -> dict:
   # Data
   # ------------------------------------------------------------------------------------------------
   crops = config.crops
+  for name in ("global_size", "local_size"):
+    if crops[name] % config.model.patch_size:
+      raise ValueError(f"crops.{name}={crops[name]} is not a multiple of model.patch_size="
+                       f"{config.model.patch_size}.")
   multi_crop = MultiCrop(crops.global_size, tuple(crops.global_scale), crops.local_size,
                          tuple(crops.local_scale), crops.local_number)
   local_batch = config.batch_size // jax.process_count()

@@ -1,4 +1,5 @@
-"""The DINOv2 recipe's defaults (`dinov2/configs/ssl_default_config.yaml`), shared by the configs."""
+"""Base configs the files in `configs/` start from. `dinov2_ssl()` is the official DINOv2 recipe's
+defaults (`dinov2/configs/ssl_default_config.yaml`); each config file states its differences."""
 
 import ml_collections
 
@@ -7,7 +8,7 @@ from dinojax import parallel
 OFFICIAL_EPOCH_LENGTH = 1250
 
 
-def base_config() -> ml_collections.ConfigDict:
+def dinov2_ssl() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.job = "ssl"
   c.seed = 0
