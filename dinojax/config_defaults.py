@@ -49,6 +49,7 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
       batch_size=256, knn_k=20, knn_temperature=0.07))
   c.checkpoint = ml_collections.ConfigDict(dict(every=1250, keep=3))
   c.log_every = 50
+  c.init_from = ""  # workdir of an earlier run to start from (weights, teacher, centres)
 
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "model": 1})
   c.sharding_rules = parallel.DEFAULT_RULES

@@ -265,6 +265,14 @@ def run(config, workdir: str) -> dict:
     start = int(state["step"])
     logging.info("Resumed from step %d.", start)
 
+  elif config.init_from:
+    # A new phase of an earlier run (e.g. the high-resolution adaptation): its weights, teacher and
+    # centres; a fresh optimizer and schedule.
+    source = checkpoint.manager(os.path.join(config.init_from, "checkpoints"), None)
+    previous = checkpoint.restore(source, checkpoint.abstract_like(state, state_shardings))
+    state = {**state, **{k: previous[k] for k in ("params", "teacher", "center")}}
+    logging.info("Initialised from %s (step %d).", config.init_from, int(previous["step"]))
+
   def save(step, force=False):
     meta = {"data": data_iter.get_state(), "skipped_images": skipped.count, "step": step}
     checkpoint.save(ckpt, step, state, meta, force=force)

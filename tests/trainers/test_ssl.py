@@ -114,3 +114,15 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   assert "Non-finite loss at step" in result.stderr and "last good checkpoint is step" in result.stderr
   step, state = _final_state(tmp_path)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
+
+
+def test_a_new_phase_starts_from_an_earlier_run(tmp_path):
+  _run(tmp_path / "low", "--config.total_steps=4", "--config.eval.every=0", "--config.checkpoint.every=4")
+  # Larger crops (the high-resolution phase, in miniature), zero lr: the weights must be the first run's.
+  _run(tmp_path / "high", "--config.total_steps=1", "--config.eval.every=0", "--config.checkpoint.every=1",
+       "--config.crops.global_size=48", "--config.crops.local_size=24", "--config.optim.base_lr=0.0",
+       f"--config.init_from={tmp_path / 'low'}")
+  (_, low), (_, high) = _final_state(tmp_path / "low"), _final_state(tmp_path / "high")
+  assert int(high["step"]) == 1
+  for x, y in zip(jax.tree.leaves(low["params"]), jax.tree.leaves(high["params"])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
