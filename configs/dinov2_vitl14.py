@@ -7,21 +7,14 @@
       --config.init_from=gs://bucket/vitl14
 """
 
-from dinojax.config_defaults import dinov2_ssl
+from dinojax.config_defaults import dinov2_lvd_recipe, dinov2_ssl
 from dinojax.config_args import parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, high_res=False)
-  c = dinov2_ssl()
-  c.model.update(variant="vit_large", patch_size=14, img_size=224, drop_path_rate=0.4, ffn="swiglu")
-  c.dino.head.update(prototypes=131072, bottleneck_dim=384)
-  c.ibot.update(separate_head=True)
-  c.ibot.head.update(prototypes=131072)
-  c.centering = "sinkhorn_knopp"
-  c.teacher.momentum = 0.994
-  c.optim.update(epochs=500, weight_decay_end=0.2, base_lr=2e-4, warmup_epochs=80, layerwise_decay=1.0)
-  c.crops.local_size = 98
+  c = dinov2_lvd_recipe(dinov2_ssl())
+  c.model.variant = "vit_large"
   c.data.source = "tfds:imagenet2012"  # the official run used ImageNet-22k
   if arg.high_res:
     high_res(c)

@@ -7,8 +7,8 @@ import ml_collections
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """`key=value` items override `defaults` (values parsed as Python literals, else strings); a bare
-  `name` sets a boolean default to True, or else fills the first default (the positional one).
-  Unknown keys are an error, so a typo in a variant argument never passes silently."""
+  `name` sets a boolean default to True, or else fills the first default if that one is not a
+  boolean (the positional one). Unknown keys are an error, so a typo never passes silently."""
   out = dict(defaults)
   first = next(iter(defaults), None)
   for item in filter(None, (arg or "").split(",")):
@@ -18,6 +18,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       if isinstance(defaults.get(key), bool):
         out[key] = True
         continue
+      if isinstance(defaults.get(first), bool):
+        raise ValueError(f"Unknown config argument {key!r}; known: {sorted(defaults)}.")
       key, value = first, item
     if key not in defaults:
       raise ValueError(f"Unknown config argument {key!r}; known: {sorted(defaults)}.")

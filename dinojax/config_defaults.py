@@ -55,3 +55,17 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
   c.sharding_rules = parallel.DEFAULT_RULES
   return c
 
+
+
+def dinov2_lvd_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """What `vitl14.yaml` and `vitg14.yaml` change from the defaults: SwiGLU /14 backbones with drop
+  path 0.4, separate 131072-prototype heads, Sinkhorn-Knopp, 500 epochs at lr 2e-4, 98-px locals."""
+  c.model.update(patch_size=14, img_size=224, drop_path_rate=0.4, ffn="swiglu")
+  c.dino.head.update(prototypes=131072, bottleneck_dim=384)
+  c.ibot.update(separate_head=True)
+  c.ibot.head.update(prototypes=131072)
+  c.centering = "sinkhorn_knopp"
+  c.teacher.momentum = 0.994
+  c.optim.update(epochs=500, weight_decay_end=0.2, base_lr=2e-4, warmup_epochs=80, layerwise_decay=1.0)
+  c.crops.local_size = 98
+  return c

@@ -1,0 +1,48 @@
+"""Every config file loads, names a known job, and describes a model that builds at full size."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from dinojax import main
+from dinojax.trainers import ssl
+
+CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+VARIANTS = {"dinov2_vitl14.py": [None, "high_res"], "dinov2_vits14.py": [None, "tiny"],
+            "features_pca.py": [None, "vitb14"]}
+
+
+def load(path, arg):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.mark.parametrize("path,arg", [(p, a) for p in CONFIGS for a in VARIANTS.get(p.name, [None])],
+                         ids=lambda x: getattr(x, "name", str(x)))
+def test_config_loads(path, arg):
+  config = load(path, arg)
+  assert config.job in main.JOBS
+  if config.job == "ssl":
+    assert config.crops.global_size % config.model.patch_size == 0
+    assert config.crops.local_size % config.model.patch_size == 0
+
+
+@pytest.mark.parametrize("name,params_millions", [("dinov2_vits14.py", 21.7), ("dinov2_vitl14.py", 303.3),
+                                                   ("dinov2_vitg14.py", 1136.5)])
+def test_official_backbones_have_the_published_size(name, params_millions):
+  config = load(CONFIGS[[p.name for p in CONFIGS].index(name)], None)
+  backbone = ssl.build_backbone(config.model)
+  size = config.crops.global_size
+  shapes = jax.eval_shape(backbone.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  count = sum(x.size for x in jax.tree.leaves(shapes)) / 1e6
+  assert count == pytest.approx(params_millions, rel=0.01)
+
+
+def test_bad_variant_argument_is_named():
+  with pytest.raises(ValueError, match="Unknown config argument 'tiyn'"):
+    load(CONFIGS[[p.name for p in CONFIGS].index("dinov2_vits14.py")], "tiyn")
