@@ -31,6 +31,7 @@ DEFAULT_RULES: Rules = (
     ("norm", None),
     ("length", None),
     ("act_embed", None),
+    ("act_heads", "model"),
 )
 
 

@@ -4,13 +4,22 @@ Implementations, chosen by name (a config value):
   "xla"    the reference: einsum, fp32 softmax, einsum. Runs everywhere; the only one that can also
            return the attention weights.
   "cudnn"  `jax.nn.dot_product_attention` with the cuDNN fused kernel (GPU only).
-  "pallas" our Pallas flash-attention kernels (GPU and TPU).
+  "pallas" our Pallas flash-attention kernels (`flash_attention.py`; interpret mode on CPU).
+  "auto"   the fastest measured for the platform (see docs/benchmarks.md).
 """
 
+import math
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
-IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+from dinojax.ops.flash_attention import flash_attention
+
+IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
+# Until the GPU and TPU kernels are benchmarked against cuDNN / XLA, "auto" keeps the vendor paths.
+_AUTO = {"cpu": "xla", "gpu": "cudnn", "tpu": "xla"}
 
 
 def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
@@ -29,13 +38,31 @@ def _cudnn(q, k, v):
   return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
 
 
+def _divisible(spec: P, shape, mesh) -> P:
+  dims = []
+  for dim, axes in zip(shape, spec):
+    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    dims.append(axes if names and dim % math.prod(mesh.shape[n] for n in names) == 0 else None)
+  return P(*dims)
+
+
 def _pallas(q, k, v):
-  raise NotImplementedError(
-      "attention='pallas' needs the Pallas flash-attention kernels, which are not in this build yet; "
-      "use attention='xla' or attention='cudnn'.")
+  """The kernel is a custom call XLA cannot partition, so under a mesh it runs per shard, with batch
+  and heads split as the activation rules say (the same axes the surrounding model uses)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return flash_attention(q, k, v)
+  spec = _divisible(P(*nn.logical_to_mesh_axes(("batch", None, "act_heads", None))), q.shape, mesh)
+  # check_vma=False: pallas_call outputs carry no varying-axes annotation.
+  return jax.shard_map(flash_attention, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=False)(q, k, v)
 
 
-_DISPATCH = {"xla": _xla, "cudnn": _cudnn, "pallas": _pallas}
+def _auto(q, k, v):
+  return _DISPATCH[_AUTO.get(jax.default_backend(), "xla")](q, k, v)
+
+
+_DISPATCH = {"xla": _xla, "cudnn": _cudnn, "pallas": _pallas, "auto": _auto}
 
 
 def check_implementation(implementation: str) -> None:

@@ -126,3 +126,11 @@ def test_a_new_phase_starts_from_an_earlier_run(tmp_path):
   assert int(high["step"]) == 1
   for x, y in zip(jax.tree.leaves(low["params"]), jax.tree.leaves(high["params"])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_pallas_attention_gives_the_same_losses(tmp_path):
+  overrides = ["--config.total_steps=2", "--config.eval.every=0", "--config.checkpoint.every=2"]
+  _run(tmp_path / "xla", *overrides)
+  _run(tmp_path / "pallas", *overrides, "--config.model.attention=pallas")
+  xla, pallas = _losses(tmp_path / "xla"), _losses(tmp_path / "pallas")
+  np.testing.assert_allclose([pallas[1], pallas[2]], [xla[1], xla[2]], rtol=1e-5)
