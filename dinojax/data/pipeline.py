@@ -79,7 +79,8 @@ def ssl_dataset(source, batch_size: int, multi_crop: MultiCrop, patch_size: int,
 
 def eval_dataset(source, batch_size: int, size: int, process_index: int = 0, process_count: int = 1):
   """One pass, in order, of {"image" (b, size, size, 3), "label" (b,), "valid" (b,)}: the evaluation
-  transform (resize short side to size·256/224, centre crop), last batch padded with valid=False."""
+  transform (resize short side to size·256/224, centre crop). Every host yields the same number of
+  batches (collectives stay in step); padding rows have valid=False."""
 
   def transform(example):
     image = decode_image(example["image"])
@@ -94,8 +95,9 @@ def eval_dataset(source, batch_size: int, size: int, process_index: int = 0, pro
     return {"image": image_lib.normalize(crop), "label": np.int32(example["label"]), "valid": True}
 
   ds = grain.MapDataset.source(source)[process_index::process_count].map(transform)
-  for start in range(0, len(ds), batch_size):
+  per_host = -(-len(source) // process_count)
+  padding = {**ds[0], "valid": False}
+  for start in range(0, per_host, batch_size):
     items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
-    pad = batch_size - len(items)
-    items += [{**items[-1], "valid": False}] * pad
-    yield {k: np.stack([it[k] for it in items]) for k in items[0]}
+    items += [padding] * (batch_size - len(items))
+    yield {k: np.stack([it[k] for it in items]) for k in padding}

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from dinojax import checkpoint, optim, parallel
 from dinojax.data import pipeline, sources
@@ -77,9 +78,10 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   mesh = parallel.make_mesh(config.mesh)
   rules = tuple(tuple(r) for r in config.sharding_rules)
-  if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-    raise ValueError(f"batch_size {config.batch_size} is not divisible by the data×fsdp mesh size "
-                     f"{mesh.shape['data'] * mesh.shape['fsdp']}.")
+  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
+    if size % data_devices:
+      raise ValueError(f"{name}={size} is not divisible by the data×fsdp mesh size {data_devices}.")
 
   # ------------------------------------------------------------------------------------------------
   # Data
@@ -282,12 +284,20 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   extract = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
 
+  eval_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
+                    "label": parallel.batch_sharding(mesh, rules, 1),
+                    "valid": parallel.batch_sharding(mesh, rules, 1)}
+
   def features(params, source):
+    """Every host embeds its slice; all hosts end with the whole set (in the same order)."""
     feats, labels = [], []
-    for eval_batch in pipeline.eval_dataset(source, config.eval.batch_size, crops.global_size):
-      out = np.asarray(extract(params, jnp.asarray(eval_batch["image"])), np.float32)
-      feats.append(out[eval_batch["valid"]])
-      labels.append(eval_batch["label"][eval_batch["valid"]])
+    for local in pipeline.eval_dataset(source, config.eval.batch_size // jax.process_count(),
+                                       crops.global_size, jax.process_index(), jax.process_count()):
+      batch = loop.global_batch(local, eval_shardings)
+      out, label, valid = (multihost_utils.process_allgather(x, tiled=True) for x in
+                           (extract(params, batch["image"]), batch["label"], batch["valid"]))
+      feats.append(np.asarray(out, np.float32)[valid])
+      labels.append(label[valid])
     return np.concatenate(feats), np.concatenate(labels)
 
   eval_sources = None
