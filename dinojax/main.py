@@ -18,6 +18,23 @@ JOBS = {
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Join a multi-process run from the environment (TPU pod, SLURM).")
+
+
+def init_distributed() -> None:
+  """Joins the other processes of a multi-host run, from flags or (with --distributed) the
+  environment; CPU runs exchange data over gloo."""
+  import jax
+  if _NUM_PROCESSES.value > 1:
+    # Only the CPU backend reads this (it must be set before any backend starts).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -38,6 +55,7 @@ def main(argv):
     raise app.UsageError("--workdir is required.")
   if config.job not in JOBS:
     raise app.UsageError(f"Unknown job {config.job!r}; choose one of {sorted(JOBS)}.")
+  init_distributed()
   logging.info("Config:\n%s", config)
   importlib.import_module(JOBS[config.job]).run(config, _WORKDIR.value)
 
