@@ -44,6 +44,9 @@ def _decoded_or_none(example, skipped: SkipCounter):
     return None
 
 
+_REPLACEMENT_TRIES = 10
+
+
 def mask_upper_bound(batch: int, num_patches: int, mask_ratio, mask_probability) -> int:
   """The static bound `sample_masks` reports for one host's batch of global crops."""
   n = int(batch * mask_probability)
@@ -51,30 +54,51 @@ def mask_upper_bound(batch: int, num_patches: int, mask_ratio, mask_probability)
   return int(sum(int(num_patches * hi) for hi in edges[1:]))
 
 
-def ssl_dataset(source, batch_size: int, multi_crop: MultiCrop, patch_size: int, seed: int,
-                mask_ratio=(0.1, 0.5), mask_probability: float = 0.5, process_index: int = 0,
-                process_count: int = 1, num_threads: int = 2):
-  """Batches of {"global_crops" (b, 2, G, G, 3), "local_crops" (b, N, L, L, 3), "masks" (b, 2, P)}
-  for this host; returns (IterDataset, SkipCounter)."""
+def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: int, seed: int,
+                mask_ratio=(0.1, 0.5), mask_probability: float = 0.5, mask_group: int = 0,
+                process_index: int = 0, process_count: int = 1, num_threads: int = 2):
+  """This host's part of every global batch: {"global_crops" (b, 2, G, G, 3), "local_crops"
+  (b, N, L, L, 3), "masks" (b, 2, P)} with b = global_batch / process_count.
+
+  Element i of the run is a function of (seed, i) only, and global batch k is elements
+  [k·B, (k+1)·B) split across hosts in order, so the data does not depend on how many hosts read
+  it. iBOT mask ratios are stratified over groups of `mask_group` images (0: this host's batch; the
+  official collate stratifies per GPU batch). An unreadable image is counted and replaced by the
+  element one epoch later. Returns (IterDataset, SkipCounter).
+  """
+  if global_batch % process_count:
+    raise ValueError(f"Global batch {global_batch} does not split over {process_count} processes.")
+  local_batch = global_batch // process_count
+  mask_group = mask_group or local_batch
+  if local_batch % mask_group:
+    raise ValueError(f"mask_group {mask_group} does not divide the per-host batch {local_batch}.")
   skipped = SkipCounter()
   grid = (multi_crop.global_size // patch_size,) * 2
   generator = BlockMasking(grid, max_num_patches=int(0.5 * grid[0] * grid[1]))
+  stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  epoch = len(source)
 
-  def crops(example, rng):
-    image = _decoded_or_none(example, skipped)
-    return None if image is None else multi_crop(image, rng)
+  def crops(index, rng):
+    for attempt in range(_REPLACEMENT_TRIES):
+      image = _decoded_or_none(stream[index + attempt * epoch], skipped)
+      if image is not None:
+        return multi_crop(image, rng)
+    raise ValueError(f"{_REPLACEMENT_TRIES} unreadable images in a row at element {index}; "
+                     "is the data source readable at all?")
 
-  def add_masks(batch, rng):
-    b = batch["global_crops"].shape[0]
-    masks, _ = sample_masks(rng, 2 * b, grid, mask_ratio, mask_probability, generator)
-    return {**batch, "masks": masks.reshape(b, 2, -1)}
+  def add_masks(group, rng):
+    n = group["global_crops"].shape[0]
+    masks, _ = sample_masks(rng, 2 * n, grid, mask_ratio, mask_probability, generator)
+    return {**group, "masks": masks.reshape(n, 2, -1)}
 
-  ds = grain.MapDataset.source(source)[process_index::process_count]
-  ds = ds.seed(seed).shuffle().repeat(None).random_map(crops)
-  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4 * batch_size)
-  ds = ds.to_iter_dataset(read, allow_nones=True).filter(lambda x: x is not None)
-  ds = ds.batch(batch_size, drop_remainder=True).random_map(add_masks, seed=seed + 1)
-  return ds, skipped
+  def concat(groups):
+    return {k: np.concatenate([g[k] for g in groups]) for k in groups[0]}
+
+  ds = grain.MapDataset.range(len(stream)).seed(seed).random_map(crops)
+  ds = ds.batch(mask_group).random_map(add_masks)
+  ds = ds.batch(local_batch // mask_group, batch_fn=concat)[process_index::process_count]
+  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)
+  return ds.to_iter_dataset(read), skipped
 
 
 def eval_dataset(source, batch_size: int, size: int, process_index: int = 0, process_count: int = 1):

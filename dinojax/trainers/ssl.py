@@ -93,16 +93,16 @@ def run(config, workdir: str) -> dict:
                        f"{config.model.patch_size}.")
   multi_crop = MultiCrop(crops.global_size, tuple(crops.global_scale), crops.local_size,
                          tuple(crops.local_scale), crops.local_number)
-  local_batch = config.batch_size // jax.process_count()
   train_source = sources.make_source(config.data.source, config.data.split)
   dataset, skipped = pipeline.ssl_dataset(
-      train_source, local_batch, multi_crop, config.model.patch_size, config.seed,
-      tuple(config.ibot.mask_ratio), config.ibot.mask_probability, jax.process_index(),
-      jax.process_count(), config.data.threads)
+      train_source, config.batch_size, multi_crop, config.model.patch_size, config.seed,
+      tuple(config.ibot.mask_ratio), config.ibot.mask_probability, config.ibot.mask_group,
+      jax.process_index(), jax.process_count(), config.data.threads)
   num_patches = (crops.global_size // config.model.patch_size) ** 2
-  # Static size of the buffer of masked patches (the official `upperbound`), over all hosts.
-  max_masked = jax.process_count() * pipeline.mask_upper_bound(
-      2 * local_batch, num_patches, config.ibot.mask_ratio, config.ibot.mask_probability)
+  # Static size of the buffer of masked patches (the official `upperbound`) for the global batch.
+  mask_group = config.ibot.mask_group or config.batch_size // jax.process_count()
+  max_masked = config.batch_size // mask_group * pipeline.mask_upper_bound(
+      2 * mask_group, num_patches, config.ibot.mask_ratio, config.ibot.mask_probability)
   batch_shardings = {
       "global_crops": parallel.batch_sharding(mesh, rules, 5),
       "local_crops": parallel.batch_sharding(mesh, rules, 5),
