@@ -53,6 +53,8 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
   c.init_from = ""  # workdir of an earlier run to start from (weights, teacher, centres)
 
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "model": 1})
+  # Multi-slice TPU: mesh sizes across slices (e.g. data=4); `mesh` is then the layout within one.
+  c.mesh_dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "model": 1})
   c.sharding_rules = parallel.DEFAULT_RULES
   return c
 

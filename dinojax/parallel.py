@@ -53,12 +53,30 @@ def mesh_shape(axes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
   return tuple(sizes)
 
 
-def make_mesh(axes: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None) -> Mesh:
-  """A (data, fsdp, model) mesh; by default all devices on `data`."""
+def make_mesh(axes: Mapping[str, int] | None = None, devices: Sequence[Any] | None = None,
+              dcn_axes: Mapping[str, int] | None = None) -> Mesh:
+  """A (data, fsdp, model) mesh; by default all devices on `data`.
+
+  With `dcn_axes` (e.g. {"data": 4} for 4 TPU slices) the mesh is hybrid: `axes` lay out the devices
+  of one slice (fast interconnect) and `dcn_axes` repeat that layout across slices (data-centre
+  network), so only the axes named there communicate between slices. Hosts without slice ids
+  (GPU clusters, CPU) count each process as a slice.
+  """
   devices = list(devices if devices is not None else jax.devices())
-  shape = mesh_shape(axes or {"data": -1}, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                       devices=devices)
+  dcn = tuple(int((dcn_axes or {}).get(a, 1)) for a in MESH_AXES)
+  num_slices = math.prod(dcn)
+  if num_slices == 1:
+    shape = mesh_shape(axes or {"data": -1}, len(devices))
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
+                         devices=devices)
+  if len(devices) % num_slices:
+    raise ValueError(f"DCN mesh {dict(dcn_axes)} does not divide {len(devices)} devices.")
+  ici = mesh_shape(axes or {"data": -1}, len(devices) // num_slices)
+  from jax.experimental import mesh_utils
+  slices = {getattr(d, "slice_index", 0) for d in devices}
+  grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                              process_is_granule=len(slices) < num_slices)
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 def _divisible_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:

@@ -31,10 +31,10 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start_pair(workdir):
+def _start_pair(workdir, *extra):
   port = _free_port()
   return [subprocess.Popen(
-      [sys.executable, "-m", "dinojax.main", *ARGS, "--workdir", str(workdir),
+      [sys.executable, "-m", "dinojax.main", *ARGS, *extra, "--workdir", str(workdir),
        f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
@@ -77,3 +77,19 @@ def test_two_processes_with_kill_and_resume_equal_one_process(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
   knn = [l for l in (tmp_path / "two/metrics.jsonl").read_text().splitlines() if "knn_top1" in l]
   assert len(knn) == 1  # only process 0 writes metrics
+
+
+def test_hybrid_mesh_across_processes_equals_one_process(tmp_path):
+  # Each process stands for a slice: fsdp within it, data across the two over the "DCN".
+  args = ["--config.total_steps=2", "--config.checkpoint.every=2", "--config.eval.every=0"]
+  single = subprocess.run([sys.executable, "-m", "dinojax.main", *ARGS, *args, "--workdir",
+                           str(tmp_path / "one")], cwd=REPO, env=_env(8), capture_output=True, text=True,
+                          timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  pair = _start_pair(tmp_path / "two", *args, "--config.mesh.data=1", "--config.mesh.fsdp=-1",
+                     "--config.mesh_dcn.data=2")
+  for p in pair:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  for a, b in zip(_final_params(tmp_path / "one")[1], _final_params(tmp_path / "two")[1]):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

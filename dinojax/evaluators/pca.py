@@ -60,7 +60,7 @@ def render(image: np.ndarray, colours: np.ndarray) -> Image.Image:
 def run(config, workdir: str) -> dict:
   """Extracts a ViT's patch features for one image and writes `pca.png` and `features.npz`."""
   os.makedirs(workdir, exist_ok=True)
-  mesh = parallel.make_mesh(config.mesh)
+  mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
   rules = tuple(tuple(r) for r in config.sharding_rules)
   model, params = hub.dinov2(config.model.name, checkpoint=config.checkpoint, seed=config.seed,
                              attention=config.attention, **config.model.overrides)

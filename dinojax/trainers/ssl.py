@@ -76,7 +76,7 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # Mesh
   # ------------------------------------------------------------------------------------------------
-  mesh = parallel.make_mesh(config.mesh)
+  mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
   rules = tuple(tuple(r) for r in config.sharding_rules)
   data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
   for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
@@ -127,12 +127,12 @@ def run(config, workdir: str) -> dict:
       params["ibot_head"] = ibot_head.init(k_ibot, tokens)["params"]
     return params
 
-  params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
+  params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
   lr_mult = optim.lr_multipliers(params, backbone.depth, config.optim.layerwise_decay,
                                  config.optim.patch_embed_lr_mult)
   wd_mult = optim.wd_multipliers(params, tuple(config.optim.no_weight_decay))
-  is_last = optim.last_layer_mask(params)
-  make_tx = functools.partial(optim.adamw, lr_mult=lr_mult, wd_mult=wd_mult, is_last_layer=is_last,
+  last_layer = optim.last_layer_mask(params)
+  make_tx = functools.partial(optim.adamw, lr_mult=lr_mult, wd_mult=wd_mult, is_last_layer=last_layer,
                               b1=config.optim.adamw_beta1, b2=config.optim.adamw_beta2)
 
   # ------------------------------------------------------------------------------------------------
