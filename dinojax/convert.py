@@ -319,3 +319,53 @@ def talk2dino_from_checkpoint(path: str | os.PathLike, config_path: str | os.Pat
     if act not in ACTIVATIONS:
       raise ValueError(f"Unknown activation {act!r} in {config_path}.")
   return talk2dino_from_state_dict(load_state_dict(path), act)
+
+
+# ---------------------------------------------------------------------------------------------------
+# CLIP text encoders (Hugging Face `CLIPTextModelWithProjection` / `CLIPModel` naming)
+# ---------------------------------------------------------------------------------------------------
+def clip_text_from_state_dict(sd: StateDict, num_heads: int | None = None):
+  """(CLIPTextEncoder, params) from a Hugging Face CLIP state dict (text keys under `text_model.`,
+  plus `text_projection.weight`); vision keys of a full `CLIPModel` are ignored. Heads are not
+  visible in shapes: OpenAI's text towers use 64-dim heads, assumed unless `num_heads` is given."""
+  from dinojax.models.clip_text import CLIPTextEncoder
+  sd = {k: v for k, v in sd.items() if k.startswith(("text_model.", "text_projection."))}
+  prefix = "text_model."
+  tokens = _require(sd, prefix + "embeddings.token_embedding.weight")
+  positions = _require(sd, prefix + "embeddings.position_embedding.weight")
+  projection = _require(sd, "text_projection.weight")
+  depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"^text_model\.encoder\.layers\.(\d+)\.", k)))
+  width = tokens.shape[1]
+  heads = num_heads or width // 64
+  model = CLIPTextEncoder(vocab_size=tokens.shape[0], context_length=positions.shape[0], width=width,
+                          depth=depth, num_heads=heads, embed_dim=projection.shape[0])
+  head_dim = width // heads
+  used = {prefix + "embeddings.token_embedding.weight", prefix + "embeddings.position_embedding.weight",
+          "text_projection.weight"}
+
+  def take(key):
+    used.add(key)
+    return np.asarray(_require(sd, key), np.float32)
+
+  def norm(name):
+    return {"scale": take(f"{name}.weight"), "bias": take(f"{name}.bias")}
+
+  params = {"token_embedding": np.asarray(tokens, np.float32),
+            "position_embedding": np.asarray(positions, np.float32),
+            "text_projection": np.asarray(projection, np.float32).T,
+            "final_layer_norm": norm(prefix + "final_layer_norm")}
+  for i in range(depth):
+    p = f"{prefix}encoder.layers.{i}."
+    layer = {"layer_norm1": norm(p + "layer_norm1"), "layer_norm2": norm(p + "layer_norm2")}
+    for n in "qkv":
+      layer[f"{n}_proj"] = {"kernel": take(f"{p}self_attn.{n}_proj.weight").T.reshape(width, heads, head_dim),
+                            "bias": take(f"{p}self_attn.{n}_proj.bias").reshape(heads, head_dim)}
+    layer["out_proj"] = {"kernel": take(f"{p}self_attn.out_proj.weight").T.reshape(heads, head_dim, width),
+                         "bias": take(f"{p}self_attn.out_proj.bias")}
+    for n in ("fc1", "fc2"):
+      layer[n] = {"kernel": take(f"{p}mlp.{n}.weight").T, "bias": take(f"{p}mlp.{n}.bias")}
+    params[f"layers_{i}"] = layer
+  unexpected = sorted(set(sd) - used - {prefix + "embeddings.position_ids"})
+  if unexpected:
+    raise ValueError(f"CLIP checkpoint has text keys the encoder does not use: {unexpected[:8]}")
+  return model, {"params": params}

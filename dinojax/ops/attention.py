@@ -22,20 +22,24 @@ IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
 _AUTO = {"cpu": "xla", "gpu": "cudnn", "tpu": "xla"}
 
 
-def attention_weights(q: jax.Array, k: jax.Array) -> jax.Array:
-  """Softmax attention probabilities (B, heads, Tq, Tk) for q, k of shape (B, T, heads, head_dim)."""
+def attention_weights(q: jax.Array, k: jax.Array, causal: bool = False) -> jax.Array:
+  """Softmax attention probabilities (B, heads, Tq, Tk) for q, k of shape (B, T, heads, head_dim);
+  `causal` lets query i see keys ≤ i only (text towers)."""
   scale = q.shape[-1] ** -0.5
   logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k, preferred_element_type=jnp.float32)
+  if causal:
+    tq, tk = logits.shape[-2:]
+    logits = jnp.where(jnp.tril(jnp.ones((tq, tk), bool)), logits, -jnp.inf)
   return jax.nn.softmax(logits, axis=-1)
 
 
-def _xla(q, k, v):
-  probs = attention_weights(q, k).astype(v.dtype)
+def _xla(q, k, v, causal=False):
+  probs = attention_weights(q, k, causal).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-def _cudnn(q, k, v):
-  return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+def _cudnn(q, k, v, causal=False):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
 
 
 def _divisible(spec: P, shape, mesh) -> P:
@@ -46,9 +50,12 @@ def _divisible(spec: P, shape, mesh) -> P:
   return P(*dims)
 
 
-def _pallas(q, k, v):
+def _pallas(q, k, v, causal=False):
   """The kernel is a custom call XLA cannot partition, so under a mesh it runs per shard, with batch
   and heads split as the activation rules say (the same axes the surrounding model uses)."""
+  if causal:
+    raise NotImplementedError("The Pallas kernels are non-causal (DINOv2's attention); use "
+                              "attention='xla' or 'cudnn' for causal text towers.")
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return flash_attention(q, k, v)
@@ -58,8 +65,8 @@ def _pallas(q, k, v):
                        check_vma=False)(q, k, v)
 
 
-def _auto(q, k, v):
-  return _DISPATCH[_AUTO.get(jax.default_backend(), "xla")](q, k, v)
+def _auto(q, k, v, causal=False):
+  return _DISPATCH[_AUTO.get(jax.default_backend(), "xla")](q, k, v, causal)
 
 
 _DISPATCH = {"xla": _xla, "cudnn": _cudnn, "pallas": _pallas, "auto": _auto}
@@ -72,7 +79,7 @@ def check_implementation(implementation: str) -> None:
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          implementation: str = "xla") -> jax.Array:
-  """Non-causal multi-head attention over (B, T, heads, head_dim) inputs, same layout out."""
+                          implementation: str = "xla", causal: bool = False) -> jax.Array:
+  """Multi-head attention over (B, T, heads, head_dim) inputs, same layout out."""
   check_implementation(implementation)
-  return _DISPATCH[implementation](q, k, v)
+  return _DISPATCH[implementation](q, k, v, causal)
