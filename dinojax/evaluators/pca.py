@@ -80,12 +80,14 @@ def run(config, workdir: str) -> dict:
   colours = pca_rgb(patch_tokens, config.pca.foreground_threshold)
 
   picture = os.path.join(workdir, "pca.png")
-  render(image, colours).save(picture)
-  np.savez(os.path.join(workdir, "features.npz"), cls=np.asarray(features["x_norm_clstoken"][0]),
-           patch_tokens=patch_tokens)
   summary = {"image": config.image, "input_size": list(image.shape[:2]), "grid": [h, w],
              "embed_dim": int(patch_tokens.shape[-1]), "picture": picture,
              "random_weights": config.checkpoint is None}
+  if jax.process_index() != 0:  # one writer for the shared workdir
+    return summary
+  render(image, colours).save(picture)
+  np.savez(os.path.join(workdir, "features.npz"), cls=np.asarray(features["x_norm_clstoken"][0]),
+           patch_tokens=patch_tokens)
   with open(os.path.join(workdir, "summary.json"), "w") as f:
     json.dump(summary, f, indent=1)
   logging.info("Wrote %s (%dx%d patches of %d features).", picture, h, w, patch_tokens.shape[-1])
