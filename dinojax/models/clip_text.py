@@ -7,7 +7,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dinojax.models.vit import Linear, with_axes
+from dinojax.models.vit import Linear, layer_norm, with_axes
 from dinojax.ops import attention as attention_ops
 
 LAYER_NORM_EPS = 1e-5
@@ -22,9 +22,7 @@ def quick_gelu(x):
 
 
 def _layer_norm(name, dtype):
-  return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, name=name,
-                      scale_init=with_axes(nn.initializers.ones, "norm"),
-                      bias_init=with_axes(nn.initializers.zeros, "norm"))
+  return layer_norm(name, dtype, eps=LAYER_NORM_EPS)
 
 
 class TextBlock(nn.Module):

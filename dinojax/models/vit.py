@@ -44,9 +44,11 @@ def ffn_hidden_dim(embed_dim: int, mlp_ratio: float, ffn: str) -> int:
   return hidden
 
 
-def layer_norm(name: str, dtype: Any, param_dtype: Any) -> nn.LayerNorm:
+def layer_norm(name: str, dtype: Any, param_dtype: Any = jnp.float32,
+               eps: float = LAYER_NORM_EPS) -> nn.LayerNorm:
+  """LayerNorm whose scale and bias carry the (replicated) `norm` axis."""
   return nn.LayerNorm(
-      epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=param_dtype, name=name,
+      epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
       scale_init=with_axes(nn.initializers.ones, "norm"), bias_init=with_axes(nn.initializers.zeros, "norm"))
 
 
