@@ -36,3 +36,40 @@ def head_pooled_embeddings(patch_tokens: jax.Array, attention: jax.Array,
   cls_to_patches = attention[:, :, 0, num_global_tokens:]
   weights = cls_to_patches / cls_to_patches.sum(axis=-1, keepdims=True)
   return jnp.einsum("bhn,bnd->bhd", weights, patch_tokens) / patch_tokens.shape[1]
+
+
+def _normalize(x: jax.Array) -> jax.Array:
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def patch_scores(patch_tokens: jax.Array, text_embeddings: jax.Array) -> jax.Array:
+  """Soft masks (B, N, h, w): sigmoid of the cosine between every patch (B, h, w, D) and every
+  class embedding ψ(text) (N, D), as the official masker (`DINOTextSim2Mask`, deterministic)."""
+  cosine = jnp.einsum("bhwd,nd->bnhw", _normalize(patch_tokens.astype(jnp.float32)),
+                      _normalize(text_embeddings.astype(jnp.float32)))
+  return jax.nn.sigmoid(cosine)
+
+
+def background_cleaning(masks: jax.Array, patch_tokens: jax.Array, cls_logits: jax.Array,
+                        text_embeddings: jax.Array, lambda_bg: float = 0.2) -> jax.Array:
+  """Talk2DINO's background cleaning: blend each class's soft mask (B, N, h, w) with an attention map
+  built from the heads that class matches best.
+
+  cls_logits (B, heads, h·w): the last block's CLS-to-patch scores before the softmax. Each head's
+  embedding is the score-weighted mean of the patches; a softmax over heads of its cosine with the
+  class gives the class's mix of head scores, softmaxed over patches, min-max rescaled per image
+  into the masks' range, and added with weight `lambda_bg`.
+  """
+  b, n, h, w = masks.shape
+  feats = patch_tokens.reshape(b, h * w, -1).astype(jnp.float32)
+  heads = _normalize(jnp.einsum("bmp,bpd->bmd", cls_logits, feats) / (h * w))
+  text = _normalize(text_embeddings.astype(jnp.float32))
+  head_weights = jax.nn.softmax(jnp.einsum("nd,bmd->bnm", text, heads), axis=-1)
+  per_class = jax.nn.softmax(jnp.einsum("bnm,bmp->bnp", head_weights, cls_logits), axis=-1)
+  lo = per_class.min(axis=(1, 2), keepdims=True)
+  hi = per_class.max(axis=(1, 2), keepdims=True)
+  per_class = (per_class - lo) / jnp.maximum(hi, hi - lo)
+  flat = masks.reshape(b, n, h * w)
+  m_lo, m_hi = flat.min(axis=(1, 2), keepdims=True), flat.max(axis=(1, 2), keepdims=True)
+  per_class = per_class * (m_hi - m_lo) + m_lo
+  return ((flat + lambda_bg * per_class) / (1 + lambda_bg)).reshape(b, n, h, w)

@@ -135,15 +135,15 @@ class Attention(nn.Module):
     qkv = Linear((3, self.num_heads, dim // self.num_heads), ("embed",), (None, "heads", "kv"),
                  self.qkv_bias, self.dtype, self.param_dtype, name="qkv")(x)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    weights = None
-    if return_weights:
-      weights = attention_ops.attention_weights(q, k)
-      out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    logits = None
+    if return_weights:  # the pre-softmax scores; Talk2DINO's background cleaning reads them
+      logits = attention_ops.attention_logits(q, k)
+      out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
     else:
       out = attention_ops.dot_product_attention(q, k, v, self.implementation)
     out = Linear((dim,), ("heads", "kv"), ("embed",), self.proj_bias, self.dtype, self.param_dtype,
                  name="proj")(out)
-    return out, weights
+    return out, logits
 
 
 class Mlp(nn.Module):
@@ -226,11 +226,11 @@ class Block(nn.Module):
     return stochastic_depth_residual(x, branch, self.drop_path, self.make_rng("drop_path"))
 
   def __call__(self, x: jax.Array, train: bool = False, return_attention: bool = False):
-    """Returns (tokens, attention weights or None); weights need `return_attention` (no drop path)."""
+    """Returns (tokens, attention logits or None); logits need `return_attention` (no drop path)."""
     if return_attention:
-      out, weights = self.attn(self.norm1(x), return_weights=True)
+      out, logits = self.attn(self.norm1(x), return_weights=True)
       x = x + self.ls1(out)
-      return x + self._ffn_branch(x), weights
+      return x + self._ffn_branch(x), logits
     x = self._residual(x, self._attn_branch, train)
     return self._residual(x, self._ffn_branch, train), None
 
@@ -329,21 +329,22 @@ class ViT(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
   def _run_blocks(self, x, train, take=(), return_attention=False):
-    taken, weights = [], None
+    taken, logits = [], None
     for i, block in enumerate(self.blocks):
       last = i == len(self.blocks) - 1
-      x, weights = block(x, train, return_attention and last)
+      x, logits = block(x, train, return_attention and last)
       x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
       if i in take:
         taken.append(x)
-    return x, taken, weights
+    return x, taken, logits
 
   def __call__(self, images: jax.Array, masks: jax.Array | None = None, *, train: bool = False,
                return_attention: bool = False) -> dict[str, jax.Array]:
     """The official `forward_features` dict; with `return_attention`, also `attention`: the last
-    block's softmax weights (B, heads, T, T) over all T = 1 + registers + patches tokens."""
+    block's softmax weights (B, heads, T, T) over all T = 1 + registers + patches tokens, and
+    `attention_logits`, the same before the softmax (q·k/√d)."""
     x = self.prepare_tokens(images, masks)
-    x, _, weights = self._run_blocks(x, train, return_attention=return_attention)
+    x, _, logits = self._run_blocks(x, train, return_attention=return_attention)
     x_norm = self.norm(x)
     r = self.num_register_tokens
     out = {
@@ -354,7 +355,8 @@ class ViT(nn.Module):
         "masks": masks,
     }
     if return_attention:
-      out["attention"] = weights
+      out["attention"] = jax.nn.softmax(logits, axis=-1)
+      out["attention_logits"] = logits
     return out
 
   def get_intermediate_layers(self, images: jax.Array, n: int | Sequence[int] = 1,

@@ -22,11 +22,16 @@ IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
 _AUTO = {"cpu": "xla", "gpu": "cudnn", "tpu": "xla"}
 
 
-def attention_weights(q: jax.Array, k: jax.Array, causal: bool = False) -> jax.Array:
-  """Softmax attention probabilities (B, heads, Tq, Tk) for q, k of shape (B, T, heads, head_dim);
-  `causal` lets query i see keys ≤ i only (text towers)."""
+def attention_logits(q: jax.Array, k: jax.Array) -> jax.Array:
+  """Scaled dot products q·k/√d (B, heads, Tq, Tk), fp32, for q, k of shape (B, T, heads, head_dim)."""
   scale = q.shape[-1] ** -0.5
-  logits = jnp.einsum("bqhd,bkhd->bhqk", q * scale, k, preferred_element_type=jnp.float32)
+  return jnp.einsum("bqhd,bkhd->bhqk", q * scale, k, preferred_element_type=jnp.float32)
+
+
+def attention_weights(q: jax.Array, k: jax.Array, causal: bool = False) -> jax.Array:
+  """Softmax attention probabilities (B, heads, Tq, Tk); `causal` lets query i see keys ≤ i only
+  (text towers)."""
+  logits = attention_logits(q, k)
   if causal:
     tq, tk = logits.shape[-2:]
     logits = jnp.where(jnp.tril(jnp.ones((tq, tk), bool)), logits, -jnp.inf)

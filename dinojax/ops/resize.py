@@ -85,3 +85,27 @@ def torch_bicubic_resize(x: jax.Array, size: tuple[int, int] | None = None,
   hi = jax.lax.Precision.HIGHEST
   x = jnp.einsum("oh,...hwc->...owc", w_h, x.astype(jnp.float32), precision=hi)
   return jnp.einsum("pw,...owc->...opc", w_w, x, precision=hi)
+
+
+def linear_weights(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+  """The (out_size, in_size) matrix of one axis of PyTorch's bilinear interpolation."""
+  if align_corners:
+    src = np.arange(out_size) * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
+  else:
+    src = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
+  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = src - lo
+  weights = np.zeros((out_size, in_size), np.float64)
+  np.add.at(weights, (np.arange(out_size), lo), 1 - frac)
+  np.add.at(weights, (np.arange(out_size), hi), frac)
+  return weights
+
+
+def torch_bilinear_resize(x: jax.Array, size: tuple[int, int], align_corners: bool = False) -> jax.Array:
+  """Resizes the two spatial axes of an (..., H, W, C) array like PyTorch's bilinear `interpolate`."""
+  w_h = jnp.asarray(linear_weights(x.shape[-3], size[0], align_corners), jnp.float32)
+  w_w = jnp.asarray(linear_weights(x.shape[-2], size[1], align_corners), jnp.float32)
+  hi = jax.lax.Precision.HIGHEST
+  x = jnp.einsum("oh,...hwc->...owc", w_h, x.astype(jnp.float32), precision=hi)
+  return jnp.einsum("pw,...owc->...opc", w_w, x, precision=hi)

@@ -1,0 +1,81 @@
+"""Talk2DINO segmentation: the official formulas transcribed in NumPy, and the end-to-end API on
+small random models (shapes, odd sizes, one or many classes, bad inputs)."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from dinojax import segment as seg
+from dinojax.models import talk2dino
+from dinojax.models.clip_text import CLIPTextEncoder
+from dinojax.models.vit import ViT
+
+
+def _softmax(x, axis):
+  e = np.exp(x - x.max(axis=axis, keepdims=True))
+  return e / e.sum(axis=axis, keepdims=True)
+
+
+def _official_background_cleaning(mask, image_feat, maps, text_emb, lambda_bg=0.2):
+  """`similarity_assignment_weighted`, one image, in NumPy (shapes as there: mask (1, N, h, w),
+  image_feat (1, C, h, w), maps (1, M, hw), text_emb (N, C) normalised)."""
+  bs, c, h, w = image_feat.shape
+  _, n, _, _ = mask.shape
+  feat = image_feat.reshape(bs, c, h * w)
+  heads = (maps[:, :, None] * feat[:, None]).mean(-1)
+  heads = heads / np.linalg.norm(heads, axis=-1, keepdims=True)
+  sim = _softmax(text_emb[None] @ heads.transpose(0, 2, 1), -1)
+  per_class = _softmax((maps[:, None] * sim[..., None]).sum(2) / sim.sum(-1)[..., None], -1)
+  lo, hi = per_class.min(), per_class.max()
+  hi = max(hi, hi - lo)
+  per_class = (per_class - lo) / hi * (mask.max() - mask.min()) + mask.min()
+  return (mask.reshape(n, h * w) + lambda_bg * per_class).reshape(bs, n, h, w) / (1 + lambda_bg)
+
+
+def test_scores_and_background_cleaning_match_the_official_formulas():
+  rng = np.random.default_rng(0)
+  h, w, d, n, m = 3, 4, 8, 5, 2
+  patches = rng.normal(size=(1, h, w, d)).astype(np.float32)
+  text = rng.normal(size=(n, d)).astype(np.float32)
+  text /= np.linalg.norm(text, axis=-1, keepdims=True)
+  maps = rng.normal(size=(1, m, h * w)).astype(np.float32)
+  masks = np.asarray(talk2dino.patch_scores(patches, text))
+  unit = patches / np.linalg.norm(patches, axis=-1, keepdims=True)
+  np.testing.assert_allclose(masks, 1 / (1 + np.exp(-np.einsum("bhwd,nd->bnhw", unit, text))), rtol=1e-5)
+  ours = talk2dino.background_cleaning(masks, patches, maps, text, 0.2)
+  ref = _official_background_cleaning(masks, patches.transpose(0, 3, 1, 2), maps, text, 0.2)
+  np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def models():
+  vit = ViT(embed_dim=32, depth=2, num_heads=2, patch_size=14, img_size=56, num_register_tokens=4)
+  text = CLIPTextEncoder(width=32, depth=1, num_heads=2, embed_dim=16)
+  proj = talk2dino.TextToPatchProjection(dino_dim=32)
+  key = jax.random.key(0)
+  return seg.Talk2DINOModels(
+      vit, nn.unbox(vit.init(key, np.zeros((1, 56, 56, 3), np.float32))),
+      text, nn.unbox(text.init(key, np.zeros((1, 77), np.int32))),
+      proj, nn.unbox(proj.init(key, np.zeros((1, 16), np.float32))))
+
+
+@pytest.mark.parametrize("classes", [["cat"], ["cat", "grass", "sky", "a red car", "tree"]])
+def test_segment_odd_sizes_and_class_counts(models, classes):
+  image = (np.random.default_rng(1).random((75, 101, 3)) * 255).astype(np.uint8)
+  labels, scores = seg.segment(image, classes, models, short_side=56)
+  assert labels.shape == (75, 101) and scores.shape == (len(classes), 75, 101)
+  assert labels.min() >= 0 and labels.max() < len(classes)
+  np.testing.assert_array_equal(labels, scores.argmax(0))
+  labels, _ = seg.segment(image, classes, models, short_side=56, background_threshold=2.0)
+  assert (labels == -1).all()  # sigmoid scores never reach 2: everything is background
+
+
+def test_segment_bad_inputs(models):
+  gray = np.zeros((40, 30), np.uint8)
+  labels, _ = seg.segment(gray, ["cat", "dog"], models, short_side=28)  # grayscale is converted
+  assert labels.shape == (40, 30)
+  with pytest.raises(ValueError, match="at least one class"):
+    seg.segment(gray, [], models)
+  with pytest.raises(ValueError, match="image, got shape"):
+    seg.segment(np.zeros((10, 10, 2), np.uint8), ["cat"], models)
