@@ -79,3 +79,17 @@ def test_segment_bad_inputs(models):
     seg.segment(gray, [], models)
   with pytest.raises(ValueError, match="image, got shape"):
     seg.segment(np.zeros((10, 10, 2), np.uint8), ["cat"], models)
+
+
+def test_cli_writes_a_mask(tmp_path):
+  import subprocess
+  import sys
+  from PIL import Image
+  out = tmp_path / "mask.png"
+  cmd = [sys.executable, "-m", "dinojax.segment", "--image", "chelsea", "--classes", "cat, wall",
+         "--out", str(out), "--backbone", "vits14_reg", "--short_side", "56"]
+  result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "randomly initialised" in result.stdout and Image.open(out).size == (451, 300)
+  bad = subprocess.run(cmd[:6] + [" , "] + cmd[7:], capture_output=True, text=True, timeout=600)
+  assert bad.returncode == 2 and "names no class" in bad.stderr
