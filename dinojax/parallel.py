@@ -7,7 +7,6 @@ model then runs data-parallel (`data`), with params sharded FSDP-style (`fsdp`),
 """
 
 import contextlib
-import logging
 import math
 from typing import Any, Mapping, Sequence
 
@@ -15,6 +14,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from dinojax.ops.sharding import divisible_spec
 
 MESH_AXES = ("data", "fsdp", "model")
 
@@ -79,25 +80,12 @@ def make_mesh(axes: Mapping[str, int] | None = None, devices: Sequence[Any] | No
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def _divisible_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
-  """Drops mesh axes from dims they do not divide (those dims stay replicated)."""
-  dims = []
-  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    size = math.prod(mesh.shape[n] for n in names)
-    if names and dim % size:
-      logging.info("Dimension of size %d not divisible by mesh axes %s; replicating it.", dim, names)
-      names = ()
-    dims.append(names[0] if len(names) == 1 else (names or None))
-  return P(*dims)
-
-
 def logical_to_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Any:
   """NamedShardings for a tree of logically-annotated (boxed) values, e.g. `jax.eval_shape(model.init)`."""
   logical = nn.get_partition_spec(abstract_boxed)
   mesh_specs = nn.logical_to_mesh(logical, rules)
   shapes = nn.unbox(abstract_boxed)
-  return jax.tree.map(lambda spec, x: NamedSharding(mesh, _divisible_spec(spec, x.shape, mesh)),
+  return jax.tree.map(lambda spec, x: NamedSharding(mesh, divisible_spec(spec, x.shape, mesh)),
                       mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
 
 

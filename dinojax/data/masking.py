@@ -48,23 +48,29 @@ class BlockMasking:
     return mask
 
 
+def mask_upper_bound(batch: int, num_patches: int, mask_ratio=(0.1, 0.5),
+                     mask_probability: float = 0.5) -> int:
+  """The most patches `sample_masks` can mask in `batch` crops: static given the batch, so a jitted
+  step can gather masked patches into a fixed-size buffer (the official `upperbound`)."""
+  edges = np.linspace(*mask_ratio, int(batch * mask_probability) + 1)
+  return int(sum(int(num_patches * hi) for hi in edges[1:]))
+
+
 def sample_masks(rng: np.random.Generator, batch: int, grid: tuple[int, int],
                  mask_ratio: tuple[float, float] = (0.1, 0.5), mask_probability: float = 0.5,
                  generator: BlockMasking | None = None) -> tuple[np.ndarray, int]:
   """Masks for `batch` global crops, as the official collate: int(batch · probability) of them get a
   ratio from consecutive slices of linspace(mask_ratio), the rest none, in shuffled order.
 
-  Returns (masks (batch, patches) bool, upper bound on the masked count) — the bound is static given
-  the batch, so a jitted step can gather masked patches into a fixed-size buffer.
+  Returns (masks (batch, patches) bool, `mask_upper_bound` of the batch).
   """
   num_patches = grid[0] * grid[1]
   generator = generator or BlockMasking(grid, max_num_patches=int(0.5 * num_patches))
   num_masked_samples = int(batch * mask_probability)
   edges = np.linspace(*mask_ratio, num_masked_samples + 1)
-  masks, upper_bound = [], 0
-  for lo, hi in zip(edges[:-1], edges[1:]):
-    masks.append(generator(int(num_patches * rng.uniform(lo, hi)), rng))
-    upper_bound += int(num_patches * hi)
+  masks = [generator(int(num_patches * rng.uniform(lo, hi)), rng)
+           for lo, hi in zip(edges[:-1], edges[1:])]
   masks += [np.zeros(grid, bool)] * (batch - num_masked_samples)
   order = rng.permutation(batch)
+  upper_bound = mask_upper_bound(batch, num_patches, mask_ratio, mask_probability)
   return np.stack([masks[i] for i in order]).reshape(batch, num_patches), upper_bound

@@ -47,13 +47,6 @@ def _decoded_or_none(example, skipped: SkipCounter):
 _REPLACEMENT_TRIES = 10
 
 
-def mask_upper_bound(batch: int, num_patches: int, mask_ratio, mask_probability) -> int:
-  """The static bound `sample_masks` reports for one host's batch of global crops."""
-  n = int(batch * mask_probability)
-  edges = np.linspace(*mask_ratio, n + 1)
-  return int(sum(int(num_patches * hi) for hi in edges[1:]))
-
-
 def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: int, seed: int,
                 mask_ratio=(0.1, 0.5), mask_probability: float = 0.5, mask_group: int = 0,
                 process_index: int = 0, process_count: int = 1, num_threads: int = 2):

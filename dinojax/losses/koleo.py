@@ -6,6 +6,8 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
+from dinojax.ops.numerics import l2_normalize
+
 
 def koleo_loss(features: jax.Array, eps: float = 1e-8,
                axis_name: str | Sequence[str] | None = None) -> jax.Array:
@@ -16,7 +18,7 @@ def koleo_loss(features: jax.Array, eps: float = 1e-8,
   GPU's local batch only, which makes the loss depend on the device count).
   """
   x = features.astype(jnp.float32)
-  x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  x = l2_normalize(x, eps)
   others, offset = x, 0
   if axis_name is not None:
     others = jax.lax.all_gather(x, axis_name, tiled=True)

@@ -4,16 +4,14 @@ symmetric InfoNCE over the global batch."""
 import jax
 import jax.numpy as jnp
 
-
-def _normalize(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+from dinojax.ops.numerics import l2_normalize
 
 
 def head_pooled_similarity(text: jax.Array, heads: jax.Array) -> jax.Array:
   """(texts, images) cosine similarities, each image represented by the head its own caption matches
   best: text (B, D) = ψ(CLIP text), heads (B, H, D); pair i picks argmax_h cos(text_i, heads_ih)
   (the official "max_score" alignment), and every text is then scored against those picks."""
-  text, heads = _normalize(text.astype(jnp.float32)), _normalize(heads.astype(jnp.float32))
+  text, heads = l2_normalize(text.astype(jnp.float32)), l2_normalize(heads.astype(jnp.float32))
   own = jnp.einsum("bd,bhd->bh", text, heads)
   best = jnp.take_along_axis(heads, own.argmax(axis=-1)[:, None, None], axis=1)[:, 0]
   return text @ best.T

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from dinojax.models.vit import Linear, with_axes
+from dinojax.ops.numerics import l2_normalize
 
 
 class DINOHead(nn.Module):
@@ -33,7 +34,7 @@ class DINOHead(nn.Module):
       if i < nlayers - 1:
         x = nn.gelu(x, approximate=False)
     x = x.astype(jnp.float32)
-    x = x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+    x = l2_normalize(x)
     # PyTorch's default Linear init for v (the official head re-initialises only the MLP).
     v = self.param("last_layer_v", with_axes(nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
                                          None, "vocab"),

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from dinojax.models.vit import Linear
+from dinojax.ops.numerics import l2_normalize
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, None: lambda x: x}
 
@@ -38,15 +39,11 @@ def head_pooled_embeddings(patch_tokens: jax.Array, attention: jax.Array,
   return jnp.einsum("bhn,bnd->bhd", weights, patch_tokens) / patch_tokens.shape[1]
 
 
-def _normalize(x: jax.Array) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
 def patch_scores(patch_tokens: jax.Array, text_embeddings: jax.Array) -> jax.Array:
   """Soft masks (B, N, h, w): sigmoid of the cosine between every patch (B, h, w, D) and every
   class embedding ψ(text) (N, D), as the official masker (`DINOTextSim2Mask`, deterministic)."""
-  cosine = jnp.einsum("bhwd,nd->bnhw", _normalize(patch_tokens.astype(jnp.float32)),
-                      _normalize(text_embeddings.astype(jnp.float32)))
+  cosine = jnp.einsum("bhwd,nd->bnhw", l2_normalize(patch_tokens.astype(jnp.float32)),
+                      l2_normalize(text_embeddings.astype(jnp.float32)))
   return jax.nn.sigmoid(cosine)
 
 
@@ -62,8 +59,8 @@ def background_cleaning(masks: jax.Array, patch_tokens: jax.Array, cls_logits: j
   """
   b, n, h, w = masks.shape
   feats = patch_tokens.reshape(b, h * w, -1).astype(jnp.float32)
-  heads = _normalize(jnp.einsum("bmp,bpd->bmd", cls_logits, feats) / (h * w))
-  text = _normalize(text_embeddings.astype(jnp.float32))
+  heads = l2_normalize(jnp.einsum("bmp,bpd->bmd", cls_logits, feats) / (h * w))
+  text = l2_normalize(text_embeddings.astype(jnp.float32))
   head_weights = jax.nn.softmax(jnp.einsum("nd,bmd->bnm", text, heads), axis=-1)
   per_class = jax.nn.softmax(jnp.einsum("bnm,bmp->bnp", head_weights, cls_logits), axis=-1)
   lo = per_class.min(axis=(1, 2), keepdims=True)

@@ -8,7 +8,6 @@ Implementations, chosen by name (a config value):
   "auto"   the fastest measured for the platform (see docs/benchmarks.md).
 """
 
-import math
 
 import flax.linen as nn
 import jax
@@ -16,6 +15,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from dinojax.ops.flash_attention import flash_attention
+from dinojax.ops.sharding import divisible_spec
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
 # Until the GPU and TPU kernels are benchmarked against cuDNN / XLA, "auto" keeps the vendor paths.
@@ -47,14 +47,6 @@ def _cudnn(q, k, v, causal=False):
   return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
 
 
-def _divisible(spec: P, shape, mesh) -> P:
-  dims = []
-  for dim, axes in zip(shape, spec):
-    names = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    dims.append(axes if names and dim % math.prod(mesh.shape[n] for n in names) == 0 else None)
-  return P(*dims)
-
-
 def _pallas(q, k, v, causal=False):
   """The kernel is a custom call XLA cannot partition, so under a mesh it runs per shard, with batch
   and heads split as the activation rules say (the same axes the surrounding model uses)."""
@@ -64,7 +56,7 @@ def _pallas(q, k, v, causal=False):
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return flash_attention(q, k, v)
-  spec = _divisible(P(*nn.logical_to_mesh_axes(("batch", None, "act_heads", None))), q.shape, mesh)
+  spec = divisible_spec(P(*nn.logical_to_mesh_axes(("batch", None, "act_heads", None))), q.shape, mesh)
   # check_vma=False: pallas_call outputs carry no varying-axes annotation.
   return jax.shard_map(flash_attention, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
                        check_vma=False)(q, k, v)

@@ -8,7 +8,6 @@ import functools
 import math
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,22 +16,20 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from dinojax import checkpoint, optim, parallel
-from dinojax.data import pipeline, sources
+from dinojax.data import masking, pipeline, sources
 from dinojax.data.multi_crop import MultiCrop
 from dinojax.evaluators import knn
 from dinojax.losses import dino, koleo
 from dinojax.models.heads import DINOHead
-from dinojax.models.vit import VARIANTS, ViT
+from dinojax.models.vit import ViT, vit
 from dinojax.trainers import loop
 
 
 def build_backbone(model_config) -> ViT:
   kwargs = dict(model_config)
   variant = kwargs.pop("variant", None)
-  if variant is not None and variant not in VARIANTS:
-    raise ValueError(f"Unknown ViT variant {variant!r}; choose one of {sorted(VARIANTS)}.")
   kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
-  return ViT(**{**VARIANTS.get(variant, {}), **kwargs})
+  return vit(variant, **kwargs) if variant is not None else ViT(**kwargs)
 
 
 def build_head(head_config, dtype) -> DINOHead:
@@ -101,7 +98,7 @@ def run(config, workdir: str) -> dict:
   num_patches = (crops.global_size // config.model.patch_size) ** 2
   # Static size of the buffer of masked patches (the official `upperbound`) for the global batch.
   mask_group = config.ibot.mask_group or config.batch_size // jax.process_count()
-  max_masked = config.batch_size // mask_group * pipeline.mask_upper_bound(
+  max_masked = config.batch_size // mask_group * masking.mask_upper_bound(
       2 * mask_group, num_patches, config.ibot.mask_ratio, config.ibot.mask_probability)
   batch_shardings = {
       "global_crops": parallel.batch_sharding(mesh, rules, 5),

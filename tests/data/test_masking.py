@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from dinojax.data.masking import BlockMasking, sample_masks
 
