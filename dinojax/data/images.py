@@ -46,6 +46,17 @@ def resize_to_patch_multiple(image: np.ndarray, short_side: int, patch_size: int
   return np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.BICUBIC))
 
 
+def resize_center_crop(image: np.ndarray, size: int, short_side: int) -> np.ndarray:
+  """Resizes (bicubic) so the short side is `short_side`, then takes the central size×size crop."""
+  pil = Image.fromarray(image)
+  w, h = pil.size
+  scale = short_side / min(w, h)
+  pil = pil.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+  w, h = pil.size
+  left, top = (w - size) // 2, (h - size) // 2
+  return np.asarray(pil.crop((left, top, left + size, top + size)))
+
+
 def normalize(image: np.ndarray) -> np.ndarray:
   """uint8 RGB -> float32 with ImageNet mean/std, the normalisation every DINOv2 model expects."""
   return (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD

@@ -47,6 +47,19 @@ def _decoded_or_none(example, skipped: SkipCounter):
 _REPLACEMENT_TRIES = 10
 
 
+def readable_example(stream: grain.MapDataset, index: int, epoch: int, skipped: SkipCounter):
+  """Element `index` of an endlessly repeated `stream` (`epoch` elements long) as (example, decoded
+  uint8 RGB image); an unreadable image is counted and replaced by the element one epoch later, so
+  batches keep their shape and the run keeps going."""
+  for attempt in range(_REPLACEMENT_TRIES):
+    example = stream[index + attempt * epoch]
+    image = _decoded_or_none(example, skipped)
+    if image is not None:
+      return example, image
+  raise ValueError(f"{_REPLACEMENT_TRIES} unreadable images in a row at element {index}; "
+                   "is the data source readable at all?")
+
+
 def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: int, seed: int,
                 mask_ratio=(0.1, 0.5), mask_probability: float = 0.5, mask_group: int = 0,
                 process_index: int = 0, process_count: int = 1, num_threads: int = 2):
@@ -72,12 +85,7 @@ def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: in
   epoch = len(source)
 
   def crops(index, rng):
-    for attempt in range(_REPLACEMENT_TRIES):
-      image = _decoded_or_none(stream[index + attempt * epoch], skipped)
-      if image is not None:
-        return multi_crop(image, rng)
-    raise ValueError(f"{_REPLACEMENT_TRIES} unreadable images in a row at element {index}; "
-                     "is the data source readable at all?")
+    return multi_crop(readable_example(stream, index, epoch, skipped)[1], rng)
 
   def add_masks(group, rng):
     n = group["global_crops"].shape[0]
@@ -94,22 +102,17 @@ def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: in
   return ds.to_iter_dataset(read), skipped
 
 
-def eval_dataset(source, batch_size: int, size: int, process_index: int = 0, process_count: int = 1):
+def eval_dataset(source, batch_size: int, size: int, process_index: int = 0, process_count: int = 1,
+                 extra=None):
   """One pass, in order, of {"image" (b, size, size, 3), "label" (b,), "valid" (b,)}: the evaluation
-  transform (resize short side to size·256/224, centre crop). Every host yields the same number of
-  batches (collectives stay in step); padding rows have valid=False."""
+  transform (resize short side to size·256/224, centre crop). `extra(example) -> dict` adds fields
+  (e.g. caption tokens). Every host yields the same number of batches (collectives stay in step);
+  padding rows have valid=False."""
 
   def transform(example):
-    image = decode_image(example["image"])
-    pil = Image.fromarray(image)
-    short = round(size * 256 / 224)
-    w, h = pil.size
-    scale = short / min(w, h)
-    pil = pil.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = pil.size
-    left, top = (w - size) // 2, (h - size) // 2
-    crop = np.asarray(pil.crop((left, top, left + size, top + size)))
-    return {"image": image_lib.normalize(crop), "label": np.int32(example["label"]), "valid": True}
+    crop = image_lib.resize_center_crop(decode_image(example["image"]), size, round(size * 256 / 224))
+    return {"image": image_lib.normalize(crop), "label": np.int32(example["label"]), "valid": True,
+            **(extra(example) if extra else {})}
 
   ds = grain.MapDataset.source(source)[process_index::process_count].map(transform)
   per_host = -(-len(source) // process_count)
