@@ -94,21 +94,26 @@ def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: in
   return ds.to_iter_dataset(read), skipped
 
 
+def eval_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The evaluation transform's geometry: resize (bicubic) the short side to size·256/224, then
+  centre-crop size×size. uint8 in, uint8 out."""
+  pil = Image.fromarray(image)
+  short = round(size * 256 / 224)
+  w, h = pil.size
+  scale = short / min(w, h)
+  pil = pil.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+  w, h = pil.size
+  left, top = (w - size) // 2, (h - size) // 2
+  return np.asarray(pil.crop((left, top, left + size, top + size)))
+
+
 def eval_dataset(source, batch_size: int, size: int, process_index: int = 0, process_count: int = 1):
   """One pass, in order, of {"image" (b, size, size, 3), "label" (b,), "valid" (b,)}: the evaluation
-  transform (resize short side to size·256/224, centre crop). Every host yields the same number of
-  batches (collectives stay in step); padding rows have valid=False."""
+  transform (`eval_crop`, ImageNet normalisation). Every host yields the same number of batches
+  (collectives stay in step); padding rows have valid=False."""
 
   def transform(example):
-    image = decode_image(example["image"])
-    pil = Image.fromarray(image)
-    short = round(size * 256 / 224)
-    w, h = pil.size
-    scale = short / min(w, h)
-    pil = pil.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-    w, h = pil.size
-    left, top = (w - size) // 2, (h - size) // 2
-    crop = np.asarray(pil.crop((left, top, left + size, top + size)))
+    crop = eval_crop(decode_image(example["image"]), size)
     return {"image": image_lib.normalize(crop), "label": np.int32(example["label"]), "valid": True}
 
   ds = grain.MapDataset.source(source)[process_index::process_count].map(transform)
