@@ -78,6 +78,16 @@ def key(source, index: int) -> str:
   return source.paths[index] if hasattr(source, "paths") else str(index)
 
 
+def write_selection(out_dir: str, ids: np.ndarray, spec: str, digits_size: int = 32) -> None:
+  """A curated subset of collection `spec`: `selected.npy` (ids) and `selected.txt` (one key a line:
+  the image's path, or its index for in-memory sources)."""
+  os.makedirs(out_dir, exist_ok=True)
+  store.atomic_save(os.path.join(out_dir, "selected.npy"), ids)
+  source = make_collection(spec, digits_size)
+  store.atomic_write_text(os.path.join(out_dir, "selected.txt"),
+                          "".join(key(source, int(i)) + "\n" for i in ids))
+
+
 def collections(config) -> dict[str, str]:
   """The collections a config names (pool always; queries and evaluation when not empty)."""
   out = {name: config.data.get(name) or "" for name in COLLECTIONS}

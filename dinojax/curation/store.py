@@ -29,6 +29,30 @@ def atomic_save(path: str, array: np.ndarray) -> None:
   os.replace(tmp, path)
 
 
+def save_once(path: str, array: np.ndarray) -> np.ndarray:
+  """Saves `array` at `path` unless a file is already there, atomically (hard link: no overwrite),
+  and returns what is on disk. Processes that computed the same thing concurrently (e.g. k-means
+  centroids) all continue with the first one published, so they never disagree."""
+  tmp = _temporary(path)
+  with open(tmp, "wb") as f:
+    np.save(f, np.asarray(array))
+  try:
+    os.link(tmp, path)
+  except FileExistsError:
+    pass
+  finally:
+    os.remove(tmp)
+  return np.load(path)
+
+
+def atomic_savez(path: str, **arrays) -> None:
+  """np.savez of named arrays, renamed into place."""
+  tmp = _temporary(path)
+  with open(tmp, "wb") as f:
+    np.savez(f, **arrays)
+  os.replace(tmp, path)
+
+
 def atomic_write_text(path: str, text: str) -> None:
   tmp = _temporary(path)
   with open(tmp, "w") as f:
