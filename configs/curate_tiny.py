@@ -39,6 +39,7 @@ def get_config(arg=None):
   config.embed.shard_size = 256
   config.embed.batch_size = 64
   config.embed.num_threads = 2
+  config.embed.num_devices = 0       # 0: all of this process's devices
 
   config.search = search_config()
   config.search.shards_per_block = 2

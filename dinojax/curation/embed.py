@@ -148,7 +148,8 @@ class Embedder:
   """Jitted images -> L2-normalised CLS embeddings, batch-sharded over this process's devices."""
 
   def __init__(self, config):
-    self.mesh = parallel.make_mesh(config.mesh, devices=jax.local_devices())
+    devices = jax.local_devices()[:config.embed.num_devices or None]
+    self.mesh = parallel.make_mesh(config.mesh, devices=devices)
     self.rules = tuple(tuple(r) for r in config.sharding_rules)
     self.batch_size = config.embed.batch_size
     data_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]

@@ -7,6 +7,7 @@ a file), and a step's reduce runs wherever all the parts it needs are present.
 """
 
 import json
+import math
 import os
 
 import numpy as np
@@ -181,6 +182,29 @@ class EmbeddingShards:
       raise ValueError(f"shards_per_block must be >= 1, got {shards_per_block}.")
     n = self.num_shards
     return [range(b, min(b + shards_per_block, n)) for b in range(0, n, shards_per_block)]
+
+
+def write_embeddings(directory: str, vectors: np.ndarray, shard_size: int, ids: np.ndarray | None = None,
+                     source: str = "imported") -> EmbeddingShards:
+  """Stores embeddings made elsewhere (L2-normalised rows; ids default to 0..n-1) in the layout the
+  `embed` step writes, so `dedup`, `retrieve` and `cluster` run on them directly."""
+  vectors = np.asarray(vectors, np.float32)
+  ids = np.arange(len(vectors), dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
+  if vectors.ndim != 2 or len(ids) != len(vectors):
+    raise ValueError(f"Expected (n, D) vectors and n ids, got {vectors.shape} and {ids.shape}.")
+  norms = np.linalg.norm(vectors, axis=1)
+  if len(norms) and not np.allclose(norms, 1, atol=1e-3):
+    raise ValueError("Embeddings must be L2-normalised (cosine similarity is their dot product).")
+  shards = EmbeddingShards(directory)
+  os.makedirs(directory, exist_ok=True)
+  num_shards = max(1, math.ceil(len(vectors) / shard_size))
+  write_json(os.path.join(directory, MANIFEST), {"source": source, "num_images": len(vectors),
+                                                 "shard_size": shard_size, "num_shards": num_shards})
+  for s in range(num_shards):
+    part = slice(s * shard_size, (s + 1) * shard_size)
+    atomic_save(shards.path("ids", s), ids[part])
+    atomic_save(shards.path("embeddings", s), vectors[part])
+  return shards
 
 
 def is_in(ids: np.ndarray, sorted_keep: np.ndarray) -> np.ndarray:
