@@ -8,6 +8,7 @@ writes a finished shard twice. Unreadable images are recorded in the shard's rej
 """
 
 import concurrent.futures
+import functools
 import math
 import os
 import re
@@ -135,13 +136,25 @@ def read_images(source, indices: range, size: int, num_threads: int):
 def build_backbone(config):
   """(model, params): a DINOv2 checkpoint if `config.model.checkpoint`, else the named hub
   architecture with random weights (announced: such embeddings only exercise the pipeline)."""
-  overrides = dict(config.model.overrides)
-  if config.model.checkpoint:
-    return convert.from_checkpoint(config.model.checkpoint, attention=config.model.attention,
-                                   **overrides)
-  logging.warning("No config.model.checkpoint: embeddings come from a randomly initialised %s; "
-                  "similarities between them say little about the images.", config.model.name)
-  return hub.dinov2(config.model.name, seed=config.seed, attention=config.model.attention, **overrides)
+  if not config.model.checkpoint:
+    logging.warning("No config.model.checkpoint: embeddings come from a randomly initialised %s; "
+                    "similarities between them say little about the images.", config.model.name)
+  return _backbone(config.model.name, config.model.checkpoint, config.seed, config.model.attention,
+                   tuple(sorted(dict(config.model.overrides).items())))
+
+
+@functools.lru_cache(maxsize=1)
+def _backbone(name, checkpoint, seed, attention, overrides):
+  """Loaded (or initialised) once per process: every collection and rerun in it shares the params."""
+  if checkpoint:
+    return convert.from_checkpoint(checkpoint, attention=attention, **dict(overrides))
+  return hub.dinov2(name, seed=seed, attention=attention, **dict(overrides))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _cls_embedding(model, params, images):
+  """L2-normalised CLS tokens; the shardings follow the (placed) params and batch."""
+  return l2_normalize(model.apply(params, images)["x_norm_clstoken"].astype(jnp.float32))
 
 
 class Embedder:
@@ -155,19 +168,12 @@ class Embedder:
     data_devices = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     if self.batch_size % data_devices:
       raise ValueError(f"embed.batch_size {self.batch_size} does not split over {data_devices} devices.")
-    model, params = build_backbone(config)
-    self.dim = model.embed_dim
-    sample = jnp.zeros((1, model.patch_size, model.patch_size, model.in_chans))
-    abstract = jax.eval_shape(model.init, jax.random.key(0), sample)
-    param_shardings = parallel.logical_to_shardings(abstract, self.mesh, self.rules)
-    self.params = parallel.to_device(params, param_shardings)
+    self.model, params = build_backbone(config)
+    self.dim = self.model.embed_dim
+    sample = jnp.zeros((1, self.model.patch_size, self.model.patch_size, self.model.in_chans))
+    abstract = jax.eval_shape(self.model.init, jax.random.key(0), sample)
+    self.params = parallel.to_device(params, parallel.logical_to_shardings(abstract, self.mesh, self.rules))
     self.in_sharding = parallel.batch_sharding(self.mesh, self.rules, ndim=4)
-
-    def cls_embedding(params, images):
-      return l2_normalize(model.apply(params, images)["x_norm_clstoken"].astype(jnp.float32))
-
-    self._fn = jax.jit(cls_embedding, in_shardings=(param_shardings, self.in_sharding),
-                       out_shardings=parallel.batch_sharding(self.mesh, self.rules, ndim=2))
 
   def __call__(self, images: np.ndarray) -> np.ndarray:
     """(n, H, W, 3) float32 -> (n, D) float32, in fixed-size batches (the last one padded)."""
@@ -177,7 +183,8 @@ class Embedder:
       for start in range(0, len(images), b):
         chunk = images[start:start + b]
         padded = np.concatenate([chunk, np.zeros((b - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-        out.append(np.asarray(self._fn(self.params, jax.device_put(padded, self.in_sharding)))[:len(chunk)])
+        batch = jax.device_put(padded, self.in_sharding)
+        out.append(np.asarray(_cls_embedding(self.model, self.params, batch))[:len(chunk)])
     return np.concatenate(out) if out else np.zeros((0, self.dim), np.float32)
 
 
