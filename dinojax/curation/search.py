@@ -105,9 +105,12 @@ def scann_searcher(database: np.ndarray, k: int, config):
   return builder.reorder(max(config.reorder, k)).build()
 
 
-def scann_knn(queries: np.ndarray, searcher, k: int) -> tuple[np.ndarray, np.ndarray]:
+def scann_knn(queries: np.ndarray, searcher, k: int,
+              leaves_to_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Searches a built index (on all cores); `leaves_to_search` overrides the built-in setting."""
   indices, scores = searcher.search_batched_parallel(np.ascontiguousarray(queries, np.float32),
-                                                     final_num_neighbors=k)
+                                                     final_num_neighbors=k,
+                                                     leaves_to_search=leaves_to_search)
   indices = np.asarray(indices, np.int64)
   scores = np.where(indices >= 0, np.asarray(scores, np.float32), -np.inf)
   return _padded(scores, indices, k)
