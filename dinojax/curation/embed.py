@@ -236,11 +236,20 @@ def embed_collection(config, name: str, spec: str, workdir: str, embedder_fn, pr
     return shards
   embedder = embedder_fn()
   total = sum(min(size, n - s * size) for s in todo)
+
+  def read(s):
+    return read_images(source, range(s * size, min((s + 1) * size, n)), config.data.image_size,
+                       config.embed.num_threads)
+
+  # Decoding the next shard overlaps embedding the current one.
   with tqdm(total=total, unit="img", desc=f"embed {name} (process {process_index}/{process_count})",
-            dynamic_ncols=True, mininterval=1.0) as bar:
-    for s in todo:
-      ids, images, rejects = read_images(source, range(s * size, min((s + 1) * size, n)),
-                                         config.data.image_size, config.embed.num_threads)
+            dynamic_ncols=True, mininterval=1.0) as bar, \
+       concurrent.futures.ThreadPoolExecutor(1) as reader:
+    pending = reader.submit(read, todo[0])
+    for i, s in enumerate(todo):
+      ids, images, rejects = pending.result()
+      if i + 1 < len(todo):
+        pending = reader.submit(read, todo[i + 1])
       write_shard(shards, s, ids, embedder(images), rejects)
       bar.update(len(ids) + len(rejects))
   return shards
