@@ -75,7 +75,7 @@ def main():
   parser.add_argument("--k", type=int, default=10)
   parser.add_argument("--leaves", type=int, default=0, help="ScaNN tree leaves (0: √n)")
   parser.add_argument("--leaves_to_search", default="8,16,32")
-  parser.add_argument("--reorder", default="100")
+  parser.add_argument("--reorder", default="300")
   parser.add_argument("--training_sample_size", type=int, default=100_000)
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()

@@ -100,7 +100,7 @@ def curation() -> ml_collections.ConfigDict:
   # re-ranking; the leaves searched are measured in bench/curation.py (docs/benchmarks.md).
   c.search = ml_collections.ConfigDict(dict(
       method="auto", exact_below=20_000, num_leaves=0, num_leaves_to_search=32,
-      training_sample_size=100_000, dims_per_block=2, anisotropic_threshold=0.2, reorder=100,
+      training_sample_size=100_000, dims_per_block=2, anisotropic_threshold=0.2, reorder=300,
       shards_per_block=10))
 
   c.dedup = ml_collections.ConfigDict(dict(k=64, threshold=0.6, evaluation_threshold=0.45))
