@@ -49,7 +49,7 @@ def test_unreadable_images_are_rejected_not_fatal(tmp_path):
   assert summary["pool"] == {"num_images": 7, "embedded": 5, "rejected": 2, "dim": 64, "num_shards": 2}
   rejects = (tmp_path / "work/embeddings/pool/rejects.tsv").read_text().splitlines()
   assert sorted(line.split("\t")[1].rsplit("/", 1)[1] for line in rejects) == ["broken.jpg", "empty.png"]
-  ids, vectors = np.concatenate([s[0] for s in _shards(tmp_path / "work")]), None
+  ids = np.concatenate([ids for ids, _ in _shards(tmp_path / "work")])
   assert len(ids) == 5 and not set(ids) & {int(line.split("\t")[0]) for line in rejects}
   assert "missing.png" in (tmp_path / "work/embeddings/queries/rejects.tsv").read_text()
   assert summary["queries"]["embedded"] == 1
