@@ -72,3 +72,53 @@ def dinov2_lvd_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   c.optim.update(epochs=500, weight_decay_end=0.2, base_lr=2e-4, warmup_epochs=80, layerwise_decay=1.0)
   c.crops.local_size = 98
   return c
+
+
+def curation() -> ml_collections.ConfigDict:
+  """Automatic data curation with the papers' settings: DINOv2 §3 / App. A.3 (embeddings compared by
+  cosine, self-deduplication on a 64-NN graph at similarity 0.6, relative deduplication at 0.45,
+  N = 4 retrieved neighbours per query) and Vo et al. 2024 (4-level hierarchical k-means of the
+  web-image pool, `configs/4levels_web_based_images.yaml` of facebookresearch/ssl-data-curation).
+  Collections and the embedding checkpoint are the user's; `configs/curate_*.py` set them."""
+  c = ml_collections.ConfigDict()
+  c.job = "curate"
+  c.seed = 0
+
+  # Specs: digits:<split>, folder:<root>, list:<file of paths>, tfds:<name>:<split>, each may end in [a:b].
+  c.data = ml_collections.ConfigDict(dict(pool="", queries="", evaluation="", image_size=224))
+
+  # The paper embeds with a self-supervised ViT-H/16 (ImageNet-22k); the largest released DINOv2
+  # backbone is the closest loadable one. Random weights (checkpoint None) only exercise the pipeline.
+  c.model = ml_collections.ConfigDict(dict(name="vitg14", overrides=ml_collections.ConfigDict(),
+                                           attention="xla"))
+  c.model.checkpoint = ml_collections.FieldReference(None, field_type=str)
+
+  c.embed = ml_collections.ConfigDict(dict(shard_size=100_000, batch_size=256, num_threads=16,
+                                           num_devices=0))  # num_devices 0: all of this process's
+
+  # ScaNN: k-means tree of √n leaves, anisotropic hashing (2-dim blocks, threshold 0.2), exact
+  # re-ranking; the leaves searched are measured in bench/curation.py (docs/benchmarks.md).
+  c.search = ml_collections.ConfigDict(dict(
+      method="auto", exact_below=20_000, num_leaves=0, num_leaves_to_search=32,
+      training_sample_size=100_000, dims_per_block=2, anisotropic_threshold=0.2, reorder=300,
+      shards_per_block=10))
+
+  c.dedup = ml_collections.ConfigDict(dict(k=64, threshold=0.6, evaluation_threshold=0.45))
+
+  # knn: N nearest pool images per query. sample (small query sets): M images from each query's
+  # k-means cluster of the pool; the paper tunes N and M by visual inspection.
+  c.retrieve = ml_collections.ConfigDict(dict(mode="knn", k=4, clusters=100_000, samples_per_query=10_000,
+                                              kmeans_batch_size=65_536, kmeans_epochs=1))
+
+  # Vo et al.: 10M, 500k, 50k, 10k clusters (the official run reaches its 10M first level as 100k
+  # clusters split 100 ways); resampling 10 times from level 2 on, with 10, 5, 3 points per cluster.
+  c.cluster = ml_collections.ConfigDict(dict(
+      input="dedup", n_clusters=[10_000_000, 500_000, 50_000, 10_000], resampling_steps=[1, 10, 10, 10],
+      sample_sizes=[1, 10, 5, 3], batch_size=65_536, epochs=1, iterations=50))
+
+  # Balanced hierarchical sampling; "c" (closest to the centroid first) as the official web config.
+  c.sample = ml_collections.ConfigDict(dict(target_size=142_000_000, strategy="c", seed=0))
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+  c.sharding_rules = parallel.DEFAULT_RULES
+  return c

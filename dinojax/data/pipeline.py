@@ -102,15 +102,21 @@ def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: in
   return ds.to_iter_dataset(read), skipped
 
 
+def eval_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The evaluation transform's geometry: resize (bicubic) the short side to size·256/224, then
+  centre-crop size×size. uint8 in, uint8 out."""
+  return image_lib.resize_center_crop(image, size, round(size * 256 / 224))
+
+
 def eval_dataset(source, batch_size: int, size: int, process_index: int = 0, process_count: int = 1,
                  extra=None):
   """One pass, in order, of {"image" (b, size, size, 3), "label" (b,), "valid" (b,)}: the evaluation
-  transform (resize short side to size·256/224, centre crop). `extra(example) -> dict` adds fields
-  (e.g. caption tokens). Every host yields the same number of batches (collectives stay in step);
+  transform (`eval_crop`, ImageNet normalisation). `extra(example) -> dict` adds fields (e.g.
+  caption tokens). Every host yields the same number of batches (collectives stay in step);
   padding rows have valid=False."""
 
   def transform(example):
-    crop = image_lib.resize_center_crop(decode_image(example["image"]), size, round(size * 256 / 224))
+    crop = eval_crop(decode_image(example["image"]), size)
     return {"image": image_lib.normalize(crop), "label": np.int32(example["label"]), "valid": True,
             **(extra(example) if extra else {})}
 

@@ -64,6 +64,31 @@ class Digits:
     return {"image": self.images[i], "label": int(self.labels[i])}
 
 
+class PathList:
+  """Images listed in a text file, one path (absolute, or relative to the list's folder) a line; blank
+  lines and `#` comments are skipped. Every label is 0. Paths are not opened here, so a missing or
+  corrupt file surfaces when it is decoded (as one unreadable image, not a failed run)."""
+
+  num_classes = 1
+
+  def __init__(self, list_file: str):
+    if not os.path.isfile(list_file):
+      raise FileNotFoundError(f"Image list not found: {list_file}")
+    root = os.path.dirname(os.path.abspath(list_file))
+    with open(list_file) as f:
+      lines = [line.strip() for line in f]
+    self.paths = [os.path.join(root, line) for line in lines if line and not line.startswith("#")]
+    if not self.paths:
+      raise ValueError(f"No image paths in {list_file}.")
+    self.labels = [0] * len(self.paths)
+
+  def __len__(self):
+    return len(self.paths)
+
+  def __getitem__(self, i):
+    return {"image": self.paths[i], "label": 0}
+
+
 class Tfds:
   """A prepared TFDS dataset (e.g. `imagenet2012`) read through its random-access data source.
   Needs the `tfds` extra and `tfds build` (or manual preparation) done beforehand."""
@@ -85,11 +110,14 @@ class Tfds:
 
 
 def make_source(name: str, split: str, **kwargs):
-  """`digits`, `folder:<root>` or `tfds:<name>`."""
+  """`digits`, `folder:<root>`, `list:<file of paths>` (split unused) or `tfds:<name>`."""
   if name == "digits":
     return Digits(split, **kwargs)
   if name.startswith("folder:"):
     return ImageFolder(os.path.join(name[len("folder:"):], split) if split else name[len("folder:"):])
+  if name.startswith("list:"):
+    return PathList(name[len("list:"):])
   if name.startswith("tfds:"):
     return Tfds(name[len("tfds:"):], split, **kwargs)
-  raise ValueError(f"Unknown data source {name!r}; use 'digits', 'folder:<root>' or 'tfds:<name>'.")
+  raise ValueError(f"Unknown data source {name!r}; use 'digits', 'folder:<root>', 'list:<file>' or "
+                   "'tfds:<name>'.")

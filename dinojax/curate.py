@@ -1,0 +1,47 @@
+"""Automatic data curation, one step at a time (DINOv2 §3; Vo et al., 2024):
+
+  python -m dinojax.curate embed    --config configs/curate_tiny.py --workdir DIR
+  python -m dinojax.curate dedup    --config configs/curate_tiny.py --workdir DIR
+  python -m dinojax.curate retrieve --config configs/curate_tiny.py --workdir DIR
+  python -m dinojax.curate cluster  --config configs/curate_tiny.py --workdir DIR
+  python -m dinojax.curate sample   --config configs/curate_tiny.py --workdir DIR
+
+Each step reads the previous steps' files from DIR. On many hosts, start process i of P with
+`--process_index=i --process_count=P` (no coordinator needed: processes share only the workdir);
+see docs/curation.md. `python -m dinojax.main --config configs/curate_tiny.py --workdir DIR` runs
+all steps in one go.
+"""
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dinojax.curation import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a curation config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory the steps read and write.")
+_PROCESS_INDEX = flags.DEFINE_integer("process_index", 0, "This process's index (0..process_count-1).")
+_PROCESS_COUNT = flags.DEFINE_integer("process_count", 1, "Processes sharing the work.")
+
+
+def main(argv):
+  steps = argv[1:]
+  if len(steps) != 1 or steps[0] not in pipeline.STEPS:
+    raise app.UsageError(f"Name one step: {' | '.join(pipeline.STEPS)} (got {steps or 'none'}).")
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required, e.g. --config configs/curate_tiny.py")
+  if _WORKDIR.value is None:
+    raise app.UsageError("--workdir is required.")
+  logging.info("Config:\n%s", _CONFIG.value)
+  try:
+    result = pipeline.STEPS[steps[0]](_CONFIG.value, _WORKDIR.value, _PROCESS_INDEX.value,
+                                      _PROCESS_COUNT.value)
+  except (FileNotFoundError, ValueError) as e:  # missing inputs, bad settings: say what, no traceback
+    sys.exit(f"curate {steps[0]}: {e}")
+  print(f"{steps[0]}: {result}")
+
+
+if __name__ == "__main__":
+  app.run(main)
