@@ -14,6 +14,7 @@ from ml_collections import config_flags
 JOBS = {
     "pca_features": "dinojax.evaluators.pca",
     "ssl": "dinojax.trainers.ssl",
+    "talk2dino_eval": "dinojax.evaluators.segmentation",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)

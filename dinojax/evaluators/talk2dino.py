@@ -156,23 +156,28 @@ def segment(image: np.ndarray | str, classes: Sequence[str], models: Talk2DINOMo
 
 def load_models(backbone: str = "vitb14_reg", backbone_checkpoint: str | None = None,
                 clip_checkpoint: str | None = None, projection: str | None = None,
-                projection_config: str | None = None, seed: int = 0) -> Talk2DINOModels:
+                projection_config: str | None = None, seed: int = 0,
+                backbone_overrides: dict | None = None, text_overrides: dict | None = None,
+                hidden_layers: int = 1) -> Talk2DINOModels:
   """The paper's pairing (DINOv2 ViT-B/14-reg, CLIP ViT-B/16 text, ψ). Any piece without a file is
-  randomly initialised, for trying the pipeline offline; say so to whoever reads the output."""
+  randomly initialised, for trying the pipeline offline (say so to whoever reads the output);
+  `backbone_overrides` / `text_overrides` change the architectures (small random models for tests),
+  `hidden_layers` ψ's depth when it is random."""
   import flax.linen as nn
   from dinojax import convert, hub
   from dinojax.models.clip_text import VARIANTS, CLIPTextEncoder
-  vit, vit_params = hub.dinov2(backbone, checkpoint=backbone_checkpoint, seed=seed)
+  vit, vit_params = hub.dinov2(backbone, checkpoint=backbone_checkpoint or None, seed=seed,
+                               **(backbone_overrides or {}))
   key = jax.random.key(seed)
   if clip_checkpoint:
     text, text_params = convert.clip_text_from_state_dict(convert.load_state_dict(clip_checkpoint))
   else:
-    text = CLIPTextEncoder(**VARIANTS["ViT-B/16"])
+    text = CLIPTextEncoder(**{**VARIANTS["ViT-B/16"], **(text_overrides or {})})
     text_params = jax.jit(lambda k: nn.unbox(text.init(k, jnp.zeros((1, 77), jnp.int32))))(key)
   if projection:
-    proj, proj_params = convert.talk2dino_from_checkpoint(projection, projection_config)
+    proj, proj_params = convert.talk2dino_from_checkpoint(projection, projection_config or None)
   else:
-    proj = talk2dino.TextToPatchProjection(dino_dim=vit.embed_dim)
+    proj = talk2dino.TextToPatchProjection(dino_dim=vit.embed_dim, hidden_layers=hidden_layers)
     proj_params = nn.unbox(proj.init(key, jnp.zeros((1, text.embed_dim))))
   if proj.dino_dim != vit.embed_dim:
     raise ValueError(f"The projection maps into {proj.dino_dim} dims but {backbone} is {vit.embed_dim} wide.")

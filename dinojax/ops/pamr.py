@@ -5,6 +5,7 @@ neighbours, weighted by how alike the neighbours' colours are. Talk2DINO's evalu
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dinojax.ops.resize import torch_bilinear_resize
 
@@ -14,16 +15,19 @@ TALK2DINO_DILATIONS = (1, 2, 4, 8, 12, 24)
 _RING = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def _neighbours(x: jax.Array, dilations, centre: bool = False) -> list[jax.Array]:
-  """The 8 (or, with `centre`, 9) neighbours of every pixel of x (..., H, W) at each dilation, with
-  borders replicated: a list of arrays shaped like x."""
-  h, w = x.shape[-2:]
-  offsets = _RING + ((0, 0),) if centre else _RING
-  out = []
-  for d in dilations:
-    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(d, d), (d, d)], mode="edge")
-    out += [padded[..., d + dy * d:d + dy * d + h, d + dx * d:d + dx * d + w] for dy, dx in offsets]
-  return out
+def _offsets(dilations, centre: bool = False) -> np.ndarray:
+  """(P, 2) pixel offsets of the 8 (or, with `centre`, 9) cells of each dilated 3×3 window."""
+  cells = _RING + ((0, 0),) if centre else _RING
+  return np.array([(dy * d, dx * d) for d in dilations for dy, dx in cells], np.int32)
+
+
+def _shifter(x: jax.Array, margin: int):
+  """offset -> x shifted by it (the neighbour at that offset of every pixel), borders replicated.
+  Padding once by the largest dilation and slicing is the same as padding by each dilation."""
+  padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(margin, margin)] * 2, mode="edge")
+  lead = (0,) * (x.ndim - 2)
+  return lambda offset: jax.lax.dynamic_slice(padded, (*lead, margin + offset[0], margin + offset[1]),
+                                              x.shape)
 
 
 def pixel_affinities(image: jax.Array, dilations=TALK2DINO_DILATIONS) -> jax.Array:
@@ -31,10 +35,14 @@ def pixel_affinities(image: jax.Array, dilations=TALK2DINO_DILATIONS) -> jax.Arr
   softmax of -|I_i - I_j| / (0.1 σ_i), σ_i the local standard deviation of the colour around i
   (over the 3×3 dilated windows), averaged over colour channels. image (B, H, W, C)."""
   x = jnp.moveaxis(image.astype(jnp.float32), -1, 1)  # (B, C, H, W)
-  local = jnp.stack(_neighbours(x, dilations, centre=True), axis=2)
-  sigma = jnp.std(local, axis=2, ddof=1, keepdims=True)
-  diffs = jnp.abs(x[:, :, None] - jnp.stack(_neighbours(x, dilations), axis=2))
-  logits = (-diffs / (1e-8 + 0.1 * sigma)).mean(axis=1)
+  shift = _shifter(x, max(dilations))
+  window = jnp.asarray(_offsets(dilations, centre=True))
+  n = window.shape[0]
+  mean = jax.lax.fori_loop(0, n, lambda p, acc: acc + shift(window[p]), jnp.zeros_like(x)) / n
+  var = jax.lax.fori_loop(0, n, lambda p, acc: acc + (shift(window[p]) - mean) ** 2, jnp.zeros_like(x))
+  scale = 1e-8 + 0.1 * jnp.sqrt(var / (n - 1))
+  logits = jax.vmap(lambda off: (-jnp.abs(x - shift(off)) / scale).mean(axis=1), out_axes=1)(
+      jnp.asarray(_offsets(dilations)))
   return jax.nn.softmax(logits, axis=1)
 
 
@@ -47,10 +55,13 @@ def pamr(image: jax.Array, masks: jax.Array, iterations: int = TALK2DINO_ITERATI
     raise ValueError(f"pamr: {masks.shape[0]} masks for {b} images.")
   if masks.shape[-2:] != (h, w):
     masks = jnp.moveaxis(torch_bilinear_resize(jnp.moveaxis(masks, 1, -1), (h, w), align_corners=True), -1, 1)
-  weights = pixel_affinities(image, dilations)[:, None]  # (B, 1, P, H, W)
+  weights = pixel_affinities(image, dilations)  # (B, P, H, W)
+  ring = jnp.asarray(_offsets(dilations))
 
   def step(_, m):
-    # A sum of shifted copies rather than one (B, N, P, H, W) stack: P is 48 at Talk2DINO's settings.
-    return sum(n * weights[:, :, p] for p, n in enumerate(_neighbours(m, dilations)))
+    # A running sum over neighbours, not a (B, N, P, H, W) stack: P is 48 at Talk2DINO's settings.
+    shift = _shifter(m, max(dilations))
+    return jax.lax.fori_loop(0, ring.shape[0], lambda p, acc: acc + shift(ring[p]) * weights[:, p, None],
+                             jnp.zeros_like(m))
 
   return jax.lax.fori_loop(0, iterations, step, masks.astype(jnp.float32))
