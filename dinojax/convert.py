@@ -307,6 +307,18 @@ def talk2dino_from_state_dict(sd: StateDict, act: str | None = "tanh") -> tuple[
   return TextToPatchProjection(dino_dim, len(hidden), act), {"params": params}
 
 
+def talk2dino_to_state_dict(params: dict) -> StateDict:
+  """ψ's params -> the official `ProjectionLayer` state dict (the inverse of
+  `talk2dino_from_state_dict`), for `save_state_dict` and the official code."""
+  params = params.get("params", params)
+  sd = {}
+  for name, layer in params.items():
+    key = name.replace("hidden_layers_", "hidden_layers.")
+    sd[f"{key}.weight"] = np.asarray(layer["kernel"], np.float32).T
+    sd[f"{key}.bias"] = np.asarray(layer["bias"], np.float32)
+  return sd
+
+
 def talk2dino_from_checkpoint(path: str | os.PathLike, config_path: str | os.PathLike | None = None):
   """(ψ, params) from a released Talk2DINO `.pth`, with the activation read from its yaml config
   (`model.act`; tanh, the released models' choice, when no config is given)."""

@@ -14,6 +14,7 @@ from ml_collections import config_flags
 JOBS = {
     "pca_features": "dinojax.evaluators.pca",
     "ssl": "dinojax.trainers.ssl",
+    "talk2dino": "dinojax.trainers.talk2dino",
     "talk2dino_eval": "dinojax.evaluators.segmentation",
 }
 

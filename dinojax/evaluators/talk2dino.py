@@ -173,7 +173,7 @@ def load_models(backbone: str = "vitb14_reg", backbone_checkpoint: str | None = 
     text, text_params = convert.clip_text_from_state_dict(convert.load_state_dict(clip_checkpoint))
   else:
     text = CLIPTextEncoder(**{**VARIANTS["ViT-B/16"], **(text_overrides or {})})
-    text_params = jax.jit(lambda k: nn.unbox(text.init(k, jnp.zeros((1, 77), jnp.int32))))(key)
+    text_params = jax.jit(lambda k: nn.unbox(text.init(k, jnp.zeros((1, text.context_length), jnp.int32))))(key)
   if projection:
     proj, proj_params = convert.talk2dino_from_checkpoint(projection, projection_config or None)
   else:
