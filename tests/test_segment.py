@@ -117,3 +117,15 @@ def test_cli_writes_a_mask(tmp_path):
   assert "randomly initialised" in result.stdout and Image.open(out).size == (451, 300)
   bad = subprocess.run(cmd[:6] + [" , "] + cmd[7:], capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "names no class" in bad.stderr
+
+
+def test_class_embeddings_average_the_prompt_set(models):
+  from dinojax.data.clip_tokenizer import tokenize
+  templates = seg.TEMPLATES["sub_imagenet"]
+  assert len(templates) == 7 and templates[0] == "itap of a {}."
+  ours = seg.class_embeddings(models, ["cat", "red car"], "sub_imagenet")
+  text = models.text_encoder.apply(models.text_params, tokenize([t.format("red car") for t in templates]))
+  expected = models.projection.apply(models.projection_params, text["text_embeds"].mean(0, keepdims=True))
+  np.testing.assert_allclose(ours[1], expected[0] / np.linalg.norm(expected[0]), rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="one '\\{\\}' each"):
+    seg.class_embeddings(models, ["cat"], ["a photo"])
