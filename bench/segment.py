@@ -15,7 +15,6 @@ import argparse
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +24,6 @@ from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, Dinov2Wit
 from dinojax import convert
 from dinojax.data.clip_tokenizer import tokenize
 from dinojax.evaluators import open_vocab, talk2dino
-from dinojax.models.talk2dino import TextToPatchProjection
 
 VOC = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
        "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor", "sky")
