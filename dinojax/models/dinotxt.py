@@ -72,3 +72,13 @@ class VisionHead(nn.Module):
     cls, patches = x[:, 0], x[:, num_prefix_tokens:]
     return {"image_embeds": jnp.concatenate([cls, patches.mean(axis=1)], axis=-1), "cls": cls,
             "patch_embeds": patches}
+
+
+def encode_image(backbone: nn.Module, backbone_params: dict, head: VisionHead, head_params: dict,
+                 images: jax.Array, train: bool = False, rng: jax.Array | None = None) -> dict:
+  """Images (B, H, W, 3) through the backbone (never in training mode: no stochastic depth) and the
+  head; the head's outputs (`VisionHead`), unnormalised."""
+  tokens = backbone_tokens(backbone.apply({"params": backbone_params}, images))
+  rngs = {"drop_path": rng} if train else None
+  return head.apply({"params": head_params}, tokens, 1 + backbone.num_register_tokens, train=train,
+                    rngs=rngs)
