@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 # Job name -> module with `run(config, workdir)`.
 JOBS = {
+    "dinotxt": "dinojax.trainers.dinotxt",
     "pca_features": "dinojax.evaluators.pca",
     "ssl": "dinojax.trainers.ssl",
 }

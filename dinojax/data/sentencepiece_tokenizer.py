@@ -72,10 +72,12 @@ class SentencePieceTokenizer:
             for row in np.atleast_2d(ids)]
 
 
-def train(sentences: Iterable[str], vocab_size: int, model_type: str = "unigram",
+def train(sentences: Iterable[str], vocab_size: int, model_type: str = "bpe",
           character_coverage: float = 1.0) -> bytes:
   """Trains a SentencePiece model on `sentences` and returns it serialized (write it to a `.model`
-  file, or pass it to `SentencePieceTokenizer`). Deterministic for a given corpus."""
+  file, or pass it to `SentencePieceTokenizer`). Deterministic for a given corpus. BPE by default,
+  the kind of vocabulary the released dino.txt text encoder uses (CLIP's); "unigram" needs a large
+  corpus to learn whole words."""
   sentences = [s for s in sentences if s.strip()]
   if not sentences:
     raise ValueError("Cannot train a tokenizer on an empty corpus.")
@@ -102,7 +104,7 @@ def main(argv=None) -> None:
   parser.add_argument("--corpus", required=True, help="text file, one caption a line")
   parser.add_argument("--vocab_size", type=int, required=True)
   parser.add_argument("--out", required=True, help="where to write the .model file")
-  parser.add_argument("--model_type", default="unigram", choices=("unigram", "bpe", "char", "word"))
+  parser.add_argument("--model_type", default="bpe", choices=("unigram", "bpe", "char", "word"))
   args = parser.parse_args(argv)
   model = train(read_corpus(args.corpus), args.vocab_size, args.model_type)
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

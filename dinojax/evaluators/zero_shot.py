@@ -37,7 +37,9 @@ def class_embeddings(encode_texts: Callable[[Sequence[str]], np.ndarray], class_
 def _rank_of_label(image_embeds, class_embeds, labels):
   scores = image_embeds @ class_embeds.T
   true = jnp.take_along_axis(scores, labels[:, None], axis=1)
-  return (scores > true).sum(axis=1)
+  # Ties go to the lower class index (a stable sort's order): collapsed embeddings score chance.
+  earlier = jnp.arange(scores.shape[1])[None, :] < labels[:, None]
+  return ((scores > true) | ((scores == true) & earlier)).sum(axis=1)
 
 
 def zero_shot_accuracy(image_embeds: np.ndarray, labels: np.ndarray, class_embeds: np.ndarray,
@@ -57,10 +59,14 @@ def zero_shot_accuracy(image_embeds: np.ndarray, labels: np.ndarray, class_embed
 
 @jax.jit
 def _best_positive_rank(query, keys, positive):
-  """For each query, how many keys score above its best-scoring positive key."""
+  """For each query, the rank of its best positive key: how many keys score above it, ties going to
+  the lower key index (a stable sort's order), so collapsed embeddings score chance."""
   scores = query @ keys.T
-  best = jnp.max(jnp.where(positive, scores, -jnp.inf), axis=1, keepdims=True)
-  return (scores > best).sum(axis=1)
+  masked = jnp.where(positive, scores, -jnp.inf)
+  best = jnp.max(masked, axis=1, keepdims=True)
+  first = jnp.argmax(masked == best, axis=1)[:, None]  # the lowest-index positive holding the best
+  earlier = jnp.arange(keys.shape[0])[None, :] < first
+  return ((scores > best) | ((scores == best) & earlier)).sum(axis=1)
 
 
 def retrieval_recall(image_embeds: np.ndarray, text_embeds: np.ndarray,

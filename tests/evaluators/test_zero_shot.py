@@ -61,3 +61,15 @@ def test_bad_inputs_are_named():
     zero_shot.zero_shot_accuracy(np.ones((2, 2)), np.array([0, 3]), np.eye(2))
   with pytest.raises(ValueError, match="at least one text"):
     zero_shot.retrieval_recall(np.eye(3), np.eye(3)[:2], np.array([0, 1]))
+
+
+def test_ties_break_by_index_so_collapsed_embeddings_score_chance():
+  same = np.ones((6, 4))
+  assert zero_shot.zero_shot_accuracy(same, np.arange(6) % 3, np.ones((3, 4)), ks=(1,))["top1"] == 2 / 6
+  recall = zero_shot.retrieval_recall(same, same, ks=(1,))
+  assert recall["image_to_text_r1"] == recall["text_to_image_r1"] == 1 / 6
+  # Duplicate captions (the same text for two images) rank like a stable sort does.
+  images = np.eye(3)
+  texts = np.stack([images[0], images[0], images[2]])
+  recall = zero_shot.retrieval_recall(images, texts, ks=(1,))
+  assert recall["text_to_image_r1"] == 2 / 3 and recall["image_to_text_r1"] == 2 / 3
