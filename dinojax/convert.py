@@ -307,6 +307,18 @@ def talk2dino_from_state_dict(sd: StateDict, act: str | None = "tanh") -> tuple[
   return TextToPatchProjection(dino_dim, len(hidden), act), {"params": params}
 
 
+def talk2dino_to_state_dict(params: dict) -> StateDict:
+  """ψ's params -> the official `ProjectionLayer` state dict (the inverse of
+  `talk2dino_from_state_dict`), for `save_state_dict` and the official code."""
+  params = params.get("params", params)
+  sd = {}
+  for name, layer in params.items():
+    key = name.replace("hidden_layers_", "hidden_layers.")
+    sd[f"{key}.weight"] = np.asarray(layer["kernel"], np.float32).T
+    sd[f"{key}.bias"] = np.asarray(layer["bias"], np.float32)
+  return sd
+
+
 def talk2dino_from_checkpoint(path: str | os.PathLike, config_path: str | os.PathLike | None = None):
   """(ψ, params) from a released Talk2DINO `.pth`, with the activation read from its yaml config
   (`model.act`; tanh, the released models' choice, when no config is given)."""
@@ -324,11 +336,45 @@ def talk2dino_from_checkpoint(path: str | os.PathLike, config_path: str | os.Pat
 # ---------------------------------------------------------------------------------------------------
 # CLIP text encoders (Hugging Face `CLIPTextModelWithProjection` / `CLIPModel` naming)
 # ---------------------------------------------------------------------------------------------------
+def is_openai_clip(sd: StateDict) -> bool:
+  """OpenAI's `clip` package naming (also open_clip's): `transformer.resblocks.N.*`, `ln_final`."""
+  return "token_embedding.weight" in sd and "ln_final.weight" in sd
+
+
+def _openai_clip_text_to_hf(sd: StateDict) -> StateDict:
+  """The text tower of an OpenAI-naming CLIP state dict in Hugging Face naming: the fused attention
+  input projection split into q, k, v; `text_projection` (width, embed) transposed into a Linear
+  weight. Vision keys (`visual.*`), `logit_scale` and stored sizes are not text keys: dropped."""
+  out = {"text_model.embeddings.token_embedding.weight": _require(sd, "token_embedding.weight"),
+         "text_model.embeddings.position_embedding.weight": _require(sd, "positional_embedding"),
+         "text_projection.weight": np.asarray(_require(sd, "text_projection")).T,
+         "text_model.final_layer_norm.weight": _require(sd, "ln_final.weight"),
+         "text_model.final_layer_norm.bias": _require(sd, "ln_final.bias")}
+  renames = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "attn.out_proj": "self_attn.out_proj",
+             "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2"}
+  for key, value in sd.items():
+    m = re.match(r"^transformer\.resblocks\.(\d+)\.(.+?)[._](weight|bias)$", key)  # in_proj_weight too
+    if m is None:  # embeddings (taken above), vision tower, logit scale, stored sizes
+      continue
+    layer, name, kind = m.groups()
+    prefix = f"text_model.encoder.layers.{layer}."
+    if name == "attn.in_proj":
+      for n, part in zip("qkv", np.split(np.asarray(value), 3, axis=0)):
+        out[f"{prefix}self_attn.{n}_proj.{kind}"] = part
+    else:  # an unknown sub-module keeps its name, for the unused-key check to report
+      out[f"{prefix}{renames.get(name, name)}.{kind}"] = value
+  return out
+
+
 def clip_text_from_state_dict(sd: StateDict, num_heads: int | None = None):
-  """(CLIPTextEncoder, params) from a Hugging Face CLIP state dict (text keys under `text_model.`,
-  plus `text_projection.weight`); vision keys of a full `CLIPModel` are ignored. Heads are not
-  visible in shapes: OpenAI's text towers use 64-dim heads, assumed unless `num_heads` is given."""
+  """(CLIPTextEncoder, params) from a CLIP state dict in Hugging Face naming (text keys under
+  `text_model.`, plus `text_projection.weight`) or OpenAI's (`transformer.resblocks.N.*`,
+  `token_embedding`, `positional_embedding`, `ln_final`, `text_projection`); vision keys of a full
+  model are ignored. Heads are not visible in shapes: OpenAI's text towers use 64-dim heads,
+  assumed unless `num_heads` is given."""
   from dinojax.models.clip_text import CLIPTextEncoder
+  if is_openai_clip(sd):
+    sd = _openai_clip_text_to_hf(sd)
   sd = {k: v for k, v in sd.items() if k.startswith(("text_model.", "text_projection."))}
   prefix = "text_model."
   tokens = _require(sd, prefix + "embeddings.token_embedding.weight")

@@ -15,6 +15,8 @@ JOBS = {
     "dinotxt": "dinojax.trainers.dinotxt",
     "pca_features": "dinojax.evaluators.pca",
     "ssl": "dinojax.trainers.ssl",
+    "talk2dino": "dinojax.trainers.talk2dino",
+    "talk2dino_eval": "dinojax.evaluators.segmentation",
 }
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)

@@ -48,6 +48,9 @@ def test_scores_and_background_cleaning_match_the_official_formulas():
   np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-6)
 
 
+WINDOWS = dict(short_side=56, window=56, stride=28)
+
+
 @pytest.fixture(scope="module")
 def models():
   vit = ViT(embed_dim=32, depth=2, num_heads=2, patch_size=14, img_size=56, num_register_tokens=4)
@@ -63,17 +66,37 @@ def models():
 @pytest.mark.parametrize("classes", [["cat"], ["cat", "grass", "sky", "a red car", "tree"]])
 def test_segment_odd_sizes_and_class_counts(models, classes):
   image = (np.random.default_rng(1).random((75, 101, 3)) * 255).astype(np.uint8)
-  labels, scores = seg.segment(image, classes, models, short_side=56)
+  labels, scores = seg.segment(image, classes, models, **WINDOWS)
   assert labels.shape == (75, 101) and scores.shape == (len(classes), 75, 101)
   assert labels.min() >= 0 and labels.max() < len(classes)
   np.testing.assert_array_equal(labels, scores.argmax(0))
-  labels, _ = seg.segment(image, classes, models, short_side=56, background_threshold=2.0)
+  labels, _ = seg.segment(image, classes, models, background_threshold=2.0, **WINDOWS)
   assert (labels == -1).all()  # sigmoid scores never reach 2: everything is background
+
+
+def test_many_images_pamr_and_prompt_sets(models):
+  rng = np.random.default_rng(2)
+  images = [(rng.random(shape) * 255).astype(np.uint8) for shape in [(60, 90, 3), (56, 56, 3), (40, 130, 3)]]
+  classes = ["cat", "sky"]
+  many = list(seg.segment_many(images, classes, models, batch_size=4, **WINDOWS))
+  for image, (labels, scores) in zip(images, many):
+    one_labels, one_scores = seg.segment(image, classes, models, **WINDOWS)
+    np.testing.assert_allclose(scores, one_scores, atol=1e-5)
+    assert labels.shape == image.shape[:2]
+  # One 56×56 window: PAMR's convex averages of neighbours stay within the unrefined scores' range.
+  _, refined = seg.segment(images[1], classes, models, pamr=True, templates="sub_imagenet", **WINDOWS)
+  _, plain = seg.segment(images[1], classes, models, templates="sub_imagenet", **WINDOWS)
+  assert refined.shape == (2, 56, 56) and not np.allclose(refined, plain)
+  assert refined.min() >= plain.min() - 1e-5 and refined.max() <= plain.max() + 1e-5
+  with pytest.raises(ValueError, match="Unknown prompt templates"):
+    seg.segment(images[0], classes, models, templates="imagenet80", **WINDOWS)
+  with pytest.raises(ValueError, match="multiple of the backbone's patch size"):
+    seg.segment(images[0], classes, models, window=50, stride=25)
 
 
 def test_segment_bad_inputs(models):
   gray = np.zeros((40, 30), np.uint8)
-  labels, _ = seg.segment(gray, ["cat", "dog"], models, short_side=28)  # grayscale is converted
+  labels, _ = seg.segment(gray, ["cat", "dog"], models, short_side=28, window=28, stride=14)  # grayscale
   assert labels.shape == (40, 30)
   with pytest.raises(ValueError, match="at least one class"):
     seg.segment(gray, [], models)
@@ -87,9 +110,22 @@ def test_cli_writes_a_mask(tmp_path):
   from PIL import Image
   out = tmp_path / "mask.png"
   cmd = [sys.executable, "-m", "dinojax.segment", "--image", "chelsea", "--classes", "cat, wall",
-         "--out", str(out), "--backbone", "vits14_reg", "--short_side", "56"]
+         "--out", str(out), "--backbone", "vits14_reg", "--short_side", "56", "--window", "56",
+         "--stride", "28"]
   result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "randomly initialised" in result.stdout and Image.open(out).size == (451, 300)
   bad = subprocess.run(cmd[:6] + [" , "] + cmd[7:], capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "names no class" in bad.stderr
+
+
+def test_class_embeddings_average_the_prompt_set(models):
+  from dinojax.data.clip_tokenizer import tokenize
+  templates = seg.TEMPLATES["sub_imagenet"]
+  assert len(templates) == 7 and templates[0] == "itap of a {}."
+  ours = seg.class_embeddings(models, ["cat", "red car"], "sub_imagenet")
+  text = models.text_encoder.apply(models.text_params, tokenize([t.format("red car") for t in templates]))
+  expected = models.projection.apply(models.projection_params, text["text_embeds"].mean(0, keepdims=True))
+  np.testing.assert_allclose(ours[1], expected[0] / np.linalg.norm(expected[0]), rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="one '\\{\\}' each"):
+    seg.class_embeddings(models, ["cat"], ["a photo"])

@@ -1,6 +1,11 @@
 """Semantic segmentation metrics: a confusion matrix accumulated in JAX, and mIoU from it (the mmseg
 convention the open-vocabulary protocol reports: classes absent from both prediction and ground truth
-are left out of the mean; label 255 is ignored)."""
+are left out of the mean; label 255 is ignored), and the dataset-level evaluation of open-vocabulary
+segmenters with the `talk2dino_eval` job."""
+
+import collections
+import dataclasses
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -32,3 +37,115 @@ def iou_per_class(confusion: np.ndarray) -> np.ndarray:
 
 def mean_iou(confusion: np.ndarray) -> float:
   return float(np.nanmean(iou_per_class(confusion)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dataset-level mIoU of an open-vocabulary segmenter (any model, through an `open_vocab.WindowScorer`)
+# ---------------------------------------------------------------------------------------------------
+def _image_confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """`confusion_matrix` of one image; inputs are padded (with ignored pixels) to a power of two so
+  images of many sizes share a few compilations."""
+  labels, predictions = labels.reshape(-1), predictions.reshape(-1)
+  size = 1 << max(int(np.ceil(np.log2(max(labels.size, 1)))), 10)
+  labels = np.pad(labels, (0, size - labels.size), constant_values=IGNORE_INDEX)
+  predictions = np.pad(predictions, (0, size - predictions.size))
+  return np.asarray(confusion_matrix(labels, predictions, num_classes), np.int64)
+
+
+def evaluate_open_vocab(source, benchmark, score_windows, query_to_class: Sequence[int], *,
+                        background_threshold: float | None = None, max_images: int = 0,
+                        batch_size: int = 8, sharding=None, progress: bool = True,
+                        **window_kwargs) -> dict:
+  """mIoU (and per-class IoU) of `score_windows` over `source` (a `data.segmentation` source) in the
+  training-free protocol: sliding windows (`window_kwargs`: short_side, window, stride), scores of
+  synonyms reduced to their class, background where no class beats `background_threshold` (only for
+  benchmarks with a background class), confusion matrices summed over the images of every host.
+  """
+  from jax.experimental import multihost_utils
+  from tqdm import tqdm
+  from dinojax.data.segmentation import to_eval_labels
+  from dinojax.evaluators import open_vocab
+  count = len(source) if not max_images else min(max_images, len(source))
+  if count == 0:
+    raise ValueError("The segmentation source has no images.")
+  mine = range(jax.process_index(), count, jax.process_count())
+  masks = collections.deque()
+
+  def images():
+    for i in mine:
+      item = source[i]
+      masks.append((item["name"], to_eval_labels(item["mask"], benchmark)))
+      yield item["image"]
+
+  num_classes = benchmark.num_classes
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  bar = tqdm(total=len(mine), disable=not progress or jax.process_index() != 0, unit="img",
+             desc="mIoU", dynamic_ncols=True, mininterval=1.0)
+  for scores in open_vocab.sliding_window_scores(images(), score_windows, batch_size=batch_size,
+                                                 sharding=sharding, **window_kwargs):
+    name, mask = masks.popleft()
+    if mask.shape != scores.shape[1:]:
+      raise ValueError(f"Image {name}: mask is {mask.shape[0]}×{mask.shape[1]} but the image is "
+                       f"{scores.shape[1]}×{scores.shape[2]}.")
+    scores = open_vocab.reduce_queries(scores, query_to_class)
+    labels = open_vocab.scores_to_labels(scores, background_threshold if benchmark.background else None)
+    confusion += _image_confusion(mask, labels + benchmark.background, num_classes)
+    bar.update(1)
+  bar.close()
+  if jax.process_count() > 1:
+    confusion = np.asarray(multihost_utils.process_allgather(confusion)).sum(axis=0)
+  iou = iou_per_class(confusion)
+  return {"miou": mean_iou(confusion), "images": count,
+          **{f"iou/{name}": float(v) for name, v in zip(benchmark.class_names, iou)}}
+
+
+def run(config, workdir: str) -> dict:
+  """The `talk2dino_eval` job: Talk2DINO's mIoU on one benchmark (`configs/talk2dino_eval.py`)."""
+  import json
+  import os
+  from absl import logging
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from dinojax import parallel
+  from dinojax.data import segmentation as seg_data
+  from dinojax.evaluators import talk2dino
+  os.makedirs(workdir, exist_ok=True)
+  benchmark = seg_data.Benchmark(**{**config.dataset.to_dict(), "classes": tuple(config.dataset.classes)})
+  if config.class_names_file:
+    benchmark = dataclasses.replace(benchmark, classes=seg_data.read_class_names(config.class_names_file))
+  if not benchmark.classes:
+    raise ValueError("No class names: set config.dataset.classes or config.class_names_file.")
+  source = seg_data.make_segmentation_source(config.data.source, benchmark, config.data.split,
+                                             **({"image_key": config.data.image_key,
+                                                 "mask_key": config.data.mask_key}
+                                                if config.data.source.startswith("tfds:") else {}))
+  # Data parallel over this host's devices; hosts split the images.
+  mesh = parallel.make_mesh(config.mesh, devices=jax.local_devices())
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  if config.batch_size % mesh.size:
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by the {mesh.size} local devices.")
+  m = config.model
+  models = talk2dino.load_models(m.backbone, m.backbone_checkpoint, m.clip_checkpoint, m.projection,
+                                 m.projection_config, config.seed, m.backbone_overrides.to_dict(),
+                                 m.text_overrides.to_dict())
+  missing = [n for n in ("backbone_checkpoint", "clip_checkpoint", "projection") if not m[n]]
+  if missing:
+    logging.warning("No %s: those parts are randomly initialised; the mIoU measures the pipeline, "
+                    "not Talk2DINO.", ", ".join(missing))
+  replicated = NamedSharding(mesh, P())
+  models.backbone_params = jax.device_put(models.backbone_params, replicated)
+  queries, owners = seg_data.class_queries(benchmark.classes)
+  s = config.segment
+  text = jax.device_put(talk2dino.class_embeddings(models, queries, s.templates), replicated)
+  scorer = talk2dino.window_scorer(models, text, s.window, background_cleaning=s.background_cleaning,
+                                   lambda_bg=s.lambda_bg, pamr=s.pamr)
+  with parallel.activation_sharding(mesh, rules):
+    result = evaluate_open_vocab(
+        source, benchmark, scorer, owners, background_threshold=s.background_threshold,
+        max_images=config.max_images, batch_size=config.batch_size,
+        sharding=parallel.batch_sharding(mesh, rules, 4), short_side=s.short_side, window=s.window,
+        stride=s.stride)
+  logging.info("mIoU %.2f%% over %d images", 100 * result["miou"], result["images"])
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "miou.json"), "w") as f:
+      json.dump(result, f, indent=1)
+  return result

@@ -1,0 +1,196 @@
+"""Talk2DINO training (Barsellotti et al., "Talking to DINO", 2025, §3.2): learn the map ψ from CLIP's
+text space into DINOv2's patch space on image–caption pairs; DINOv2 and CLIP stay frozen.
+
+Each image is represented by one embedding per attention head of the backbone's last block (patch
+tokens averaged with that head's CLS attention); a caption, through CLIP's text tower and ψ, is
+compared with the head of its own image it matches best, and a symmetric InfoNCE over the global
+batch (all devices and hosts) with a fixed temperature pulls pairs together.
+
+Reads top to bottom: mesh, data, frozen models, ψ and its optimizer, the update step, checkpoint and
+resume, the loop. Everything numeric comes from the config (`configs/talk2dino_vitb14reg.py`).
+"""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import optax
+from absl import logging
+
+from dinojax import checkpoint, convert, parallel
+from dinojax.data import captions
+from dinojax.data.clip_tokenizer import tokenize
+from dinojax.evaluators.talk2dino import load_models
+from dinojax.losses import talk2dino as t2d_loss
+from dinojax.models import talk2dino
+from dinojax.trainers import loop
+
+
+def total_steps(config) -> int:
+  return config.total_steps or config.optim.epochs * config.steps_per_epoch
+
+
+def place(module, params, example, mesh, rules):
+  """Puts loaded params on the shardings their logical axes map to (frozen models)."""
+  abstract = jax.eval_shape(module.init, jax.random.key(0), example)
+  return parallel.to_device(params, parallel.logical_to_shardings(abstract, mesh, rules))
+
+
+def run(config, workdir: str) -> dict:
+  os.makedirs(workdir, exist_ok=True)
+  num_steps = total_steps(config)
+
+  # ------------------------------------------------------------------------------------------------
+  # Mesh
+  # ------------------------------------------------------------------------------------------------
+  mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.batch_size % data_devices:
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by the data×fsdp mesh size "
+                     f"{data_devices}.")
+
+  # ------------------------------------------------------------------------------------------------
+  # Frozen models: DINOv2 backbone and CLIP text tower (released weights, or random for tiny runs)
+  # ------------------------------------------------------------------------------------------------
+  m = config.model
+  frozen = load_models(m.backbone, m.backbone_checkpoint, m.clip_checkpoint, seed=config.seed,
+                       backbone_overrides=m.backbone_overrides.to_dict(),
+                       text_overrides=m.text_overrides.to_dict())
+  missing = [n for n in ("backbone_checkpoint", "clip_checkpoint") if not m[n]]
+  if missing:
+    logging.warning("No %s: randomly initialised frozen parts (a pipeline check, not Talk2DINO).",
+                    ", ".join(missing))
+  backbone, text_encoder = frozen.backbone, frozen.text_encoder
+  size = config.image_size
+  if size % backbone.patch_size:
+    raise ValueError(f"image_size={size} is not a multiple of the backbone's patch size "
+                     f"{backbone.patch_size}.")
+  context = text_encoder.context_length
+  frozen_params = {
+      "backbone": place(backbone, frozen.backbone_params, jnp.zeros((1, size, size, 3)), mesh, rules),
+      "text": place(text_encoder, frozen.text_params, jnp.zeros((1, context), jnp.int32), mesh, rules),
+  }
+
+  # ------------------------------------------------------------------------------------------------
+  # Data: one caption per image visit, tokenised for CLIP
+  # ------------------------------------------------------------------------------------------------
+  source = captions.make_caption_source(config.data.source, config.data.split)
+  dataset, skipped = captions.caption_dataset(
+      source, config.batch_size, size, config.seed, lambda text: tokenize([text], context)[0],
+      jax.process_index(), jax.process_count(), config.data.threads)
+  batch_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
+                     "tokens": parallel.batch_sharding(mesh, rules, 2),
+                     "label": parallel.batch_sharding(mesh, rules, 1)}
+
+  # ------------------------------------------------------------------------------------------------
+  # ψ and its optimizer (the official: Adam, constant lr, no weight decay, fixed temperature)
+  # ------------------------------------------------------------------------------------------------
+  projection = talk2dino.TextToPatchProjection(backbone.embed_dim, config.projection.hidden_layers,
+                                               config.projection.act)
+  params, _ = parallel.init_sharded(
+      lambda k: projection.init(k, jnp.zeros((1, text_encoder.embed_dim)))["params"], mesh, rules,
+      jax.random.key(config.seed))
+  o = config.optim
+  tx = optax.adam(o.lr, b1=o.adam_beta1, b2=o.adam_beta2, eps=o.adam_eps)
+  logit_scale = math.log(1.0 / config.temperature)
+
+  state = jax.jit(lambda p: {"params": p, "opt": tx.init(p), "step": jnp.zeros((), jnp.int32)})(params)
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen_params)
+  logging.info("Trainable ψ: %.3fM params; frozen: %.1fM",
+               sum(x.size for x in jax.tree.leaves(params)) / 1e6,
+               sum(x.size for x in jax.tree.leaves(frozen_params)) / 1e6)
+
+  # ------------------------------------------------------------------------------------------------
+  # The update step
+  # ------------------------------------------------------------------------------------------------
+  def train_step(state, frozen_params, batch):
+    # Frozen towers: plain forward passes, outside the differentiated function.
+    out = backbone.apply(frozen_params["backbone"], batch["image"], return_attention=True)
+    heads = talk2dino.head_pooled_embeddings(out["x_norm_patchtokens"], out["attention"],
+                                             1 + backbone.num_register_tokens)
+    text = text_encoder.apply(frozen_params["text"], batch["tokens"])["text_embeds"]
+    heads, text = jax.lax.stop_gradient((heads, text))
+
+    def loss_fn(params):
+      # Global (B, B) similarities: the arrays span the whole mesh, so every caption is contrasted
+      # with every image of the global batch whatever the device count.
+      similarity = t2d_loss.head_pooled_similarity(projection.apply({"params": params}, text), heads)
+      return t2d_loss.infonce_loss(similarity, logit_scale), similarity
+
+    (loss, similarity), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    diagonal = jnp.arange(similarity.shape[0])
+    metrics = {
+        "loss": loss,
+        # In-batch retrieval: how often a caption's best image (and an image's best caption) is its own.
+        "text_to_image_top1": (similarity.argmax(axis=1) == diagonal).mean(),
+        "image_to_text_top1": (similarity.argmax(axis=0) == diagonal).mean(),
+        "lr": jnp.asarray(o.lr, jnp.float32),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        # Constant over the run (and across resumes) when the towers really are frozen.
+        "frozen_norm": optax.tree.norm(frozen_params),
+    }
+    return {"params": params, "opt": opt, "step": state["step"] + 1}, metrics
+
+  train_step = jax.jit(train_step, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+                       out_shardings=(state_shardings, None), donate_argnums=0)
+
+  # ------------------------------------------------------------------------------------------------
+  # Checkpoint and resume
+  # ------------------------------------------------------------------------------------------------
+  ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
+                            config.checkpoint.every)
+  data_iter = iter(dataset)
+  start = 0
+  if checkpoint.latest_step(ckpt) is not None:
+    state, meta = checkpoint.restore(ckpt, checkpoint.abstract_like(state, state_shardings),
+                                     with_meta=True)
+    data_iter.set_state(meta["data"])
+    skipped.count = meta.get("skipped_images", 0)
+    start = int(state["step"])
+    logging.info("Resumed from step %d.", start)
+
+  def save(step, force=False):
+    meta = {"data": data_iter.get_state(), "skipped_images": skipped.count, "step": step}
+    checkpoint.save(ckpt, step, state, meta, force=force)
+
+  # ------------------------------------------------------------------------------------------------
+  # The loop
+  # ------------------------------------------------------------------------------------------------
+  writer = loop.MetricWriter(workdir)
+  throughput = loop.Throughput(config.batch_size)
+  bar = loop.progress_bar(num_steps, start, config.batch_size)
+  last_saved = checkpoint.latest_step(ckpt)
+  summary = {}
+  try:
+    with parallel.activation_sharding(mesh, rules):
+      for step in range(start + 1, num_steps + 1):
+        batch = loop.global_batch(next(data_iter), batch_shardings)
+        state, metrics = train_step(state, frozen_params, batch)
+        bar.update(1)
+        is_last = step == num_steps
+        if step % config.log_every == 0 or is_last:
+          metrics = jax.device_get(metrics)
+          loop.check_finite(metrics, step, last_saved)
+          metrics.update(throughput.update(step), skipped_images=skipped.count)
+          writer.write(step, metrics)
+          bar.set_postfix(loss=f"{metrics['loss']:.4g}",
+                          **{"img/s": f"{metrics.get('images_per_s', 0):.1f}"})
+          summary.update(loss=float(metrics["loss"]))
+        if step % config.checkpoint.every == 0 or is_last:
+          loop.check_finite(jax.device_get(metrics), step, last_saved)
+          save(step, force=is_last)
+          last_saved = step
+  finally:  # A failing run still finishes the checkpoint it was writing.
+    bar.close()
+    ckpt.wait_until_finished()
+  if jax.process_index() == 0:  # ψ in the official key layout, for `--projection` and the official code
+    convert.save_state_dict(convert.talk2dino_to_state_dict(jax.device_get(state["params"])),
+                            os.path.join(workdir, "projection.safetensors"))
+  return {**summary, "steps": num_steps, "skipped_images": skipped.count}
+
