@@ -57,6 +57,8 @@ def build_tokenizer(config, workdir: str, train_source) -> Tokenizer:
   path = t.model or os.path.join(workdir, "tokenizer.model")
   if os.path.exists(path) or t.model:
     model = spt.SentencePieceTokenizer(path, length)
+  elif train_source is None:
+    raise FileNotFoundError(f"No SentencePiece model at {path}, and no captions to train one on.")
   else:
     count = min(len(train_source), t.train_examples)
     corpus = [c for i in range(count) for c in train_source[i]["captions"]]
