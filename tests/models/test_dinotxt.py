@@ -1,5 +1,6 @@
 """dino.txt's vision head: the image embedding is [CLS ; mean of the projected patches]."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,3 +32,26 @@ def test_image_embedding_concatenates_cls_and_mean_patch(embed_dim):
   # Stochastic depth only in training, and then it changes the output.
   train = head.apply(params, tokens, 3, train=True, rngs={"drop_path": jax.random.key(3)})
   assert train["image_embeds"].shape == (3, embed_dim)
+
+
+def test_the_vitl14_recipe_builds_2048_d_image_and_text_embeddings():
+  import importlib.util
+  import pathlib
+  from dinojax.trainers import dinotxt as trainer
+  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "dinotxt_vitl14.py"
+  spec = importlib.util.spec_from_file_location("dinotxt_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  tokenizer = trainer.build_tokenizer(config, "", train_source=None)
+  backbone = trainer.build_backbone(config)
+  head, text = trainer.build_models(config, backbone, tokenizer)
+  tokens = jnp.zeros((1, 1 + 4 + 16 * 16, backbone.embed_dim))  # ViT-L/14 reg at 224
+  head_out, head_params = jax.eval_shape(lambda t: head.init_with_output(jax.random.key(0), t, 5), tokens)
+  assert head_out["image_embeds"].shape == (1, 2048) and "projection" not in head_params["params"]
+  ids = jnp.zeros((1, 77), jnp.int32)
+  text_out, text_params = jax.eval_shape(lambda i: text.init_with_output(jax.random.key(0), i), ids)
+  text_params = nn.unbox(text_params)
+  assert text_out["text_embeds"].shape == (1, 2048)
+  assert text_params["params"]["token_embedding"].shape == (49408, 1280)
+  assert len([k for k in text_params["params"] if k.startswith("blocks_")]) == 24
