@@ -13,6 +13,7 @@ from ml_collections import config_flags
 # Job name -> module with `run(config, workdir)`.
 JOBS = {
     "curate": "dinojax.curation.pipeline",
+    "dinotxt": "dinojax.trainers.dinotxt",
     "pca_features": "dinojax.evaluators.pca",
     "ssl": "dinojax.trainers.ssl",
     "talk2dino": "dinojax.trainers.talk2dino",

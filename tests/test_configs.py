@@ -12,7 +12,7 @@ from dinojax.trainers import ssl
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 VARIANTS = {"dinov2_vitl14.py": [None, "high_res"], "dinov2_vits14.py": [None, "tiny"],
-            "features_pca.py": [None, "vitb14"], "talk2dino_vitb14reg.py": [None, "tiny"],
+            "features_pca.py": [None, "vitb14"], "dinotxt_vitl14.py": [None, "tiny"], "talk2dino_vitb14reg.py": [None, "tiny"],
             "talk2dino_eval.py": [None, "custom,tiny", "ade20k,backbone=vitl14_reg"]}
 
 

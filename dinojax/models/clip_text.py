@@ -25,10 +25,15 @@ def _layer_norm(name, dtype):
   return layer_norm(name, dtype, eps=LAYER_NORM_EPS)
 
 
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": lambda x: nn.gelu(x, approximate=False)}
+
+
 class TextBlock(nn.Module):
+  """Causal pre-LN block; `activation` is CLIP's QuickGELU or the exact GELU of dino.txt's tower."""
   num_heads: int
   attention: str = "xla"
   dtype: Any = jnp.float32
+  activation: str = "quick_gelu"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -40,7 +45,8 @@ class TextBlock(nn.Module):
     y = attention_ops.dot_product_attention(q, k, v, self.attention, causal=True)
     x = x + Linear((width,), ("heads", "kv"), ("embed",), dtype=self.dtype, name="out_proj")(y)
     y = _layer_norm("layer_norm2", self.dtype)(x)
-    y = quick_gelu(Linear((4 * width,), ("embed",), ("mlp",), dtype=self.dtype, name="fc1")(y))
+    y = ACTIVATIONS[self.activation](Linear((4 * width,), ("embed",), ("mlp",), dtype=self.dtype,
+                                            name="fc1")(y))
     return x + Linear((width,), ("mlp",), ("embed",), dtype=self.dtype, name="fc2")(y)
 
 

@@ -1,0 +1,97 @@
+"""Zero-shot classification and image↔text retrieval for image–text models (CLIP, Radford et al.,
+2021, §3.1.4; dino.txt, Jose et al., 2025, §4): class embeddings from prompt templates, cosine top-k
+accuracy, and recall@k in both directions. Embeddings in, metrics out; the trainers embed the data.
+"""
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# CLIP's seven-template ImageNet ensemble (the subset its authors recommend, `Prompt_Engineering_for_
+# ImageNet.ipynb`), used where a config names no templates of its own.
+CLIP_TEMPLATES = ("itap of a {}.", "a bad photo of the {}.", "a origami {}.", "a photo of the large {}.",
+                  "a {} in a video game.", "art of the {}.", "a photo of the small {}.")
+
+
+def _normalize(x: np.ndarray) -> np.ndarray:
+  x = np.asarray(x, np.float32)
+  return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def class_embeddings(encode_texts: Callable[[Sequence[str]], np.ndarray], class_names: Sequence[str],
+                     templates: Sequence[str]) -> np.ndarray:
+  """(classes, E) unit vectors: each class's prompts embedded, normalised, averaged over the
+  templates and normalised again (CLIP's prompt ensembling). `encode_texts(list of str) -> (n, E)`."""
+  if not class_names:
+    raise ValueError("Zero-shot classification needs at least one class name; got none.")
+  if not templates or any("{}" not in t for t in templates):
+    raise ValueError(f"Prompt templates must be non-empty and each contain '{{}}'; got {templates!r}.")
+  prompts = [t.format(c) for c in class_names for t in templates]
+  embeds = _normalize(encode_texts(prompts)).reshape(len(class_names), len(templates), -1)
+  return _normalize(embeds.mean(axis=1))
+
+
+@jax.jit
+def _rank_of_label(image_embeds, class_embeds, labels):
+  scores = image_embeds @ class_embeds.T
+  true = jnp.take_along_axis(scores, labels[:, None], axis=1)
+  # Ties go to the lower class index (a stable sort's order): collapsed embeddings score chance.
+  earlier = jnp.arange(scores.shape[1])[None, :] < labels[:, None]
+  return ((scores > true) | ((scores == true) & earlier)).sum(axis=1)
+
+
+def zero_shot_accuracy(image_embeds: np.ndarray, labels: np.ndarray, class_embeds: np.ndarray,
+                       ks: Sequence[int] = (1, 5), chunk: int = 4096) -> dict[str, float]:
+  """{"top1": …, "top5": …}: the fraction of images whose label is among the k classes of highest
+  cosine similarity (k capped at the number of classes)."""
+  image_embeds, class_embeds = _normalize(image_embeds), _normalize(class_embeds)
+  labels = np.asarray(labels, np.int32)
+  if labels.min(initial=0) < 0 or labels.max(initial=0) >= len(class_embeds):
+    raise ValueError(f"Labels must lie in [0, {len(class_embeds)}) to be scored against "
+                     f"{len(class_embeds)} classes.")
+  ranks = np.concatenate([np.asarray(_rank_of_label(image_embeds[s:s + chunk], class_embeds,
+                                                    labels[s:s + chunk]))
+                          for s in range(0, len(labels), chunk)])
+  return {f"top{k}": float((ranks < min(k, len(class_embeds))).mean()) for k in ks}
+
+
+@jax.jit
+def _best_positive_rank(query, keys, positive):
+  """For each query, the rank of its best positive key: how many keys score above it, ties going to
+  the lower key index (a stable sort's order), so collapsed embeddings score chance."""
+  scores = query @ keys.T
+  masked = jnp.where(positive, scores, -jnp.inf)
+  best = jnp.max(masked, axis=1, keepdims=True)
+  first = jnp.argmax(masked == best, axis=1)[:, None]  # the lowest-index positive holding the best
+  earlier = jnp.arange(keys.shape[0])[None, :] < first
+  return ((scores > best) | ((scores == best) & earlier)).sum(axis=1)
+
+
+def retrieval_recall(image_embeds: np.ndarray, text_embeds: np.ndarray,
+                     text_to_image: np.ndarray | None = None, ks: Sequence[int] = (1, 5, 10),
+                     chunk: int = 1024) -> dict[str, float]:
+  """Recall@k of image→text and text→image retrieval by cosine similarity.
+
+  `text_to_image[t]` is the image text t describes (default: text i describes image i). An image
+  query succeeds at k if any of its texts is among the k nearest texts; a text query if its image
+  is among the k nearest images.
+  """
+  image_embeds, text_embeds = _normalize(image_embeds), _normalize(text_embeds)
+  owner = (np.arange(len(text_embeds)) if text_to_image is None else np.asarray(text_to_image))
+  if len(owner) != len(text_embeds) or owner.min() < 0 or owner.max() >= len(image_embeds):
+    raise ValueError("text_to_image must give, for every text, the index of an image.")
+  if len(set(owner.tolist())) != len(image_embeds):
+    raise ValueError("Every image needs at least one text for image→text retrieval.")
+  i2t = np.concatenate([np.asarray(_best_positive_rank(
+      image_embeds[s:s + chunk], text_embeds, owner[None, :] == np.arange(s, min(s + chunk, len(image_embeds)))[:, None]))
+      for s in range(0, len(image_embeds), chunk)])
+  t2i = np.concatenate([np.asarray(_best_positive_rank(
+      text_embeds[s:s + chunk], image_embeds, owner[s:s + chunk, None] == np.arange(len(image_embeds))[None, :]))
+      for s in range(0, len(text_embeds), chunk)])
+  out = {}
+  for k in ks:
+    out[f"image_to_text_r{k}"] = float((i2t < k).mean())
+    out[f"text_to_image_r{k}"] = float((t2i < k).mean())
+  return out

@@ -1,0 +1,84 @@
+"""dino.txt's vision side (Jose et al., "DINOv2 Meets Text", 2025, §3): trainable transformer blocks on
+top of a frozen DINOv2's output tokens, and the image embedding that concatenates the [CLS] token with
+the average of the patch tokens.
+
+The frozen backbone is a `dinojax.models.vit.ViT` applied separately (its params stay out of the
+trained ones); `VisionHead` takes its normalised output tokens [CLS, registers, patches]. The two
+halves of the image embedding live in two spaces: the first half (CLS) is the global one, the second
+half (mean of patches) is the one every projected patch token shares, which is what makes the text
+embedding's second half usable for open-vocabulary segmentation.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dinojax.models.vit import Block, layer_norm, with_axes
+
+# PyTorch's nn.LayerNorm default, used by the official head's final norm.
+HEAD_LAYER_NORM_EPS = 1e-5
+
+
+def swiglu_hidden_dim(embed_dim: int, mlp_ratio: float = 4.0, align_to: int = 64) -> int:
+  """Hidden width of the head blocks' SwiGLU: 2/3 of mlp_ratio·D rounded up to a multiple of 64 (the
+  official `SwiGLUFFNAligned(align_to=64)`; 2752 for ViT-L's 1024)."""
+  hidden = int(int(embed_dim * mlp_ratio) * 2 / 3)
+  return (hidden + align_to - 1) // align_to * align_to
+
+
+def backbone_tokens(backbone_out: dict) -> jax.Array:
+  """The frozen backbone's normalised tokens in their order, [CLS, registers, patches] (B, T, D)."""
+  return jnp.concatenate([backbone_out["x_norm_clstoken"][:, None], backbone_out["x_norm_regtokens"],
+                          backbone_out["x_norm_patchtokens"]], axis=1)
+
+
+class VisionHead(nn.Module):
+  """`num_blocks` DINOv2 blocks (SwiGLU, LayerScale 1e-5, stochastic depth) and a final LayerNorm on
+  the backbone's tokens, then a bias-free linear map of every token to `embed_dim / 2` (skipped when
+  the widths already match, as the official head does unless `use_linear_projection`).
+
+  Returns {"image_embeds" (B, embed_dim) = [CLS ; mean of patches], "cls" (B, E/2), "patch_embeds"
+  (B, N, E/2)}: the projected patch tokens, the dense features of open-vocabulary segmentation.
+  """
+  embed_dim: int
+  num_heads: int
+  num_blocks: int = 2
+  drop_path: float = 0.3
+  use_linear_projection: bool = False
+  init_values: float = 1e-5
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, num_prefix_tokens: int, train: bool = False) -> dict:
+    """tokens (B, T, D) = [CLS, `num_prefix_tokens` - 1 registers, patches]."""
+    width = tokens.shape[-1]
+    if self.embed_dim % 2:
+      raise ValueError(f"embed_dim={self.embed_dim} must be even: it concatenates CLS and patch halves.")
+    x = tokens.astype(self.dtype)
+    for i in range(self.num_blocks):
+      x, _ = Block(self.num_heads, swiglu_hidden_dim(width), ffn="swiglu", init_values=self.init_values,
+                   drop_path=self.drop_path, attention=self.attention, dtype=self.dtype,
+                   name=f"blocks_{i}")(x, train)
+    if self.num_blocks:
+      x = layer_norm("norm", self.dtype, eps=HEAD_LAYER_NORM_EPS)(x)
+    x = x.astype(jnp.float32)
+    if self.use_linear_projection or width != self.embed_dim // 2:
+      kernel = self.param("projection", with_axes(nn.initializers.normal(width ** -0.5), "embed", None),
+                          (width, self.embed_dim // 2))
+      x = x @ kernel
+    cls, patches = x[:, 0], x[:, num_prefix_tokens:]
+    return {"image_embeds": jnp.concatenate([cls, patches.mean(axis=1)], axis=-1), "cls": cls,
+            "patch_embeds": patches}
+
+
+def encode_image(backbone: nn.Module, backbone_params: dict, head: VisionHead, head_params: dict,
+                 images: jax.Array, train: bool = False, rng: jax.Array | None = None) -> dict:
+  """Images (B, H, W, 3) through the backbone (never in training mode: no stochastic depth) and the
+  head; the head's outputs (`VisionHead`), unnormalised."""
+  tokens = backbone_tokens(backbone.apply({"params": backbone_params}, images))
+  rngs = {"drop_path": rng} if train else None
+  return head.apply({"params": head_params}, tokens, 1 + backbone.num_register_tokens, train=train,
+                    rngs=rngs)

@@ -1,0 +1,361 @@
+"""dino.txt (Jose et al., "DINOv2 Meets Text", 2025): a text tower trained from scratch and a few vision
+blocks trained on top of a frozen DINOv2, aligned by a contrastive loss over the global batch.
+
+Reads top to bottom: mesh, tokenizer, data, models, frozen backbone, sharded init, the update step,
+checkpoint and resume, zero-shot and retrieval evaluation, the loop. Everything numeric comes from the
+config (`configs/dinotxt_vitl14.py`). The frozen backbone is never part of `params`: it gets no
+gradient, no optimizer state and no checkpoint (it is re-read from its source on resume);
+`backbone.freeze=False` trains it too (a full CLIP-style step, for comparison).
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from dinojax import checkpoint, hub, optim, parallel
+from dinojax.data import captions, clip_tokenizer, pipeline, sources
+from dinojax.data import sentencepiece_tokenizer as spt
+from dinojax.evaluators import zero_shot
+from dinojax.losses import contrastive
+from dinojax.models.dinotxt import VisionHead, encode_image
+from dinojax.models.text import TextTransformer
+from dinojax.ops.numerics import l2_normalize
+from dinojax.trainers import loop
+from dinojax.trainers.ssl import build_backbone as build_vit
+
+CLIP_VOCAB_SIZE, CLIP_EOT_ID, CLIP_PAD_ID = 49408, 49407, 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Building blocks (also used by bench/text_step.py)
+# ---------------------------------------------------------------------------------------------------
+class Tokenizer:
+  """Captions -> fixed-length int32 ids, with the ids the text tower pools and pads by."""
+
+  def __init__(self, encode, vocab_size: int, eot_id: int, pad_id: int, description: str):
+    self.encode, self.vocab_size, self.eot_id, self.pad_id = encode, vocab_size, eot_id, pad_id
+    self.description = description
+
+  def __call__(self, text: str) -> np.ndarray:
+    return self.encode([text])[0]
+
+
+def build_tokenizer(config, workdir: str, train_source) -> Tokenizer:
+  """CLIP's BPE, a SentencePiece `.model`, or a SentencePiece model trained on the training captions
+  (kept in the workdir, so a resumed run reads the same one)."""
+  t, length = config.tokenizer, config.text.context_length
+  if t.kind == "clip":
+    return Tokenizer(lambda texts: clip_tokenizer.tokenize(list(texts), length), CLIP_VOCAB_SIZE,
+                     CLIP_EOT_ID, CLIP_PAD_ID, "clip")
+  if t.kind != "sentencepiece":
+    raise ValueError(f"Unknown tokenizer.kind {t.kind!r}; choose 'clip' or 'sentencepiece'.")
+  path = t.model or os.path.join(workdir, "tokenizer.model")
+  if os.path.exists(path) or t.model:
+    model = spt.SentencePieceTokenizer(path, length)
+  elif train_source is None:
+    raise FileNotFoundError(f"No SentencePiece model at {path}, and no captions to train one on.")
+  else:
+    count = min(len(train_source), t.train_examples)
+    corpus = [c for i in range(count) for c in train_source[i]["captions"]]
+    model = spt.SentencePieceTokenizer(spt.train(corpus, t.vocab_size, t.model_type), length)
+    if jax.process_index() == 0:
+      with open(path, "wb") as f:
+        f.write(model.serialized())
+    logging.info("Trained a %d-piece SentencePiece tokenizer on %d captions -> %s", model.vocab_size,
+                 len(corpus), path)
+  return Tokenizer(model.encode, model.vocab_size, model.eos_id, model.pad_id, f"sentencepiece:{path}")
+
+
+def build_backbone(config):
+  """The frozen DINOv2 ViT: a released architecture by hub name, or the one `backbone.model` describes."""
+  b = config.backbone
+  overrides = dict(attention=b.attention, dtype=jnp.dtype(b.dtype))
+  if b.name:
+    return hub.dinov2_model(b.name, **overrides)
+  if not b.model:
+    raise ValueError("Set backbone.name (e.g. 'vitl14_reg') or describe the ViT in backbone.model.")
+  return build_vit({**b.model.to_dict(), **overrides})
+
+
+def build_models(config, backbone, tokenizer: Tokenizer) -> tuple[VisionHead, TextTransformer]:
+  head = VisionHead(config.embed_dim, backbone.num_heads, config.vision.num_blocks,
+                    config.vision.drop_path, config.vision.use_linear_projection,
+                    config.vision.init_values, attention=config.backbone.attention, dtype=jnp.dtype(config.backbone.dtype))
+  t = config.text
+  text = TextTransformer(tokenizer.vocab_size, t.context_length, t.width, t.depth, t.num_heads,
+                         config.embed_dim, t.pooling, tokenizer.eot_id, tokenizer.pad_id, t.activation,
+                         t.attention, jnp.dtype(t.dtype))
+  return head, text
+
+
+def init_backbone(config, backbone, mesh, rules):
+  """(params, description) of the frozen backbone, placed on the mesh: a converted checkpoint, or
+  random weights from the seed (said loudly: a random backbone only suits tests and the tiny run)."""
+  images = jnp.zeros((1, config.image_size, config.image_size, 3))
+  init = lambda rng: backbone.init(rng, images)["params"]
+  if config.backbone.checkpoint:
+    from dinojax import convert
+    state_dict = convert.to_official_naming(convert.load_state_dict(config.backbone.checkpoint))
+    params = convert.state_dict_to_params(state_dict, backbone)["params"]
+    shardings = parallel.logical_to_shardings(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
+    return parallel.to_device(params, shardings), f"checkpoint:{config.backbone.checkpoint}"
+  logging.warning("backbone.checkpoint is empty: the frozen backbone has RANDOM weights (seed %d).",
+                  config.seed)
+  params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed + 2))
+  return params, f"random:{config.seed + 2}"
+
+
+def schedules(config, step: jax.Array) -> dict:
+  """Linear warmup then cosine decay of the learning rate (the official `linear_warmup_cosine_decay`)."""
+  o = config.optim
+  return {"lr": optim.cosine_schedule(step, o.lr, o.min_lr, config.total_steps, o.warmup_steps)}
+
+
+def run(config, workdir: str) -> dict:
+  os.makedirs(workdir, exist_ok=True)
+  num_steps = config.total_steps
+  kind = config.loss.kind
+  if kind not in contrastive.LOSSES:
+    raise ValueError(f"Unknown loss.kind {kind!r}; choose one of {contrastive.LOSSES}.")
+
+  # ------------------------------------------------------------------------------------------------
+  # Mesh
+  # ------------------------------------------------------------------------------------------------
+  mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  batch_axes = dict(rules)["batch"]
+  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
+    if size % data_devices:
+      raise ValueError(f"{name}={size} is not divisible by the data×fsdp mesh size {data_devices}.")
+
+  # ------------------------------------------------------------------------------------------------
+  # Tokenizer and data
+  # ------------------------------------------------------------------------------------------------
+  train_source = captions.make_caption_source(config.data.source, config.data.split)
+  tokenizer = build_tokenizer(config, workdir, train_source)
+  crop_scale = tuple(config.data.crop_scale) if config.data.crop_scale else None
+  dataset, skipped = captions.caption_dataset(
+      train_source, config.batch_size, config.image_size, config.seed, tokenizer,
+      jax.process_index(), jax.process_count(), config.data.threads, crop_scale)
+  batch_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
+                     "tokens": parallel.batch_sharding(mesh, rules, 2),
+                     "label": parallel.batch_sharding(mesh, rules, 1)}
+
+  # ------------------------------------------------------------------------------------------------
+  # Models, the frozen backbone, and the optimizer
+  # ------------------------------------------------------------------------------------------------
+  backbone = build_backbone(config)
+  if config.image_size % backbone.patch_size:
+    raise ValueError(f"image_size={config.image_size} is not a multiple of the backbone's patch size "
+                     f"{backbone.patch_size}.")
+  head, text = build_models(config, backbone, tokenizer)
+  backbone_params, backbone_source = init_backbone(config, backbone, mesh, rules)
+  freeze = config.backbone.freeze
+  num_tokens = 1 + backbone.num_register_tokens + (config.image_size // backbone.patch_size) ** 2
+
+  def init(rng):
+    k_head, k_text = jax.random.split(rng)
+    tokens = jnp.zeros((1, num_tokens, backbone.embed_dim))
+    params = {"vision_head": head.init(k_head, tokens, 1 + backbone.num_register_tokens)["params"],
+              "text": text.init(k_text, jnp.zeros((1, config.text.context_length), jnp.int32))["params"],
+              "logit_scale": jnp.full((), contrastive.INIT_LOGIT_SCALE[kind], jnp.float32)}
+    if kind == "sigmoid":
+      params["logit_bias"] = jnp.full((), contrastive.INIT_LOGIT_BIAS, jnp.float32)
+    return params
+
+  params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
+  if freeze:
+    frozen = {"backbone": backbone_params}
+  else:
+    frozen, params = {}, {**params, "backbone": backbone_params}
+  ones = jax.tree.map(lambda _: 1.0, params)
+  wd_mult = optim.wd_multipliers(params, tuple(config.optim.no_weight_decay))
+  not_last = jax.tree.map(lambda _: False, params)
+
+  def make_tx(lr, weight_decay):
+    return optim.adamw(lr, weight_decay, 0.0, ones, wd_mult, not_last, config.optim.adamw_beta1,
+                       config.optim.adamw_beta2)
+
+  # ------------------------------------------------------------------------------------------------
+  # Sharded init of the whole state (the frozen backbone stays outside it)
+  # ------------------------------------------------------------------------------------------------
+  state = jax.jit(lambda p: {"params": p, "opt": make_tx(0.0, 0.0).init(p),
+                             "step": jnp.zeros((), jnp.int32)})(params)
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree)) / 1e6
+  logging.info("Params: %.2fM trained, %.2fM frozen (backbone %s)", count(params), count(frozen),
+               backbone_source)
+
+  # ------------------------------------------------------------------------------------------------
+  # The update step
+  # ------------------------------------------------------------------------------------------------
+  def image_embeddings(params, frozen, images, train=False, rng=None):
+    """Unit image embeddings (B, embed_dim): [CLS ; mean of patches] of the head."""
+    b_params = frozen["backbone"] if freeze else params["backbone"]
+    image = encode_image(backbone, b_params, head, params["vision_head"], images, train, rng)
+    return l2_normalize(image["image_embeds"])
+
+  def text_embeddings(params, token_ids):
+    return l2_normalize(text.apply({"params": params["text"]}, token_ids)["text_embeds"])
+
+  def train_step(state, frozen, batch):
+    step = state["step"]
+    s = schedules(config, step)
+
+    def loss_fn(params):
+      rng = jax.random.fold_in(jax.random.key(config.seed + 1), step)
+      image = image_embeddings(params, frozen, batch["image"], True, rng)
+      txt = text_embeddings(params, batch["tokens"])
+      loss = contrastive.contrastive_loss(image, txt, params["logit_scale"], params.get("logit_bias"),
+                                          kind, mesh=mesh, batch_axes=batch_axes)
+      # Accuracy of matching each image to its own caption within the global batch.
+      matches = (jnp.argmax(image @ txt.T, axis=-1) == jnp.arange(image.shape[0])).mean()
+      return loss, matches
+
+    (loss, matches), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = make_tx(s["lr"], config.optim.weight_decay).update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    if kind == "softmax":
+      params["logit_scale"] = contrastive.clip_logit_scale(params["logit_scale"])
+    metrics = {"loss": loss, **s, "batch_match_accuracy": matches,
+               "temperature": jnp.exp(-params["logit_scale"]),
+               "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+    if kind == "sigmoid":
+      metrics["logit_bias"] = params["logit_bias"]
+    return {"params": params, "opt": opt, "step": step + 1}, metrics
+
+  train_step = jax.jit(train_step, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+                       out_shardings=(state_shardings, None), donate_argnums=0)
+
+  # ------------------------------------------------------------------------------------------------
+  # Checkpoint and resume
+  # ------------------------------------------------------------------------------------------------
+  ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
+                            config.checkpoint.every)
+  data_iter = iter(dataset)
+  start = 0
+  if checkpoint.latest_step(ckpt) is not None:
+    state, meta = checkpoint.restore(ckpt, checkpoint.abstract_like(state, state_shardings),
+                                     with_meta=True)
+    for key, now in (("backbone", backbone_source), ("tokenizer", tokenizer.description)):
+      if meta.get(key, now) != now:
+        raise ValueError(f"The run in {workdir} was trained with {key} {meta[key]!r}, the config "
+                         f"now gives {now!r}; resume with the same one or use a new workdir.")
+    data_iter.set_state(meta["data"])
+    skipped.count = meta.get("skipped_images", 0)
+    start = int(state["step"])
+    logging.info("Resumed from step %d.", start)
+  elif config.eval_only:
+    raise FileNotFoundError(f"eval_only: no checkpoint to evaluate in {workdir}/checkpoints.")
+
+  def save(step, force=False):
+    meta = {"data": data_iter.get_state(), "skipped_images": skipped.count, "step": step,
+            "backbone": backbone_source, "tokenizer": tokenizer.description}
+    checkpoint.save(ckpt, step, state, meta, force=force)
+
+  # ------------------------------------------------------------------------------------------------
+  # Zero-shot classification and image↔text retrieval
+  # ------------------------------------------------------------------------------------------------
+  eval_images, eval_texts = jax.jit(image_embeddings), jax.jit(text_embeddings)
+  eval_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
+                    "tokens": parallel.batch_sharding(mesh, rules, 2),
+                    "label": parallel.batch_sharding(mesh, rules, 1),
+                    "valid": parallel.batch_sharding(mesh, rules, 1)}
+  per_host = config.eval.batch_size // jax.process_count()
+
+  def gather(x):
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True), np.float32)
+
+  def embed_source(params, batches, with_text):
+    """Every host embeds its slice; all hosts end with the whole set (in the same order)."""
+    out = {"image": [], "text": [], "label": []}
+    for local in batches:
+      batch = loop.global_batch(local, {k: eval_shardings[k] for k in local})
+      valid = np.asarray(multihost_utils.process_allgather(batch["valid"], tiled=True))
+      out["image"].append(gather(eval_images(params, frozen, batch["image"]))[valid])
+      out["label"].append(np.asarray(multihost_utils.process_allgather(batch["label"], tiled=True))[valid])
+      if with_text:
+        out["text"].append(gather(eval_texts(params, batch["tokens"]))[valid])
+    return {k: np.concatenate(v) for k, v in out.items() if v}
+
+  def encode_prompts(params, prompts):
+    ids = tokenizer.encode(prompts)
+    pad = -len(ids) % data_devices  # whole rows per device
+    ids = np.concatenate([ids, np.repeat(ids[:1], pad, axis=0)])
+    sharded = jax.make_array_from_callback(ids.shape, eval_shardings["tokens"], lambda i: ids[i])
+    return gather(eval_texts(params, sharded))[:len(prompts)]
+
+  def evaluate(params) -> dict:
+    results = {}
+    z = config.eval.zero_shot
+    if z.source:
+      source = sources.make_source(z.source, z.split)
+      names = tuple(z.class_names) or tuple(getattr(source, "class_names", ()))
+      if not names:
+        raise ValueError(f"eval.zero_shot needs class names: set eval.zero_shot.class_names for "
+                         f"{z.source!r}.")
+      classes = zero_shot.class_embeddings(lambda p: encode_prompts(params, p), names, tuple(z.templates))
+      embedded = embed_source(params, pipeline.eval_dataset(
+          source, per_host, config.image_size, jax.process_index(), jax.process_count()), False)
+      results.update({f"zero_shot_{k}": v for k, v in zero_shot.zero_shot_accuracy(
+          embedded["image"], embedded["label"], classes).items()})
+    r = config.eval.retrieval
+    if r.source:
+      source = captions.make_caption_source(r.source, r.split)
+      embedded = embed_source(params, captions.caption_eval_dataset(
+          source, per_host, config.image_size, tokenizer, jax.process_index(), jax.process_count()), True)
+      results.update(zero_shot.retrieval_recall(embedded["image"], embedded["text"]))
+    return results
+
+  writer = loop.MetricWriter(workdir)
+  if config.eval_only:
+    with parallel.activation_sharding(mesh, rules):
+      results = evaluate(state["params"])
+    writer.write(start, results)
+    loop.log_metrics(start, results)
+    return {**results, "steps": start}
+
+  # ------------------------------------------------------------------------------------------------
+  # The loop
+  # ------------------------------------------------------------------------------------------------
+  throughput = loop.Throughput(config.batch_size)
+  bar = loop.progress_bar(num_steps, start, config.batch_size)
+  last_saved = checkpoint.latest_step(ckpt)
+  summary = {}
+  try:
+    with parallel.activation_sharding(mesh, rules):
+      for step in range(start + 1, num_steps + 1):
+        batch = loop.global_batch(next(data_iter), batch_shardings)
+        state, metrics = train_step(state, frozen, batch)
+        bar.update(1)
+        is_last = step == num_steps
+        if step % config.log_every == 0 or is_last:
+          metrics = jax.device_get(metrics)
+          loop.check_finite(metrics, step, last_saved)
+          metrics.update(throughput.update(step), skipped_images=skipped.count)
+          writer.write(step, metrics)
+          bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                          **{"img/s": f"{metrics.get('images_per_s', 0):.1f}"})
+          summary.update(loss=float(metrics["loss"]))
+        if step % config.checkpoint.every == 0 or is_last:
+          loop.check_finite(jax.device_get(metrics), step, last_saved)
+          save(step, force=is_last)
+          last_saved = step
+        if config.eval.every and (step % config.eval.every == 0 or is_last):
+          results = evaluate(state["params"])
+          writer.write(step, results)
+          loop.log_metrics(step, results)
+          summary.update(results)
+  finally:  # A failing run still finishes the checkpoint it was writing.
+    bar.close()
+    ckpt.wait_until_finished()
+  if skipped.count:
+    logging.warning("%d unreadable images were skipped.", skipped.count)
+  return {**summary, "steps": num_steps, "skipped_images": skipped.count}
