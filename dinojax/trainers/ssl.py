@@ -38,6 +38,35 @@ def build_head(head_config, dtype) -> DINOHead:
                   dtype=dtype)
 
 
+class Heads:
+  """The DINO head on CLS tokens and the iBOT head on patch tokens: one shared module, or two with
+  `separate` (the official `ibot.separate_head`). Params are {"dino_head", "ibot_head" if separate}."""
+
+  def __init__(self, dino_config, ibot_config, separate: bool, dtype):
+    self.separate = separate
+    self.dino = build_head(dino_config, dtype)
+    self.ibot = build_head(ibot_config, dtype) if separate else self.dino
+
+  def init(self, k_dino: jax.Array, k_ibot: jax.Array, embed_dim: int) -> dict:
+    tokens = jnp.zeros((1, embed_dim))
+    params = {"dino_head": self.dino.init(k_dino, tokens)["params"]}
+    if self.separate:
+      params["ibot_head"] = self.ibot.init(k_ibot, tokens)["params"]
+    return params
+
+  def __call__(self, params: dict, cls_tokens: jax.Array, patch_tokens: jax.Array):
+    """(CLS logits, patch logits); a shared head runs once over both, as the official code."""
+    if not self.separate:
+      out = self.dino.apply({"params": params["dino_head"]}, jnp.concatenate([cls_tokens, patch_tokens]))
+      return out[:cls_tokens.shape[0]], out[cls_tokens.shape[0]:]
+    return (self.dino.apply({"params": params["dino_head"]}, cls_tokens),
+            self.ibot.apply({"params": params["ibot_head"]}, patch_tokens))
+
+
+def build_heads(config, dtype) -> Heads:
+  return Heads(config.dino.head, config.ibot.head, config.ibot.separate_head, dtype)
+
+
 def total_steps(config) -> int:
   return config.total_steps or config.optim.epochs * config.steps_per_epoch
 
@@ -47,9 +76,11 @@ def peak_lr(config) -> float:
   return config.optim.base_lr * math.sqrt(config.batch_size / 1024)
 
 
-def schedules(config, step: jax.Array) -> dict:
-  """Every scheduled scalar of the official recipe at `step`."""
+def schedules(config, step: jax.Array, ema=None) -> dict:
+  """Every scheduled scalar of the official recipe at `step`. `ema` holds the EMA's `momentum` and
+  `final_momentum` (default `config.teacher`: in SSL the EMA is the teacher)."""
   total, per_epoch = total_steps(config), config.steps_per_epoch
+  ema = config.teacher if ema is None else ema
   o = config.optim
   lr = optim.cosine_schedule(step, peak_lr(config), o.min_lr, total,
                              warmup_steps=o.warmup_epochs * per_epoch)
@@ -58,12 +89,97 @@ def schedules(config, step: jax.Array) -> dict:
       # Same schedule, zero while the last layer is frozen (official `last_layer_lr_schedule`).
       "last_layer_lr": jnp.where(step < o.freeze_last_layer_epochs * per_epoch, 0.0, lr),
       "weight_decay": optim.cosine_schedule(step, o.weight_decay, o.weight_decay_end, total),
-      "momentum": optim.cosine_schedule(step, config.teacher.momentum, config.teacher.final_momentum, total),
+      "momentum": optim.cosine_schedule(step, ema.momentum, ema.final_momentum, total),
       "teacher_temp": optim.cosine_schedule(
           step, config.teacher.temp, config.teacher.temp, total,
           warmup_steps=config.teacher.warmup_temp_epochs * per_epoch,
           warmup_start=config.teacher.warmup_temp),
   }
+
+
+def multi_crop_data(config, mesh, rules, masks: bool = True):
+  """This host's multi-crop batches (with iBOT masks unless `masks=False`), the skipped-image
+  counter and the batch shardings."""
+  crops = config.crops
+  for name in ("global_size", "local_size"):
+    if crops[name] % config.model.patch_size:
+      raise ValueError(f"crops.{name}={crops[name]} is not a multiple of model.patch_size="
+                       f"{config.model.patch_size}.")
+  multi_crop = MultiCrop(crops.global_size, tuple(crops.global_scale), crops.local_size,
+                         tuple(crops.local_scale), crops.local_number)
+  train_source = sources.make_source(config.data.source, config.data.split)
+  mask_args = {}
+  if masks:
+    mask_args = dict(mask_ratio=tuple(config.ibot.mask_ratio), mask_probability=config.ibot.mask_probability,
+                     mask_group=config.ibot.mask_group)
+  dataset, skipped = pipeline.ssl_dataset(
+      train_source, config.batch_size, multi_crop, config.model.patch_size, config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_threads=config.data.threads, masks=masks, **mask_args)
+  batch_shardings = {"global_crops": parallel.batch_sharding(mesh, rules, 5),
+                     "local_crops": parallel.batch_sharding(mesh, rules, 5)}
+  if masks:
+    batch_shardings["masks"] = parallel.batch_sharding(mesh, rules, 3)
+  return dataset, skipped, batch_shardings
+
+
+def make_optimizer(config, params, num_blocks: int):
+  """`make_tx(lr, weight_decay, last_layer_lr)`: the official AdamW over `params` (layer-wise lr
+  decay over `num_blocks`, patch-embed lr ×, decay exemptions, the last layers frozen early)."""
+  lr_mult = optim.lr_multipliers(params, num_blocks, config.optim.layerwise_decay,
+                                 config.optim.patch_embed_lr_mult)
+  wd_mult = optim.wd_multipliers(params, tuple(config.optim.no_weight_decay))
+  last_layer = optim.last_layer_mask(params)
+  return functools.partial(optim.adamw, lr_mult=lr_mult, wd_mult=wd_mult, is_last_layer=last_layer,
+                           b1=config.optim.adamw_beta1, b2=config.optim.adamw_beta2)
+
+
+def update(config, make_tx, s: dict, params, opt, grads):
+  """One optimizer step of the official recipe: gradient clipping per module, then AdamW at this
+  step's schedules `s`. Returns (params, opt, per-module grad norms)."""
+  grads, grad_norms = optim.clip_by_module_norm(grads, config.optim.clip_grad)
+  tx = make_tx(s["lr"], s["weight_decay"], s["last_layer_lr"])
+  updates, opt = tx.update(grads, opt, params)
+  return optax.apply_updates(params, updates), opt, grad_norms
+
+
+def ema_update(ema, params, momentum: jax.Array):
+  return jax.tree.map(lambda t, p: momentum * t + (1 - momentum) * p, ema, params)
+
+
+def knn_evaluator(config, mesh, rules, backbone: ViT):
+  """`knn_eval(backbone_params) -> top-1`: k-NN accuracy of the backbone's CLS features on
+  `config.eval.*` (sources read on first use)."""
+  extract = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
+  eval_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
+                    "label": parallel.batch_sharding(mesh, rules, 1),
+                    "valid": parallel.batch_sharding(mesh, rules, 1)}
+
+  def features(params, source):
+    """Every host embeds its slice; all hosts end with the whole set (in the same order)."""
+    feats, labels = [], []
+    for local in pipeline.eval_dataset(source, config.eval.batch_size // jax.process_count(),
+                                       config.crops.global_size, jax.process_index(), jax.process_count()):
+      batch = loop.global_batch(local, eval_shardings)
+      out, label, valid = (multihost_utils.process_allgather(x, tiled=True) for x in
+                           (extract(params, batch["image"]), batch["label"], batch["valid"]))
+      feats.append(np.asarray(out, np.float32)[valid])
+      labels.append(label[valid])
+    return np.concatenate(feats), np.concatenate(labels)
+
+  eval_sources = None
+
+  def knn_eval(params):
+    nonlocal eval_sources
+    if eval_sources is None:
+      eval_sources = (sources.make_source(config.eval.source, config.eval.train_split),
+                      sources.make_source(config.eval.source, config.eval.heldout_split))
+    train_feats, train_labels = features(params, eval_sources[0])
+    test_feats, test_labels = features(params, eval_sources[1])
+    return knn.knn_accuracy(train_feats, train_labels, test_feats, test_labels,
+                            eval_sources[0].num_classes, config.eval.knn_k, config.eval.knn_temperature)
+
+  return knn_eval
 
 
 def run(config, workdir: str) -> dict:
@@ -73,64 +189,33 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # Mesh
   # ------------------------------------------------------------------------------------------------
-  mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
-    if size % data_devices:
-      raise ValueError(f"{name}={size} is not divisible by the data×fsdp mesh size {data_devices}.")
+  mesh, rules = loop.make_mesh(config)
 
   # ------------------------------------------------------------------------------------------------
   # Data
   # ------------------------------------------------------------------------------------------------
   crops = config.crops
-  for name in ("global_size", "local_size"):
-    if crops[name] % config.model.patch_size:
-      raise ValueError(f"crops.{name}={crops[name]} is not a multiple of model.patch_size="
-                       f"{config.model.patch_size}.")
-  multi_crop = MultiCrop(crops.global_size, tuple(crops.global_scale), crops.local_size,
-                         tuple(crops.local_scale), crops.local_number)
-  train_source = sources.make_source(config.data.source, config.data.split)
-  dataset, skipped = pipeline.ssl_dataset(
-      train_source, config.batch_size, multi_crop, config.model.patch_size, config.seed,
-      tuple(config.ibot.mask_ratio), config.ibot.mask_probability, config.ibot.mask_group,
-      jax.process_index(), jax.process_count(), config.data.threads)
+  dataset, skipped, batch_shardings = multi_crop_data(config, mesh, rules)
   num_patches = (crops.global_size // config.model.patch_size) ** 2
   # Static size of the buffer of masked patches (the official `upperbound`) for the global batch.
   mask_group = config.ibot.mask_group or config.batch_size // jax.process_count()
   max_masked = config.batch_size // mask_group * masking.mask_upper_bound(
       2 * mask_group, num_patches, config.ibot.mask_ratio, config.ibot.mask_probability)
-  batch_shardings = {
-      "global_crops": parallel.batch_sharding(mesh, rules, 5),
-      "local_crops": parallel.batch_sharding(mesh, rules, 5),
-      "masks": parallel.batch_sharding(mesh, rules, 3),
-  }
 
   # ------------------------------------------------------------------------------------------------
   # Model and optimizer
   # ------------------------------------------------------------------------------------------------
   backbone = build_backbone(config.model)
-  dino_head = build_head(config.dino.head, backbone.dtype)
-  ibot_head = build_head(config.ibot.head, backbone.dtype) if config.ibot.separate_head else dino_head
-  ibot_key = "ibot_head" if config.ibot.separate_head else "dino_head"
+  heads = build_heads(config, backbone.dtype)
 
   def init(rng):
     k_backbone, k_dino, k_ibot = jax.random.split(rng, 3)
     images = jnp.zeros((1, crops.global_size, crops.global_size, 3))
-    tokens = jnp.zeros((1, backbone.embed_dim))
-    params = {"backbone": backbone.init(k_backbone, images)["params"],
-              "dino_head": dino_head.init(k_dino, tokens)["params"]}
-    if config.ibot.separate_head:
-      params["ibot_head"] = ibot_head.init(k_ibot, tokens)["params"]
-    return params
+    return {"backbone": backbone.init(k_backbone, images)["params"],
+            **heads.init(k_dino, k_ibot, backbone.embed_dim)}
 
   params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
-  lr_mult = optim.lr_multipliers(params, backbone.depth, config.optim.layerwise_decay,
-                                 config.optim.patch_embed_lr_mult)
-  wd_mult = optim.wd_multipliers(params, tuple(config.optim.no_weight_decay))
-  last_layer = optim.last_layer_mask(params)
-  make_tx = functools.partial(optim.adamw, lr_mult=lr_mult, wd_mult=wd_mult, is_last_layer=last_layer,
-                              b1=config.optim.adamw_beta1, b2=config.optim.adamw_beta2)
+  make_tx = make_optimizer(config, params, backbone.depth)
 
   # ------------------------------------------------------------------------------------------------
   # Sharded init of the whole state
@@ -156,15 +241,6 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   n_local = crops.local_number
   n_loss_terms = 2 * n_local + 2  # global×local pairs + the two cross-view global pairs
-
-  def heads(params, cls_tokens, patch_tokens):
-    """DINO head on CLS tokens, iBOT head (maybe the same one) on masked patch tokens."""
-    if not config.ibot.separate_head:  # One call over both, as the official shared head.
-      out = dino_head.apply({"params": params["dino_head"]},
-                            jnp.concatenate([cls_tokens, patch_tokens]))
-      return out[:cls_tokens.shape[0]], out[cls_tokens.shape[0]:]
-    return (dino_head.apply({"params": params["dino_head"]}, cls_tokens),
-            ibot_head.apply({"params": params[ibot_key]}, patch_tokens))
 
   def train_step(state, batch):
     step = state["step"]
@@ -231,12 +307,8 @@ def run(config, workdir: str) -> dict:
       return total, parts
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    grads, grad_norms = optim.clip_by_module_norm(grads, config.optim.clip_grad)
-    tx = make_tx(s["lr"], s["weight_decay"], s["last_layer_lr"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    m = s["momentum"]
-    teacher = jax.tree.map(lambda t, p: m * t + (1 - m) * p, state["teacher"], params)
+    params, opt, grad_norms = update(config, make_tx, s, state["params"], state["opt"], grads)
+    teacher = ema_update(state["teacher"], params, s["momentum"])
     # Entropy of the teacher's targets: ≈ log(prototypes) means collapse to uniform, ≈ 0 to one-hot.
     teacher_entropy = -jnp.sum(t_cls * jnp.log(t_cls + 1e-12), axis=-1).mean()
     metrics = {"loss": loss, **parts, **s, "masked_patches": valid.sum(),
@@ -250,100 +322,26 @@ def run(config, workdir: str) -> dict:
                        out_shardings=(state_shardings, None), donate_argnums=0)
 
   # ------------------------------------------------------------------------------------------------
-  # Checkpoint and resume
+  # Checkpoint and resume (or a new phase of an earlier run, e.g. the high-resolution adaptation:
+  # its weights, teacher and centres with a fresh optimizer and schedule)
   # ------------------------------------------------------------------------------------------------
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
                             config.checkpoint.every)
   data_iter = iter(dataset)
-  start = 0
-  if checkpoint.latest_step(ckpt) is not None:
-    state, meta = checkpoint.restore(ckpt, checkpoint.abstract_like(state, state_shardings),
-                                     with_meta=True)
-    data_iter.set_state(meta["data"])
-    skipped.count = meta.get("skipped_images", 0)
-    start = int(state["step"])
-    logging.info("Resumed from step %d.", start)
-
-  elif config.init_from:
-    # A new phase of an earlier run (e.g. the high-resolution adaptation): its weights, teacher and
-    # centres; a fresh optimizer and schedule.
-    source = checkpoint.manager(os.path.join(config.init_from, "checkpoints"), None)
-    previous = checkpoint.restore(source, checkpoint.abstract_like(state, state_shardings))
-    state = {**state, **{k: previous[k] for k in ("params", "teacher", "center")}}
-    logging.info("Initialised from %s (step %d).", config.init_from, int(previous["step"]))
-
-  def save(step, force=False):
-    meta = {"data": data_iter.get_state(), "skipped_images": skipped.count, "step": step}
-    checkpoint.save(ckpt, step, state, meta, force=force)
+  state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, config.init_from,
+                              init_keys=("params", "teacher", "center"))
 
   # ------------------------------------------------------------------------------------------------
   # k-NN evaluation of the teacher's CLS features
   # ------------------------------------------------------------------------------------------------
-  extract = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
-
-  eval_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
-                    "label": parallel.batch_sharding(mesh, rules, 1),
-                    "valid": parallel.batch_sharding(mesh, rules, 1)}
-
-  def features(params, source):
-    """Every host embeds its slice; all hosts end with the whole set (in the same order)."""
-    feats, labels = [], []
-    for local in pipeline.eval_dataset(source, config.eval.batch_size // jax.process_count(),
-                                       crops.global_size, jax.process_index(), jax.process_count()):
-      batch = loop.global_batch(local, eval_shardings)
-      out, label, valid = (multihost_utils.process_allgather(x, tiled=True) for x in
-                           (extract(params, batch["image"]), batch["label"], batch["valid"]))
-      feats.append(np.asarray(out, np.float32)[valid])
-      labels.append(label[valid])
-    return np.concatenate(feats), np.concatenate(labels)
-
-  eval_sources = None
-
-  def knn_eval(params):
-    nonlocal eval_sources
-    if eval_sources is None:
-      eval_sources = (sources.make_source(config.eval.source, config.eval.train_split),
-                      sources.make_source(config.eval.source, config.eval.heldout_split))
-    train_feats, train_labels = features(params, eval_sources[0])
-    test_feats, test_labels = features(params, eval_sources[1])
-    return knn.knn_accuracy(train_feats, train_labels, test_feats, test_labels,
-                            eval_sources[0].num_classes, config.eval.knn_k, config.eval.knn_temperature)
+  knn_eval = knn_evaluator(config, mesh, rules, backbone)
 
   # ------------------------------------------------------------------------------------------------
   # The loop
   # ------------------------------------------------------------------------------------------------
-  writer = loop.MetricWriter(workdir)
-  throughput = loop.Throughput(config.batch_size)
-  bar = loop.progress_bar(num_steps, start, config.batch_size)
-  last_saved = checkpoint.latest_step(ckpt)
-  summary = {}
-  try:
-    with parallel.activation_sharding(mesh, rules):
-      for step in range(start + 1, num_steps + 1):
-        batch = loop.global_batch(next(data_iter), batch_shardings)
-        state, metrics = train_step(state, batch)
-        bar.update(1)
-        is_last = step == num_steps
-        if step % config.log_every == 0 or is_last:
-          metrics = jax.device_get(metrics)
-          loop.check_finite(metrics, step, last_saved)
-          metrics.update(throughput.update(step), skipped_images=skipped.count)
-          writer.write(step, metrics)
-          bar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                          **{"img/s": f"{metrics.get('images_per_s', 0):.1f}"})
-          summary.update(loss=float(metrics["loss"]))
-        if step % config.checkpoint.every == 0 or is_last:
-          loop.check_finite(jax.device_get(metrics), step, last_saved)
-          save(step, force=is_last)
-          last_saved = step
-        if config.eval.every and (step % config.eval.every == 0 or is_last):
-          accuracy = knn_eval(state["teacher"]["backbone"])
-          writer.write(step, {"knn_top1": accuracy})
-          logging.info("step %d: k-NN top-1 %.2f%%", step, 100 * accuracy)
-          summary["knn_top1"] = accuracy
-  finally:  # A failing run still finishes the checkpoint it was writing.
-    bar.close()
-    ckpt.wait_until_finished()
+  _, summary = loop.train(config, workdir, mesh, rules, state, train_step, data_iter, batch_shardings,
+                          ckpt, skipped, start, num_steps,
+                          evaluate=lambda state: {"knn_top1": knn_eval(state["teacher"]["backbone"])})
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)
   return {**summary, "steps": num_steps, "skipped_images": skipped.count}
