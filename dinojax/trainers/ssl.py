@@ -39,13 +39,13 @@ def build_head(head_config, dtype) -> DINOHead:
 
 
 class Heads:
-  """The DINO head on CLS tokens and the iBOT head on patch tokens: one shared module, or two with
-  `separate` (the official `ibot.separate_head`). Params are {"dino_head", "ibot_head" if separate}."""
+  """The DINO head on CLS tokens and the iBOT head on patch tokens: two modules, or one shared when
+  `ibot` is None (the official `ibot.separate_head`). Params are {"dino_head", ["ibot_head"]}."""
 
-  def __init__(self, dino_config, ibot_config, separate: bool, dtype):
-    self.separate = separate
-    self.dino = build_head(dino_config, dtype)
-    self.ibot = build_head(ibot_config, dtype) if separate else self.dino
+  def __init__(self, dino_head: DINOHead, ibot_head: DINOHead | None = None):
+    self.separate = ibot_head is not None
+    self.dino = dino_head
+    self.ibot = ibot_head if self.separate else dino_head
 
   def init(self, k_dino: jax.Array, k_ibot: jax.Array, embed_dim: int) -> dict:
     tokens = jnp.zeros((1, embed_dim))
@@ -63,8 +63,21 @@ class Heads:
             self.ibot.apply({"params": params["ibot_head"]}, patch_tokens))
 
 
-def build_heads(config, dtype) -> Heads:
-  return Heads(config.dino.head, config.ibot.head, config.ibot.separate_head, dtype)
+def build_heads(dino_config, ibot_config, separate: bool, dtype) -> Heads:
+  return Heads(build_head(dino_config, dtype), build_head(ibot_config, dtype) if separate else None)
+
+
+def model_init(backbone: ViT, heads: Heads, image_size: int):
+  """`init(rng) -> {"backbone", "dino_head", ["ibot_head"]}`: a DINOv2 model's params (logically
+  annotated, for `parallel.init_sharded`)."""
+
+  def init(rng):
+    k_backbone, k_dino, k_ibot = jax.random.split(rng, 3)
+    images = jnp.zeros((1, image_size, image_size, 3))
+    return {"backbone": backbone.init(k_backbone, images)["params"],
+            **heads.init(k_dino, k_ibot, backbone.embed_dim)}
+
+  return init
 
 
 def total_steps(config) -> int:
@@ -147,6 +160,56 @@ def ema_update(ema, params, momentum: jax.Array):
   return jax.tree.map(lambda t, p: momentum * t + (1 - momentum) * p, ema, params)
 
 
+def teacher_targets(config, t_cls_logits, t_patch_logits, center: dict, temp: jax.Array,
+                    valid: jax.Array | None = None):
+  """The teacher's target distributions for CLS and patch tokens, centred as configured (Sinkhorn-
+  Knopp, or softmax centering with the centres' EMA updated); `valid` marks real patch rows.
+  Returns (t_cls, t_patch, center), with no gradient."""
+  if config.centering == "sinkhorn_knopp":
+    t_cls = dino.sinkhorn_knopp(t_cls_logits, temp, config.sinkhorn_iterations)
+    t_patch = dino.sinkhorn_knopp(t_patch_logits, temp, config.sinkhorn_iterations, valid=valid)
+  else:
+    t_cls = dino.softmax_center(t_cls_logits, center["dino"], temp)
+    t_patch = dino.softmax_center(t_patch_logits, center["ibot"], temp)
+    center = {"dino": dino.update_center(center["dino"], t_cls_logits, config.center_momentum),
+              "ibot": dino.update_center(center["ibot"], t_patch_logits, config.center_momentum,
+                                         valid=valid)}
+  t_cls, t_patch = jax.lax.stop_gradient((t_cls, t_patch))
+  return t_cls, t_patch, center
+
+
+def dino_koleo_losses(config, s_cls_logits, t_cls, s_global_cls) -> dict:
+  """DINO loss on CLS tokens (each global view's student against the other view's teacher, every
+  local view against both, normalised by the number of pairs as the official `DINOLoss`) and KoLeo
+  within each global view of the student. s_cls_logits: (2b + b·n_local, K), global crops first,
+  sample-major; t_cls: (b, 2, K) targets; s_global_cls: (2b, D) student CLS tokens."""
+  b, n_local = t_cls.shape[0], config.crops.local_number
+  n_loss_terms = 2 * n_local + 2  # global×local pairs + the two cross-view global pairs
+  s_global_logits, s_local_logits = s_cls_logits[:2 * b], s_cls_logits[2 * b:]
+  t_cls_swapped = t_cls[:, ::-1].reshape(2 * b, -1)  # view A's student learns from view B's teacher
+  st = config.dino.student_temp
+  parts = {"loss_dino_global": dino.dino_loss([s_global_logits], [t_cls_swapped], st) * 2 / n_loss_terms}
+  if n_local:
+    s_local_logits = s_local_logits.reshape(b, n_local, -1)
+    parts["loss_dino_local"] = dino.dino_loss(
+        [s_local_logits[:, i] for i in range(n_local)], [t_cls[:, 0], t_cls[:, 1]], st) / n_loss_terms
+  global_cls = s_global_cls.reshape(b, 2, -1)
+  # KoLeo within each global view only (never between two crops of the same image).
+  parts["loss_koleo"] = config.dino.koleo_weight * sum(koleo.koleo_loss(global_cls[:, i]) for i in range(2))
+  return parts
+
+
+def total_loss(config, parts: dict) -> jax.Array:
+  return (config.dino.loss_weight * (parts["loss_dino_global"] + parts.get("loss_dino_local", 0.0))
+          + parts["loss_koleo"] + config.ibot.loss_weight * parts["loss_ibot"])
+
+
+def target_entropy(t_cls: jax.Array) -> jax.Array:
+  """Mean entropy of the teacher's CLS targets: ≈ log(prototypes) means collapse to uniform, ≈ 0 to
+  one-hot."""
+  return -jnp.sum(t_cls * jnp.log(t_cls + 1e-12), axis=-1).mean()
+
+
 def knn_evaluator(config, mesh, rules, backbone: ViT):
   """`knn_eval(backbone_params) -> top-1`: k-NN accuracy of the backbone's CLS features on
   `config.eval.*` (sources read on first use)."""
@@ -206,14 +269,8 @@ def run(config, workdir: str) -> dict:
   # Model and optimizer
   # ------------------------------------------------------------------------------------------------
   backbone = build_backbone(config.model)
-  heads = build_heads(config, backbone.dtype)
-
-  def init(rng):
-    k_backbone, k_dino, k_ibot = jax.random.split(rng, 3)
-    images = jnp.zeros((1, crops.global_size, crops.global_size, 3))
-    return {"backbone": backbone.init(k_backbone, images)["params"],
-            **heads.init(k_dino, k_ibot, backbone.embed_dim)}
-
+  heads = build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
+  init = model_init(backbone, heads, crops.global_size)
   params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
   make_tx = make_optimizer(config, params, backbone.depth)
 
@@ -240,7 +297,6 @@ def run(config, workdir: str) -> dict:
   # The update step
   # ------------------------------------------------------------------------------------------------
   n_local = crops.local_number
-  n_loss_terms = 2 * n_local + 2  # global×local pairs + the two cross-view global pairs
 
   def train_step(state, batch):
     step = state["step"]
@@ -261,20 +317,9 @@ def run(config, workdir: str) -> dict:
     t_out = backbone.apply({"params": state["teacher"]["backbone"]}, global_crops)
     t_patches = t_out["x_norm_patchtokens"].reshape(-1, backbone.embed_dim)[masked_idx]
     t_cls_logits, t_patch_logits = heads(state["teacher"], t_out["x_norm_clstoken"], t_patches)
-    temp = s["teacher_temp"]
-    center = state["center"]
-    if config.centering == "sinkhorn_knopp":
-      t_cls = dino.sinkhorn_knopp(t_cls_logits, temp, config.sinkhorn_iterations)
-      t_patch = dino.sinkhorn_knopp(t_patch_logits, temp, config.sinkhorn_iterations, valid=valid)
-    else:
-      t_cls = dino.softmax_center(t_cls_logits, center["dino"], temp)
-      t_patch = dino.softmax_center(t_patch_logits, center["ibot"], temp)
-      center = {"dino": dino.update_center(center["dino"], t_cls_logits, config.center_momentum),
-                "ibot": dino.update_center(center["ibot"], t_patch_logits, config.center_momentum,
-                                           valid=valid)}
-    t_cls, t_patch = jax.lax.stop_gradient((t_cls, t_patch))
+    t_cls, t_patch, center = teacher_targets(config, t_cls_logits, t_patch_logits, state["center"],
+                                             s["teacher_temp"], valid)
     t_cls = t_cls.reshape(b, 2, -1)
-    t_cls_swapped = t_cls[:, ::-1].reshape(2 * b, -1)  # view A's student learns from view B's teacher
 
     def loss_fn(params):
       rng = jax.random.fold_in(jax.random.key(config.seed + 1), step)
@@ -288,31 +333,17 @@ def run(config, workdir: str) -> dict:
         s_cls = jnp.concatenate([s_cls, s_local["x_norm_clstoken"]])
       s_patches = s_global["x_norm_patchtokens"].reshape(-1, backbone.embed_dim)[masked_idx]
       s_cls_logits, s_patch_logits = heads(params, s_cls, s_patches)
-      s_global_logits, s_local_logits = s_cls_logits[:2 * b], s_cls_logits[2 * b:]
-
-      st = config.dino.student_temp
-      parts = {"loss_dino_global": dino.dino_loss([s_global_logits], [t_cls_swapped], st) * 2 / n_loss_terms}
-      if n_local:
-        s_local_logits = s_local_logits.reshape(b, n_local, -1)
-        parts["loss_dino_local"] = dino.dino_loss(
-            [s_local_logits[:, i] for i in range(n_local)], [t_cls[:, 0], t_cls[:, 1]], st) / n_loss_terms
-      global_cls = s_global["x_norm_clstoken"].reshape(b, 2, -1)
-      # KoLeo within each global view only (never between two crops of the same image).
-      parts["loss_koleo"] = config.dino.koleo_weight * sum(
-          koleo.koleo_loss(global_cls[:, i]) for i in range(2))
+      parts = dino_koleo_losses(config, s_cls_logits, t_cls, s_global["x_norm_clstoken"])
       # Official scaling: × 2 (global crops processed together) × 1/2 (per global crop).
-      parts["loss_ibot"] = dino.ibot_loss(s_patch_logits, t_patch, patch_weights, 2 * b, st)
-      total = (config.dino.loss_weight * (parts["loss_dino_global"] + parts.get("loss_dino_local", 0.0))
-               + parts["loss_koleo"] + config.ibot.loss_weight * parts["loss_ibot"])
-      return total, parts
+      parts["loss_ibot"] = dino.ibot_loss(s_patch_logits, t_patch, patch_weights, 2 * b,
+                                          config.dino.student_temp)
+      return total_loss(config, parts), parts
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     params, opt, grad_norms = update(config, make_tx, s, state["params"], state["opt"], grads)
     teacher = ema_update(state["teacher"], params, s["momentum"])
-    # Entropy of the teacher's targets: ≈ log(prototypes) means collapse to uniform, ≈ 0 to one-hot.
-    teacher_entropy = -jnp.sum(t_cls * jnp.log(t_cls + 1e-12), axis=-1).mean()
     metrics = {"loss": loss, **parts, **s, "masked_patches": valid.sum(),
-               "teacher_entropy": teacher_entropy,
+               "teacher_entropy": target_entropy(t_cls),
                "param_norm": optax.tree.norm(params),
                **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
     new_state = {"params": params, "teacher": teacher, "opt": opt, "center": center, "step": step + 1}
