@@ -61,7 +61,11 @@ def restore_subtree(directory: str | os.PathLike, target: Any, step: int | None 
   """Restores only `target`'s part of the state saved under `directory` (e.g. `{"teacher": ...}` out
   of a whole training state) onto its shapes, dtypes and shardings, reading nothing else. A key the
   checkpoint lacks, or a shape that differs, is an error naming the key."""
-  mgr = ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), item_names=("state", "meta"),
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No checkpoint directory {directory}.")
+  mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                              item_names=("state", "meta"),
                               item_handlers={"state": ocp.PyTreeCheckpointHandler(),
                                              "meta": ocp.JsonCheckpointHandler()})
   step = mgr.latest_step() if step is None else step

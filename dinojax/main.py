@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 # Job name -> module with `run(config, workdir)`.
 JOBS = {
+    "distill": "dinojax.trainers.distill",
     "pca_features": "dinojax.evaluators.pca",
     "ssl": "dinojax.trainers.ssl",
 }
