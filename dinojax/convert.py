@@ -327,7 +327,9 @@ def dino_head_from_state_dict(sd: StateDict, prefix: str = "", **overrides) -> t
     params[f"mlp_{i}"] = {"kernel": w.T}
     used.add(f"{name}.weight")
     if bias:
-      params[f"mlp_{i}"]["bias"] = np.asarray(_require(sd, f"{name}.bias"), np.float32)
+      if f"{name}.bias" not in sd:
+        raise KeyError(f"Checkpoint is missing key {prefix + name + '.bias'!r}.")
+      params[f"mlp_{i}"]["bias"] = np.asarray(sd[f"{name}.bias"], np.float32)
       used.add(f"{name}.bias")
   unexpected = sorted(set(sd) - used)
   if unexpected:
@@ -343,6 +345,7 @@ def teacher_from_state_dict(sd: StateDict, **overrides) -> tuple[ViT, dict, dict
   Returns (backbone, {"dino_head": DINOHead, "ibot_head": DINOHead (separate heads only)}, params
   {"backbone", "dino_head", ["ibot_head"]}). `overrides` go to every module (e.g. `dtype`); a
   missing key is an error naming it as the file spells it."""
+  original = sd
   prefix = "teacher." if any(k.startswith("teacher.") for k in sd) else ""
   sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
   for wrapper in ("module.", "_orig_mod."):
@@ -355,14 +358,15 @@ def teacher_from_state_dict(sd: StateDict, **overrides) -> tuple[ViT, dict, dict
   try:
     backbone, backbone_params = from_state_dict(backbone_sd, **{
         k: v for k, v in overrides.items() if k in ViT.__dataclass_fields__})
-  except KeyError as e:
-    raise KeyError(f"{e.args[0]} (under {prefix + 'backbone.'!r})") from None
+  except KeyError as e:  # Name the key as the file spells it.
+    raise KeyError(re.sub(r"key '([^']+)'", lambda m: f"key '{prefix}backbone.{m.group(1)}'",
+                          str(e.args[0]))) from None
   head_overrides = {k: v for k, v in overrides.items() if k in DINOHead.__dataclass_fields__}
   heads, params = {}, {"backbone": backbone_params["params"]}
   for name in ("dino_head", "ibot_head"):
     if name == "ibot_head" and not any(k.startswith("ibot_head.") for k in sd):
       continue  # A shared head: iBOT uses the DINO head.
-    heads[name], head_params = dino_head_from_state_dict(sd, f"{name}.", **head_overrides)
+    heads[name], head_params = dino_head_from_state_dict(original, f"{prefix}{name}.", **head_overrides)
     params[name] = head_params["params"]
   leftover = sorted(k for k in sd if not k.startswith(("backbone.", "dino_head.", "ibot_head.")))
   if leftover:
