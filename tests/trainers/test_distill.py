@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 
@@ -170,7 +171,8 @@ def test_teacher_loads_from_an_ssl_run(tmp_path):
 def test_incompatible_teacher_or_student_is_an_error():
   config = load_config(**SMALL)
   mesh, rules = loop.make_mesh(config)
-  t_backbone, t_heads, *_ = distill.load_teacher(config, mesh, rules)
+  t_backbone = ssl.build_backbone(config.teacher.model)
+  t_heads = ssl.build_heads(config.teacher.dino_head, config.teacher.ibot_head, False, jnp.float32)
   heads = ssl.build_heads(config.dino.head, config.ibot.head, False, jnp.float32)
   with pytest.raises(ValueError, match="patch grids"):
     distill.check_compatible(config, ssl.build_backbone({**config.model, "patch_size": 8}), heads,
@@ -220,7 +222,8 @@ def test_bad_student_argument_is_named():
 
 
 # ---------------------------------------------------------------------------------------------------
-# End to end: one run here (8 devices), a killed-and-resumed run and a 1-device run as subprocesses
+# End to end: four runs of the tiny config at once (so both CI cores work): uninterrupted here on 8
+# devices, one killed after its first checkpoint and then resumed, and one on 1 device
 # ---------------------------------------------------------------------------------------------------
 def _command(workdir, **overrides):
   flags = [f"--config.{k}={v}" for k, v in {**SMALL, **overrides}.items()]
@@ -228,9 +231,17 @@ def _command(workdir, **overrides):
           str(workdir), *flags]
 
 
-def _env(devices):
-  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-          "JAX_PLATFORMS": "cpu"}
+def _start(workdir, devices=8, **overrides):
+  workdir.mkdir(parents=True, exist_ok=True)
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu"}
+  with open(workdir / "log.txt", "a") as log:
+    return subprocess.Popen(_command(workdir, **overrides), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=log)
+
+
+def _finish(proc, workdir):
+  assert proc.wait(timeout=900) == 0, (workdir / "log.txt").read_text()[-4000:]
 
 
 def _final_state(workdir):
@@ -244,9 +255,29 @@ def _losses(workdir):
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, request):
-  """The tiny config run here, uninterrupted, with the loaded teacher recorded as the step saw it."""
-  workdir = tmp_path_factory.mktemp("straight")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("distill")
+  # The teacher: a training checkpoint's teacher keys as safetensors (no torch, no init to compile).
+  *_, sd = _tiny_teacher_state_dict()
+  convert.save_state_dict({k: v for k, v in sd.items() if k.startswith("teacher.")},
+                          root / "teacher.safetensors")
+  teacher = {"teacher.checkpoint": str(root / "teacher.safetensors"), "teacher.random_init": False}
+  one_device = _start(root / "one", devices=1, **teacher)
+  killed = _start(root / "killed", **teacher)
+  resumed = {}
+
+  def kill_after_first_checkpoint_then_resume():
+    deadline = time.time() + 600
+    while not (root / "killed" / "checkpoints" / "8").exists() and killed.poll() is None and time.time() < deadline:
+      time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    resumed["proc"] = _start(root / "killed", **teacher)
+
+  watcher = threading.Thread(target=kill_after_first_checkpoint_then_resume)
+  watcher.start()
+
+  # The uninterrupted run, here, recording the teacher it loaded.
   loaded = {}
   original = distill.load_teacher
 
@@ -259,14 +290,18 @@ def straight_run(tmp_path_factory, request):
   patch = pytest.MonkeyPatch()
   patch.setattr(distill, "load_teacher", recording_load_teacher)
   try:
-    summary = distill.run(load_config(**SMALL), str(workdir))
+    summary = distill.run(load_config(**{**SMALL, **teacher, "eval.every": 24}), str(root / "straight"))
   finally:
     patch.undo()
-  return workdir, summary, loaded
+    watcher.join()
+  _finish(one_device, root / "one")
+  _finish(resumed["proc"], root / "killed")
+  return root, summary, loaded
 
 
-def test_teacher_is_never_updated_and_the_student_learns(straight_run):
-  workdir, summary, loaded = straight_run
+def test_teacher_is_never_updated_and_the_student_learns(runs):
+  root, summary, loaded = runs
+  workdir = root / "straight"
   # The arrays the steps used are still alive (not donated) and bit-identical to what was loaded.
   for used, before in zip(jax.tree.leaves(loaded["params"]), jax.tree.leaves(loaded["copy"])):
     np.testing.assert_array_equal(np.asarray(used), before)
@@ -277,12 +312,13 @@ def test_teacher_is_never_updated_and_the_student_learns(straight_run):
   assert opt_sizes <= {x.size for x in jax.tree.leaves(state["params"])}
 
   rows = [r for r in loop.read_metrics(workdir) if "loss" in r]
-  assert len(rows) == 24 and summary["teacher"] == "random_init:seed=2"
+  assert len(rows) == 24 and summary["teacher"] == f"checkpoint:{root / 'teacher.safetensors'}"
   for part in ("loss", "loss_dino_global", "loss_dino_local", "loss_ibot"):
     values = [r[part] for r in rows]
     assert np.mean(values[-5:]) < np.mean(values[:5]) - 0.05, (part, values[:5], values[-5:])
+  assert 0.0 < summary["knn_top1"] <= 1.0  # the k-NN evaluation of the EMA ran
 
-  # The exported final model is the student's EMA, in the official naming.
+  # The exported final model is the student's EMA, in the official naming (48-wide, 3 heads).
   model, exported = convert.from_checkpoint(workdir / "student_ema.safetensors", num_heads=3)
   assert model.embed_dim == 48 and model.depth == 2
   for x, y in zip(jax.tree.leaves(state["ema"]["backbone"]), jax.tree.leaves(exported["params"])):
@@ -291,34 +327,21 @@ def test_teacher_is_never_updated_and_the_student_learns(straight_run):
                  zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(state["params"])))
 
 
-def test_kill_and_resume_matches_uninterrupted(straight_run, tmp_path):
-  straight, *_ = straight_run
-  killed = tmp_path / "killed"
-  proc = subprocess.Popen(_command(killed), cwd=REPO, env=_env(8), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 600
-  while not (killed / "checkpoints" / "8").exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  result = subprocess.run(_command(killed), capture_output=True, text=True, env=_env(8), cwd=REPO,
-                          timeout=900)
-  assert result.returncode == 0, result.stderr[-4000:]
-
-  (step_a, a), (step_b, b) = _final_state(straight), _final_state(killed)
+def test_kill_and_resume_matches_uninterrupted(runs):
+  root, *_ = runs
+  resumed_from = re.findall(r"Resumed from step (\d+)", (root / "killed" / "log.txt").read_text())
+  assert resumed_from and int(resumed_from[-1]) < 24  # the kill came mid-run
+  (step_a, a), (step_b, b) = _final_state(root / "straight"), _final_state(root / "killed")
   assert step_a == step_b == 24
   leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert _losses(straight)[24] == _losses(killed)[24]
+  assert _losses(root / "straight")[24] == _losses(root / "killed")[24]
 
 
-def test_one_device_gives_the_eight_device_losses(straight_run, tmp_path):
-  straight, *_ = straight_run
-  result = subprocess.run(_command(tmp_path, **{"checkpoint.every": 24}), capture_output=True, text=True,
-                          env=_env(1), cwd=REPO, timeout=900)
-  assert result.returncode == 0, result.stderr[-4000:]
-  one, eight = _losses(tmp_path), _losses(straight)
-  np.testing.assert_allclose([eight[s] for s in range(1, 25)], [one[s] for s in range(1, 25)], rtol=1e-4)
+def test_one_device_gives_the_eight_device_losses(runs):
+  root, *_ = runs
+  one, eight = _losses(root / "one"), _losses(root / "straight")
   np.testing.assert_allclose([eight[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)], rtol=2e-5)
+  np.testing.assert_allclose([eight[s] for s in range(1, 25)], [one[s] for s in range(1, 25)], rtol=1e-4)
