@@ -2,6 +2,8 @@
 torch reference), the frozen teacher loads from an SSL run or a training checkpoint and never changes,
 the student's loss falls, a killed run resumes exactly, and 8 devices give the 1-device losses."""
 
+import copy
+import functools
 import importlib.util
 import os
 import pathlib
@@ -92,13 +94,30 @@ def test_head_conversion_matches_torch(nlayers, parametrization):
   np.testing.assert_allclose(np.asarray(head.apply(params, x)), expected, rtol=1e-5, atol=1e-6)
 
 
-def _tiny_teacher_state_dict():
+def _random_params(abstract, seed):
+  """A ViT-like init without compiling one: LayerNorm scales and LayerScale 1, biases 0, weights
+  N(0, 0.02) (NumPy, from the shapes of `abstract`)."""
+  rng = np.random.default_rng(seed)
+
+  def init(path, x):
+    name = jax.tree_util.keystr(path)
+    if "'scale'" in name or "'gamma'" in name:
+      return np.ones(x.shape, np.float32)
+    if "'bias'" in name:
+      return np.zeros(x.shape, np.float32)
+    return rng.normal(0.0, 0.02, x.shape).astype(np.float32)
+
+  return jax.tree_util.tree_map_with_path(init, nn.unbox(abstract))
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny_teacher():
   """An official-layout training checkpoint (`model` with `teacher.*` keys) of a tiny teacher: a
   dinojax ViT exported to the official naming, torch reference heads, and the student's keys."""
   config = load_config(**SMALL)
   backbone = ssl.build_backbone(config.teacher.model)
-  images = jnp.zeros((1, 32, 32, 3))
-  backbone_params = nn.unbox(backbone.init(jax.random.key(1), images))["params"]
+  backbone_params = _random_params(
+      jax.eval_shape(backbone.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"], 1)
   torch.manual_seed(1)
   heads = {name: TorchDINOHead(96, 512, 3, 256, 64).eval() for name in ("dino_head", "ibot_head")}
   sd = {f"teacher.backbone.{k}": v for k, v in convert.params_to_state_dict(backbone_params).items()}
@@ -106,6 +125,11 @@ def _tiny_teacher_state_dict():
     sd.update(_torch_state(module, f"teacher.{name}."))
   sd.update({"student." + k[len("teacher."):]: v for k, v in sd.items()})  # a training run has both
   return config, backbone_params, heads, sd
+
+
+def _tiny_teacher_state_dict():
+  config, backbone_params, heads, sd = _tiny_teacher()
+  return copy.deepcopy(config), backbone_params, heads, dict(sd)
 
 
 def _save_pth(sd, path):
@@ -146,9 +170,9 @@ def test_teacher_loads_from_an_ssl_run(tmp_path):
   mesh, rules = loop.make_mesh(config)
   backbone = ssl.build_backbone(config.teacher.model)
   heads = ssl.build_heads(config.teacher.dino_head, config.teacher.ibot_head, False, backbone.dtype)
-  init = ssl.model_init(backbone, heads, 32)
-  student, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(3))
-  ema = jax.tree.map(lambda x: x + 1.0, student)
+  abstract = jax.eval_shape(ssl.model_init(backbone, heads, 32), jax.random.key(0))
+  shardings = parallel.logical_to_shardings(abstract, mesh, rules)
+  student, ema = (parallel.to_device(_random_params(abstract, seed), shardings) for seed in (3, 4))
   state = {"params": student, "teacher": ema, "opt": {"mu": student}, "step": jnp.int32(5)}
   mgr = checkpoint.manager(tmp_path / "ssl" / "checkpoints")
   checkpoint.save(mgr, 5, state, {"step": 5}, force=True)
@@ -197,23 +221,27 @@ def test_resuming_with_another_teacher_is_an_error(tmp_path):
     loop.restore(mgr, {"step": jnp.int32(0)}, None, None, None, run_meta={"teacher": "checkpoint:/b.pth"})
 
 
-@pytest.mark.parametrize("arg,params_millions", [(None, 21.7), ("student=vitb14", 85.7),
-                                                  ("student=vitl14", 303.3)])
-def test_configs_build_the_published_student_and_the_vitg_teacher(arg, params_millions):
+@pytest.mark.parametrize("arg,variant", [(None, "vit_small"), ("student=vitb14", "vit_base"),
+                                         ("student=vitl14", "vit_large")])
+def test_configs_load(arg, variant):
   config = load_config(arg)
-  assert config.job == "distill" and config.model.drop_path_rate == 0.0
-  assert "mask_ratio" not in config.ibot
+  assert config.job == "distill" and config.model.variant == variant and config.model.ffn == "mlp"
+  assert config.model.drop_path_rate == 0.0 and "mask_ratio" not in config.ibot
   assert config.optim.base_lr * np.sqrt(config.batch_size / 1024) == pytest.approx(1e-3)
+  assert config.teacher.dino_head.prototypes == config.dino.head.prototypes == 131072
+  assert config.teacher.ibot_head.prototypes == config.ibot.head.prototypes == 131072
+
+
+def test_default_config_builds_vits14_and_the_vitg14_teacher_at_full_size():
+  config = load_config(None)
 
   def count(model_config):
     shapes = jax.eval_shape(ssl.build_backbone(model_config).init, jax.random.key(0),
                             jnp.zeros((1, 224, 224, 3)))
     return sum(x.size for x in jax.tree.leaves(shapes)) / 1e6
 
-  assert count(config.model) == pytest.approx(params_millions, rel=0.01)
+  assert count(config.model) == pytest.approx(21.7, rel=0.01)
   assert count(config.teacher.model) == pytest.approx(1136.5, rel=0.01)
-  assert config.teacher.dino_head.prototypes == config.dino.head.prototypes == 131072
-  assert config.teacher.ibot_head.prototypes == config.ibot.head.prototypes == 131072
 
 
 def test_bad_student_argument_is_named():
