@@ -374,7 +374,8 @@ def teacher_from_state_dict(sd: StateDict, **overrides) -> tuple[ViT, dict, dict
                      f"{[prefix + k for k in leftover[:8]]}")
   in_dim = params["dino_head"]["mlp_0"]["kernel"].shape[0]
   if in_dim != backbone.embed_dim:
-    raise ValueError(f"The teacher's heads take {in_dim}-dim tokens but its backbone is {backbone.embed_dim} wide.")
+    raise ValueError(f"The teacher's heads take {in_dim}-dim tokens but its backbone is "
+                     f"{backbone.embed_dim} wide.")
   return backbone, heads, params
 
 

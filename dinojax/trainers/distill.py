@@ -41,8 +41,9 @@ def load_teacher(config, mesh, rules):
   From `config.teacher.workdir`, a dinojax SSL run (the EMA teacher of its checkpoint at
   `teacher.step`, 0: the latest; architecture from `teacher.model` and the teacher's head configs);
   or `config.teacher.checkpoint`, an official DINOv2 training checkpoint (architecture read from its
-  shapes, with `teacher.model`'s attention, remat, dtype and, if set, num_heads); or, with `teacher.random_init` only, a random init (for tests and CPU demos). `source`
-  says which, and is saved with every checkpoint so a resume cannot switch teachers silently.
+  shapes, with `teacher.model`'s attention, remat, dtype and, if set, num_heads); or, with
+  `teacher.random_init` only, a random init (for tests and CPU demos). `source` says which, and is
+  saved with every checkpoint so a resume cannot switch teachers silently.
   """
   t = config.teacher
   if t.workdir and t.checkpoint:

@@ -201,8 +201,8 @@ def test_incompatible_teacher_or_student_is_an_error():
   with pytest.raises(ValueError, match="patch grids"):
     distill.check_compatible(config, ssl.build_backbone({**config.model, "patch_size": 8}), heads,
                              t_backbone, t_heads)
-  wrong = ssl.build_heads(ml_collections.ConfigDict({**config.dino.head, "prototypes": 256}), config.ibot.head,
-                          False, jnp.float32)
+  fewer = ml_collections.ConfigDict({**config.dino.head, "prototypes": 256})
+  wrong = ssl.build_heads(fewer, config.ibot.head, False, jnp.float32)
   with pytest.raises(ValueError, match="dino.head.prototypes=256"):
     distill.check_compatible(config, ssl.build_backbone(config.model), wrong, t_backbone, t_heads)
   config.model.drop_path_rate = 0.1
@@ -295,8 +295,8 @@ def runs(tmp_path_factory):
   resumed = {}
 
   def kill_after_first_checkpoint_then_resume():
-    deadline = time.time() + 600
-    while not (root / "killed" / "checkpoints" / "8").exists() and killed.poll() is None and time.time() < deadline:
+    first_checkpoint, deadline = root / "killed" / "checkpoints" / "8", time.time() + 600
+    while not first_checkpoint.exists() and killed.poll() is None and time.time() < deadline:
       time.sleep(0.05)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
