@@ -244,6 +244,24 @@ def test_default_config_builds_vits14_and_the_vitg14_teacher_at_full_size():
   assert count(config.teacher.model) == pytest.approx(1136.5, rel=0.01)
 
 
+def test_tiny_teacher_is_the_tiny_ssl_model():
+  # So that `--config.teacher.workdir=workdir/ssl_tiny` (the README's SSL run) loads as the teacher.
+  spec = importlib.util.spec_from_file_location("ssl_config", REPO / "configs/dinov2_vits14.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  ssl_config, config = module.get_config("tiny"), load_config("tiny")
+
+  def shapes(model, dino_head, ibot_head, separate):
+    backbone = ssl.build_backbone(model)
+    init = ssl.model_init(backbone, ssl.build_heads(dino_head, ibot_head, separate, backbone.dtype), 32)
+    return jax.tree.map(lambda x: x.shape, nn.unbox(jax.eval_shape(init, jax.random.key(0))))
+
+  t = config.teacher
+  assert (shapes(t.model, t.dino_head, t.ibot_head, t.separate_head) ==
+          shapes(ssl_config.model, ssl_config.dino.head, ssl_config.ibot.head, ssl_config.ibot.separate_head))
+  assert config.model.embed_dim < t.model.embed_dim
+
+
 def test_bad_student_argument_is_named():
   with pytest.raises(ValueError, match="Unknown student 'vitx14'"):
     load_config("student=vitx14")
