@@ -108,7 +108,8 @@ def restore(ckpt, state: Any, shardings: Any, data_iter, skipped, init_from: str
     for key, value in (run_meta or {}).items():
       if key in meta and meta[key] != value:
         raise ValueError(f"This run's checkpoints were written with {key}={meta[key]!r}; resuming with "
-                         f"{key}={value!r} would silently change the run. Use a new workdir.")
+                         f"{key}={value!r} would silently change the run; restore the earlier value "
+                         "or use a new workdir.")
     data_iter.set_state(meta["data"])
     skipped.count = meta.get("skipped_images", 0)
     start = int(state["step"])
