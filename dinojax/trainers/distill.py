@@ -46,8 +46,6 @@ def load_teacher(config, mesh, rules):
   saved with every checkpoint so a resume cannot switch teachers silently.
   """
   t = config.teacher
-  if t.workdir and t.checkpoint:
-    raise ValueError("Set one of teacher.workdir and teacher.checkpoint, not both.")
   size = config.crops.global_size
   # What a checkpoint's shapes cannot tell (heads: 64-dim unless `teacher.model.num_heads` is set).
   model_overrides = {k: t.model[k] for k in ("attention", "remat", "num_heads") if k in t.model}
@@ -75,21 +73,28 @@ def load_teacher(config, mesh, rules):
     params = checkpoint.restore_subtree(directory, target, step)["teacher"]
     return backbone, heads, params, f"workdir:{os.path.abspath(t.workdir)}@{step}"
 
-  if not t.random_init:
-    raise ValueError("No teacher: set --config.teacher.workdir (a dinojax SSL run) or "
-                     "--config.teacher.checkpoint (an official DINOv2 training checkpoint .pth).")
   logging.warning("Distilling from a RANDOMLY INITIALISED teacher (teacher.random_init): a test or CPU "
                   "demo of the mechanics only. Set teacher.workdir or teacher.checkpoint for a real one.")
   params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed + 2))
   return backbone, heads, params, f"random_init:seed={config.seed + 2}"
 
 
-def check_compatible(config, student, student_heads: ssl.Heads, teacher, teacher_heads: ssl.Heads):
-  """The student must train without stochastic depth, see the teacher's patch grid (iBOT compares
-  patch by patch) and predict the teacher's prototypes."""
+def check_config(config):
+  """Before anything is loaded: exactly one teacher source, and a student without stochastic depth."""
+  t = config.teacher
+  if t.workdir and t.checkpoint:
+    raise ValueError("Set one of teacher.workdir and teacher.checkpoint, not both.")
+  if not (t.workdir or t.checkpoint or t.random_init):
+    raise ValueError("No teacher: set --config.teacher.workdir (a dinojax SSL run) or "
+                     "--config.teacher.checkpoint (an official DINOv2 training checkpoint .pth).")
   if config.model.get("drop_path_rate", 0.0):
     raise ValueError(f"model.drop_path_rate={config.model.drop_path_rate}: distillation trains the student "
                      "without stochastic depth (DINOv2 §5); set it to 0.")
+
+
+def check_compatible(config, student, student_heads: ssl.Heads, teacher, teacher_heads: ssl.Heads):
+  """The student must see the teacher's patch grid (iBOT compares patch by patch) and predict the
+  teacher's prototypes."""
   size = config.crops.global_size
   if size % teacher.patch_size or size // teacher.patch_size != size // student.patch_size:
     raise ValueError(f"Global crops of {size} px give the teacher (patch {teacher.patch_size}) and the "
@@ -112,6 +117,7 @@ def export(params, path: str) -> None:
 
 
 def run(config, workdir: str) -> dict:
+  check_config(config)
   os.makedirs(workdir, exist_ok=True)
   num_steps = ssl.total_steps(config)
 

@@ -194,7 +194,6 @@ def test_teacher_loads_from_an_ssl_run(tmp_path):
 
 def test_incompatible_teacher_or_student_is_an_error():
   config = load_config(**SMALL)
-  mesh, rules = loop.make_mesh(config)
   t_backbone = ssl.build_backbone(config.teacher.model)
   t_heads = ssl.build_heads(config.teacher.dino_head, config.teacher.ibot_head, False, jnp.float32)
   heads = ssl.build_heads(config.dino.head, config.ibot.head, False, jnp.float32)
@@ -207,10 +206,13 @@ def test_incompatible_teacher_or_student_is_an_error():
     distill.check_compatible(config, ssl.build_backbone(config.model), wrong, t_backbone, t_heads)
   config.model.drop_path_rate = 0.1
   with pytest.raises(ValueError, match="stochastic depth"):
-    distill.check_compatible(config, ssl.build_backbone(config.model), heads, t_backbone, t_heads)
-  config.teacher.random_init = False
+    distill.check_config(config)
+  config.teacher.update(random_init=False, workdir="", checkpoint="")
   with pytest.raises(ValueError, match="No teacher"):
-    distill.load_teacher(config, mesh, rules)
+    distill.check_config(config)
+  config.teacher.update(workdir="a", checkpoint="b.pth")
+  with pytest.raises(ValueError, match="not both"):
+    distill.check_config(config)
 
 
 def test_resuming_with_another_teacher_is_an_error(tmp_path):
