@@ -55,3 +55,32 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None,
   if with_meta:
     return restored["state"], restored["meta"]
   return restored["state"]
+
+
+def restore_subtree(directory: str | os.PathLike, target: Any, step: int | None = None) -> Any:
+  """Restores only `target`'s part of the state saved under `directory` (e.g. `{"teacher": ...}` out
+  of a whole training state) onto its shapes, dtypes and shardings, reading nothing else. A key the
+  checkpoint lacks, or a shape that differs, is an error naming the key."""
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No checkpoint directory {directory}.")
+  mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                              item_names=("state", "meta"),
+                              item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                                             "meta": ocp.JsonCheckpointHandler()})
+  step = mgr.latest_step() if step is None else step
+  if step is None or step not in mgr.all_steps():
+    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in {mgr.directory}.")
+  saved = {jax.tree_util.keystr(path): leaf for path, leaf in
+           jax.tree_util.tree_flatten_with_path(mgr.item_metadata(step)["state"].tree)[0]}
+  target = abstract_like(target)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(target)[0]:
+    key = jax.tree_util.keystr(path)
+    if key not in saved:
+      raise KeyError(f"Checkpoint {mgr.directory} (step {step}) has no entry {key}.")
+    if tuple(saved[key].shape) != tuple(leaf.shape):
+      raise ValueError(f"Shape mismatch for {key} in {mgr.directory} (step {step}): the checkpoint has "
+                       f"{tuple(saved[key].shape)}, the model expects {tuple(leaf.shape)}.")
+  restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+  args = ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+  return mgr.restore(step, args=ocp.args.Composite(state=args))["state"]

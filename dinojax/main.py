@@ -14,6 +14,7 @@ from ml_collections import config_flags
 JOBS = {
     "curate": "dinojax.curation.pipeline",
     "dinotxt": "dinojax.trainers.dinotxt",
+    "distill": "dinojax.trainers.distill",
     "pca_features": "dinojax.evaluators.pca",
     "ssl": "dinojax.trainers.ssl",
     "talk2dino": "dinojax.trainers.talk2dino",

@@ -12,7 +12,9 @@ from dinojax.trainers import ssl
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 VARIANTS = {"dinov2_vitl14.py": [None, "high_res"], "dinov2_vits14.py": [None, "tiny"],
-            "features_pca.py": [None, "vitb14"], "dinotxt_vitl14.py": [None, "tiny"], "talk2dino_vitb14reg.py": [None, "tiny"],
+            "features_pca.py": [None, "vitb14"], "dinotxt_vitl14.py": [None, "tiny"],
+            "distill_vitg14_to_vits14.py": [None, "tiny", "student=vitb14"],
+            "talk2dino_vitb14reg.py": [None, "tiny"],
             "talk2dino_eval.py": [None, "custom,tiny", "ade20k,backbone=vitl14_reg"]}
 
 
@@ -28,7 +30,7 @@ def load(path, arg):
 def test_config_loads(path, arg):
   config = load(path, arg)
   assert config.job in main.JOBS
-  if config.job == "ssl":
+  if config.job in ("ssl", "distill"):
     assert config.crops.global_size % config.model.patch_size == 0
     assert config.crops.local_size % config.model.patch_size == 0
 

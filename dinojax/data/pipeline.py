@@ -62,9 +62,11 @@ def readable_example(stream: grain.MapDataset, index: int, epoch: int, skipped: 
 
 def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: int, seed: int,
                 mask_ratio=(0.1, 0.5), mask_probability: float = 0.5, mask_group: int = 0,
-                process_index: int = 0, process_count: int = 1, num_threads: int = 2):
+                process_index: int = 0, process_count: int = 1, num_threads: int = 2,
+                masks: bool = True):
   """This host's part of every global batch: {"global_crops" (b, 2, G, G, 3), "local_crops"
-  (b, N, L, L, 3), "masks" (b, 2, P)} with b = global_batch / process_count.
+  (b, N, L, L, 3), "masks" (b, 2, P)} with b = global_batch / process_count (no "masks" with
+  `masks=False`: distillation trains without masking).
 
   Element i of the run is a function of (seed, i) only, and global batch k is elements
   [k·B, (k+1)·B) split across hosts in order, so the data does not depend on how many hosts read
@@ -95,8 +97,9 @@ def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: in
   def concat(groups):
     return {k: np.concatenate([g[k] for g in groups]) for k in groups[0]}
 
-  ds = grain.MapDataset.range(len(stream)).seed(seed).random_map(crops)
-  ds = ds.batch(mask_group).random_map(add_masks)
+  ds = grain.MapDataset.range(len(stream)).seed(seed).random_map(crops).batch(mask_group)
+  if masks:
+    ds = ds.random_map(add_masks)
   ds = ds.batch(local_batch // mask_group, batch_fn=concat)[process_index::process_count]
   read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)
   return ds.to_iter_dataset(read), skipped

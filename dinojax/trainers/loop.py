@@ -1,14 +1,18 @@
-"""Pieces every trainer's loop uses: metrics files, progress, finiteness checks, global batches."""
+"""Pieces every trainer's loop uses: the mesh, metrics files, progress, finiteness checks, global
+batches, resuming from a checkpoint, and the training loop itself."""
 
 import json
 import math
 import os
 import time
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 from tqdm import tqdm
+
+from dinojax import checkpoint, parallel
 
 
 class MetricWriter:
@@ -73,3 +77,98 @@ def global_batch(local: dict, shardings: dict) -> dict:
 
 def log_metrics(step: int, metrics: dict) -> None:
   logging.info("step %d: %s", step, ", ".join(f"{k}={float(v):.4g}" for k, v in sorted(metrics.items())))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Mesh, resume and the loop (shared by the SSL and distillation trainers)
+# ---------------------------------------------------------------------------------------------------
+def make_mesh(config):
+  """The config's mesh and logical-axis rules; the train and eval batches must split evenly over
+  the data×fsdp devices."""
+  mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
+  for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
+    if size % data_devices:
+      raise ValueError(f"{name}={size} is not divisible by the data×fsdp mesh size {data_devices}.")
+  return mesh, rules
+
+
+def restore(ckpt, state: Any, shardings: Any, data_iter, skipped, init_from: str = "",
+            init_keys: Sequence[str] = (), run_meta: dict | None = None) -> tuple[Any, int]:
+  """(state, first step): the run's latest checkpoint if it has one (state, data iterator position,
+  skipped-image count), else the `init_keys` entries of the state of `init_from` (another run's
+  workdir: a new phase with a fresh optimizer and schedule), else `state` unchanged at step 0.
+
+  `run_meta` entries were saved with every checkpoint (see `train`); resuming with different values
+  (e.g. another frozen teacher) is an error naming the entry.
+  """
+  if checkpoint.latest_step(ckpt) is not None:
+    state, meta = checkpoint.restore(ckpt, checkpoint.abstract_like(state, shardings), with_meta=True)
+    for key, value in (run_meta or {}).items():
+      if key in meta and meta[key] != value:
+        raise ValueError(f"This run's checkpoints were written with {key}={meta[key]!r}; resuming with "
+                         f"{key}={value!r} would silently change the run; restore the earlier value "
+                         "or use a new workdir.")
+    data_iter.set_state(meta["data"])
+    skipped.count = meta.get("skipped_images", 0)
+    start = int(state["step"])
+    logging.info("Resumed from step %d.", start)
+    return state, start
+  if init_from:
+    source = checkpoint.manager(os.path.join(init_from, "checkpoints"), None)
+    previous = checkpoint.restore(source, checkpoint.abstract_like(state, shardings))
+    state = {**state, **{k: previous[k] for k in init_keys}}
+    logging.info("Initialised %s from %s (step %d).", ", ".join(init_keys), init_from,
+                 int(previous["step"]))
+  return state, 0
+
+
+def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, data_iter,
+          batch_shardings: dict, ckpt, skipped, start: int, num_steps: int,
+          evaluate: Callable[[Any], dict] | None = None,
+          run_meta: dict | None = None) -> tuple[Any, dict]:
+  """Steps `start + 1 .. num_steps` of `state, batch -> state, metrics`: metrics every
+  `config.log_every` steps (metrics.jsonl, progress bar), checkpoints every `config.checkpoint.every`
+  (with the data iterator's state, so resuming is exact), `evaluate(state) -> {name: value}` every
+  `config.eval.every` (0: never). A non-finite metric stops the run naming the step.
+  Returns (final state, summary of the last logged loss and evaluations)."""
+  writer = MetricWriter(workdir)
+  throughput = Throughput(config.batch_size)
+  bar = progress_bar(num_steps, start, config.batch_size)
+  last_saved = checkpoint.latest_step(ckpt)
+  summary = {}
+
+  def save(step, force=False):
+    meta = {**(run_meta or {}), "data": data_iter.get_state(), "skipped_images": skipped.count,
+            "step": step}
+    checkpoint.save(ckpt, step, state, meta, force=force)
+
+  try:
+    with parallel.activation_sharding(mesh, rules):
+      for step in range(start + 1, num_steps + 1):
+        batch = global_batch(next(data_iter), batch_shardings)
+        state, metrics = train_step(state, batch)
+        bar.update(1)
+        is_last = step == num_steps
+        if step % config.log_every == 0 or is_last:
+          metrics = jax.device_get(metrics)
+          check_finite(metrics, step, last_saved)
+          metrics.update(throughput.update(step), skipped_images=skipped.count)
+          writer.write(step, metrics)
+          bar.set_postfix(loss=f"{metrics['loss']:.4f}",
+                          **{"img/s": f"{metrics.get('images_per_s', 0):.1f}"})
+          summary.update(loss=float(metrics["loss"]))
+        if step % config.checkpoint.every == 0 or is_last:
+          check_finite(jax.device_get(metrics), step, last_saved)
+          save(step, force=is_last)
+          last_saved = step
+        if evaluate is not None and config.eval.every and (step % config.eval.every == 0 or is_last):
+          results = evaluate(state)
+          writer.write(step, results)
+          log_metrics(step, results)
+          summary.update(results)
+  finally:  # A failing run still finishes the checkpoint it was writing.
+    bar.close()
+    ckpt.wait_until_finished()
+  return state, summary

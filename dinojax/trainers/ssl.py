@@ -38,6 +38,48 @@ def build_head(head_config, dtype) -> DINOHead:
                   dtype=dtype)
 
 
+class Heads:
+  """The DINO head on CLS tokens and the iBOT head on patch tokens: two modules, or one shared when
+  `ibot` is None (the official `ibot.separate_head`). Params are {"dino_head", ["ibot_head"]}."""
+
+  def __init__(self, dino_head: DINOHead, ibot_head: DINOHead | None = None):
+    self.separate = ibot_head is not None
+    self.dino = dino_head
+    self.ibot = ibot_head if self.separate else dino_head
+
+  def init(self, k_dino: jax.Array, k_ibot: jax.Array, embed_dim: int) -> dict:
+    tokens = jnp.zeros((1, embed_dim))
+    params = {"dino_head": self.dino.init(k_dino, tokens)["params"]}
+    if self.separate:
+      params["ibot_head"] = self.ibot.init(k_ibot, tokens)["params"]
+    return params
+
+  def __call__(self, params: dict, cls_tokens: jax.Array, patch_tokens: jax.Array):
+    """(CLS logits, patch logits); a shared head runs once over both, as the official code."""
+    if not self.separate:
+      out = self.dino.apply({"params": params["dino_head"]}, jnp.concatenate([cls_tokens, patch_tokens]))
+      return out[:cls_tokens.shape[0]], out[cls_tokens.shape[0]:]
+    return (self.dino.apply({"params": params["dino_head"]}, cls_tokens),
+            self.ibot.apply({"params": params["ibot_head"]}, patch_tokens))
+
+
+def build_heads(dino_config, ibot_config, separate: bool, dtype) -> Heads:
+  return Heads(build_head(dino_config, dtype), build_head(ibot_config, dtype) if separate else None)
+
+
+def model_init(backbone: ViT, heads: Heads, image_size: int):
+  """`init(rng) -> {"backbone", "dino_head", ["ibot_head"]}`: a DINOv2 model's params (logically
+  annotated, for `parallel.init_sharded`)."""
+
+  def init(rng):
+    k_backbone, k_dino, k_ibot = jax.random.split(rng, 3)
+    images = jnp.zeros((1, image_size, image_size, 3))
+    return {"backbone": backbone.init(k_backbone, images)["params"],
+            **heads.init(k_dino, k_ibot, backbone.embed_dim)}
+
+  return init
+
+
 def total_steps(config) -> int:
   return config.total_steps or config.optim.epochs * config.steps_per_epoch
 
@@ -47,9 +89,11 @@ def peak_lr(config) -> float:
   return config.optim.base_lr * math.sqrt(config.batch_size / 1024)
 
 
-def schedules(config, step: jax.Array) -> dict:
-  """Every scheduled scalar of the official recipe at `step`."""
+def schedules(config, step: jax.Array, ema=None) -> dict:
+  """Every scheduled scalar of the official recipe at `step`. `ema` holds the EMA's `momentum` and
+  `final_momentum` (default `config.teacher`: in SSL the EMA is the teacher)."""
   total, per_epoch = total_steps(config), config.steps_per_epoch
+  ema = config.teacher if ema is None else ema
   o = config.optim
   lr = optim.cosine_schedule(step, peak_lr(config), o.min_lr, total,
                              warmup_steps=o.warmup_epochs * per_epoch)
@@ -58,12 +102,147 @@ def schedules(config, step: jax.Array) -> dict:
       # Same schedule, zero while the last layer is frozen (official `last_layer_lr_schedule`).
       "last_layer_lr": jnp.where(step < o.freeze_last_layer_epochs * per_epoch, 0.0, lr),
       "weight_decay": optim.cosine_schedule(step, o.weight_decay, o.weight_decay_end, total),
-      "momentum": optim.cosine_schedule(step, config.teacher.momentum, config.teacher.final_momentum, total),
+      "momentum": optim.cosine_schedule(step, ema.momentum, ema.final_momentum, total),
       "teacher_temp": optim.cosine_schedule(
           step, config.teacher.temp, config.teacher.temp, total,
           warmup_steps=config.teacher.warmup_temp_epochs * per_epoch,
           warmup_start=config.teacher.warmup_temp),
   }
+
+
+def multi_crop_data(config, mesh, rules, masks: bool = True):
+  """This host's multi-crop batches (with iBOT masks unless `masks=False`), the skipped-image
+  counter and the batch shardings."""
+  crops = config.crops
+  for name in ("global_size", "local_size"):
+    if crops[name] % config.model.patch_size:
+      raise ValueError(f"crops.{name}={crops[name]} is not a multiple of model.patch_size="
+                       f"{config.model.patch_size}.")
+  multi_crop = MultiCrop(crops.global_size, tuple(crops.global_scale), crops.local_size,
+                         tuple(crops.local_scale), crops.local_number)
+  train_source = sources.make_source(config.data.source, config.data.split)
+  mask_args = {}
+  if masks:
+    mask_args = dict(mask_ratio=tuple(config.ibot.mask_ratio), mask_probability=config.ibot.mask_probability,
+                     mask_group=config.ibot.mask_group)
+  dataset, skipped = pipeline.ssl_dataset(
+      train_source, config.batch_size, multi_crop, config.model.patch_size, config.seed,
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_threads=config.data.threads, masks=masks, **mask_args)
+  batch_shardings = {"global_crops": parallel.batch_sharding(mesh, rules, 5),
+                     "local_crops": parallel.batch_sharding(mesh, rules, 5)}
+  if masks:
+    batch_shardings["masks"] = parallel.batch_sharding(mesh, rules, 3)
+  return dataset, skipped, batch_shardings
+
+
+def make_optimizer(config, params, num_blocks: int):
+  """`make_tx(lr, weight_decay, last_layer_lr)`: the official AdamW over `params` (layer-wise lr
+  decay over `num_blocks`, patch-embed lr ×, decay exemptions, the last layers frozen early)."""
+  lr_mult = optim.lr_multipliers(params, num_blocks, config.optim.layerwise_decay,
+                                 config.optim.patch_embed_lr_mult)
+  wd_mult = optim.wd_multipliers(params, tuple(config.optim.no_weight_decay))
+  last_layer = optim.last_layer_mask(params)
+  return functools.partial(optim.adamw, lr_mult=lr_mult, wd_mult=wd_mult, is_last_layer=last_layer,
+                           b1=config.optim.adamw_beta1, b2=config.optim.adamw_beta2)
+
+
+def update(config, make_tx, s: dict, params, opt, grads):
+  """One optimizer step of the official recipe: gradient clipping per module, then AdamW at this
+  step's schedules `s`. Returns (params, opt, per-module grad norms)."""
+  grads, grad_norms = optim.clip_by_module_norm(grads, config.optim.clip_grad)
+  tx = make_tx(s["lr"], s["weight_decay"], s["last_layer_lr"])
+  updates, opt = tx.update(grads, opt, params)
+  return optax.apply_updates(params, updates), opt, grad_norms
+
+
+def ema_update(ema, params, momentum: jax.Array):
+  return jax.tree.map(lambda t, p: momentum * t + (1 - momentum) * p, ema, params)
+
+
+def teacher_targets(config, t_cls_logits, t_patch_logits, center: dict, temp: jax.Array,
+                    valid: jax.Array | None = None):
+  """The teacher's target distributions for CLS and patch tokens, centred as configured (Sinkhorn-
+  Knopp, or softmax centering with the centres' EMA updated); `valid` marks real patch rows.
+  Returns (t_cls, t_patch, center), with no gradient."""
+  if config.centering == "sinkhorn_knopp":
+    t_cls = dino.sinkhorn_knopp(t_cls_logits, temp, config.sinkhorn_iterations)
+    t_patch = dino.sinkhorn_knopp(t_patch_logits, temp, config.sinkhorn_iterations, valid=valid)
+  else:
+    t_cls = dino.softmax_center(t_cls_logits, center["dino"], temp)
+    t_patch = dino.softmax_center(t_patch_logits, center["ibot"], temp)
+    center = {"dino": dino.update_center(center["dino"], t_cls_logits, config.center_momentum),
+              "ibot": dino.update_center(center["ibot"], t_patch_logits, config.center_momentum,
+                                         valid=valid)}
+  t_cls, t_patch = jax.lax.stop_gradient((t_cls, t_patch))
+  return t_cls, t_patch, center
+
+
+def dino_koleo_losses(config, s_cls_logits, t_cls, s_global_cls) -> dict:
+  """DINO loss on CLS tokens (each global view's student against the other view's teacher, every
+  local view against both, normalised by the number of pairs as the official `DINOLoss`) and KoLeo
+  within each global view of the student. s_cls_logits: (2b + b·n_local, K), global crops first,
+  sample-major; t_cls: (b, 2, K) targets; s_global_cls: (2b, D) student CLS tokens."""
+  b, n_local = t_cls.shape[0], config.crops.local_number
+  n_loss_terms = 2 * n_local + 2  # global×local pairs + the two cross-view global pairs
+  s_global_logits, s_local_logits = s_cls_logits[:2 * b], s_cls_logits[2 * b:]
+  t_cls_swapped = t_cls[:, ::-1].reshape(2 * b, -1)  # view A's student learns from view B's teacher
+  st = config.dino.student_temp
+  parts = {"loss_dino_global": dino.dino_loss([s_global_logits], [t_cls_swapped], st) * 2 / n_loss_terms}
+  if n_local:
+    s_local_logits = s_local_logits.reshape(b, n_local, -1)
+    parts["loss_dino_local"] = dino.dino_loss(
+        [s_local_logits[:, i] for i in range(n_local)], [t_cls[:, 0], t_cls[:, 1]], st) / n_loss_terms
+  global_cls = s_global_cls.reshape(b, 2, -1)
+  # KoLeo within each global view only (never between two crops of the same image).
+  parts["loss_koleo"] = config.dino.koleo_weight * sum(koleo.koleo_loss(global_cls[:, i]) for i in range(2))
+  return parts
+
+
+def total_loss(config, parts: dict) -> jax.Array:
+  return (config.dino.loss_weight * (parts["loss_dino_global"] + parts.get("loss_dino_local", 0.0))
+          + parts["loss_koleo"] + config.ibot.loss_weight * parts["loss_ibot"])
+
+
+def target_entropy(t_cls: jax.Array) -> jax.Array:
+  """Mean entropy of the teacher's CLS targets: ≈ log(prototypes) means collapse to uniform, ≈ 0 to
+  one-hot."""
+  return -jnp.sum(t_cls * jnp.log(t_cls + 1e-12), axis=-1).mean()
+
+
+def knn_evaluator(config, mesh, rules, backbone: ViT):
+  """`knn_eval(backbone_params) -> top-1`: k-NN accuracy of the backbone's CLS features on
+  `config.eval.*` (sources read on first use)."""
+  extract = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
+  eval_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
+                    "label": parallel.batch_sharding(mesh, rules, 1),
+                    "valid": parallel.batch_sharding(mesh, rules, 1)}
+
+  def features(params, source):
+    """Every host embeds its slice; all hosts end with the whole set (in the same order)."""
+    feats, labels = [], []
+    for local in pipeline.eval_dataset(source, config.eval.batch_size // jax.process_count(),
+                                       config.crops.global_size, jax.process_index(), jax.process_count()):
+      batch = loop.global_batch(local, eval_shardings)
+      out, label, valid = (multihost_utils.process_allgather(x, tiled=True) for x in
+                           (extract(params, batch["image"]), batch["label"], batch["valid"]))
+      feats.append(np.asarray(out, np.float32)[valid])
+      labels.append(label[valid])
+    return np.concatenate(feats), np.concatenate(labels)
+
+  eval_sources = None
+
+  def knn_eval(params):
+    nonlocal eval_sources
+    if eval_sources is None:
+      eval_sources = (sources.make_source(config.eval.source, config.eval.train_split),
+                      sources.make_source(config.eval.source, config.eval.heldout_split))
+    train_feats, train_labels = features(params, eval_sources[0])
+    test_feats, test_labels = features(params, eval_sources[1])
+    return knn.knn_accuracy(train_feats, train_labels, test_feats, test_labels,
+                            eval_sources[0].num_classes, config.eval.knn_k, config.eval.knn_temperature)
+
+  return knn_eval
 
 
 def run(config, workdir: str) -> dict:
@@ -73,64 +252,27 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # Mesh
   # ------------------------------------------------------------------------------------------------
-  mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
-    if size % data_devices:
-      raise ValueError(f"{name}={size} is not divisible by the data×fsdp mesh size {data_devices}.")
+  mesh, rules = loop.make_mesh(config)
 
   # ------------------------------------------------------------------------------------------------
   # Data
   # ------------------------------------------------------------------------------------------------
   crops = config.crops
-  for name in ("global_size", "local_size"):
-    if crops[name] % config.model.patch_size:
-      raise ValueError(f"crops.{name}={crops[name]} is not a multiple of model.patch_size="
-                       f"{config.model.patch_size}.")
-  multi_crop = MultiCrop(crops.global_size, tuple(crops.global_scale), crops.local_size,
-                         tuple(crops.local_scale), crops.local_number)
-  train_source = sources.make_source(config.data.source, config.data.split)
-  dataset, skipped = pipeline.ssl_dataset(
-      train_source, config.batch_size, multi_crop, config.model.patch_size, config.seed,
-      tuple(config.ibot.mask_ratio), config.ibot.mask_probability, config.ibot.mask_group,
-      jax.process_index(), jax.process_count(), config.data.threads)
+  dataset, skipped, batch_shardings = multi_crop_data(config, mesh, rules)
   num_patches = (crops.global_size // config.model.patch_size) ** 2
   # Static size of the buffer of masked patches (the official `upperbound`) for the global batch.
   mask_group = config.ibot.mask_group or config.batch_size // jax.process_count()
   max_masked = config.batch_size // mask_group * masking.mask_upper_bound(
       2 * mask_group, num_patches, config.ibot.mask_ratio, config.ibot.mask_probability)
-  batch_shardings = {
-      "global_crops": parallel.batch_sharding(mesh, rules, 5),
-      "local_crops": parallel.batch_sharding(mesh, rules, 5),
-      "masks": parallel.batch_sharding(mesh, rules, 3),
-  }
 
   # ------------------------------------------------------------------------------------------------
   # Model and optimizer
   # ------------------------------------------------------------------------------------------------
   backbone = build_backbone(config.model)
-  dino_head = build_head(config.dino.head, backbone.dtype)
-  ibot_head = build_head(config.ibot.head, backbone.dtype) if config.ibot.separate_head else dino_head
-  ibot_key = "ibot_head" if config.ibot.separate_head else "dino_head"
-
-  def init(rng):
-    k_backbone, k_dino, k_ibot = jax.random.split(rng, 3)
-    images = jnp.zeros((1, crops.global_size, crops.global_size, 3))
-    tokens = jnp.zeros((1, backbone.embed_dim))
-    params = {"backbone": backbone.init(k_backbone, images)["params"],
-              "dino_head": dino_head.init(k_dino, tokens)["params"]}
-    if config.ibot.separate_head:
-      params["ibot_head"] = ibot_head.init(k_ibot, tokens)["params"]
-    return params
-
+  heads = build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
+  init = model_init(backbone, heads, crops.global_size)
   params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
-  lr_mult = optim.lr_multipliers(params, backbone.depth, config.optim.layerwise_decay,
-                                 config.optim.patch_embed_lr_mult)
-  wd_mult = optim.wd_multipliers(params, tuple(config.optim.no_weight_decay))
-  last_layer = optim.last_layer_mask(params)
-  make_tx = functools.partial(optim.adamw, lr_mult=lr_mult, wd_mult=wd_mult, is_last_layer=last_layer,
-                              b1=config.optim.adamw_beta1, b2=config.optim.adamw_beta2)
+  make_tx = make_optimizer(config, params, backbone.depth)
 
   # ------------------------------------------------------------------------------------------------
   # Sharded init of the whole state
@@ -155,16 +297,6 @@ def run(config, workdir: str) -> dict:
   # The update step
   # ------------------------------------------------------------------------------------------------
   n_local = crops.local_number
-  n_loss_terms = 2 * n_local + 2  # global×local pairs + the two cross-view global pairs
-
-  def heads(params, cls_tokens, patch_tokens):
-    """DINO head on CLS tokens, iBOT head (maybe the same one) on masked patch tokens."""
-    if not config.ibot.separate_head:  # One call over both, as the official shared head.
-      out = dino_head.apply({"params": params["dino_head"]},
-                            jnp.concatenate([cls_tokens, patch_tokens]))
-      return out[:cls_tokens.shape[0]], out[cls_tokens.shape[0]:]
-    return (dino_head.apply({"params": params["dino_head"]}, cls_tokens),
-            ibot_head.apply({"params": params[ibot_key]}, patch_tokens))
 
   def train_step(state, batch):
     step = state["step"]
@@ -185,20 +317,9 @@ def run(config, workdir: str) -> dict:
     t_out = backbone.apply({"params": state["teacher"]["backbone"]}, global_crops)
     t_patches = t_out["x_norm_patchtokens"].reshape(-1, backbone.embed_dim)[masked_idx]
     t_cls_logits, t_patch_logits = heads(state["teacher"], t_out["x_norm_clstoken"], t_patches)
-    temp = s["teacher_temp"]
-    center = state["center"]
-    if config.centering == "sinkhorn_knopp":
-      t_cls = dino.sinkhorn_knopp(t_cls_logits, temp, config.sinkhorn_iterations)
-      t_patch = dino.sinkhorn_knopp(t_patch_logits, temp, config.sinkhorn_iterations, valid=valid)
-    else:
-      t_cls = dino.softmax_center(t_cls_logits, center["dino"], temp)
-      t_patch = dino.softmax_center(t_patch_logits, center["ibot"], temp)
-      center = {"dino": dino.update_center(center["dino"], t_cls_logits, config.center_momentum),
-                "ibot": dino.update_center(center["ibot"], t_patch_logits, config.center_momentum,
-                                           valid=valid)}
-    t_cls, t_patch = jax.lax.stop_gradient((t_cls, t_patch))
+    t_cls, t_patch, center = teacher_targets(config, t_cls_logits, t_patch_logits, state["center"],
+                                             s["teacher_temp"], valid)
     t_cls = t_cls.reshape(b, 2, -1)
-    t_cls_swapped = t_cls[:, ::-1].reshape(2 * b, -1)  # view A's student learns from view B's teacher
 
     def loss_fn(params):
       rng = jax.random.fold_in(jax.random.key(config.seed + 1), step)
@@ -212,35 +333,17 @@ def run(config, workdir: str) -> dict:
         s_cls = jnp.concatenate([s_cls, s_local["x_norm_clstoken"]])
       s_patches = s_global["x_norm_patchtokens"].reshape(-1, backbone.embed_dim)[masked_idx]
       s_cls_logits, s_patch_logits = heads(params, s_cls, s_patches)
-      s_global_logits, s_local_logits = s_cls_logits[:2 * b], s_cls_logits[2 * b:]
-
-      st = config.dino.student_temp
-      parts = {"loss_dino_global": dino.dino_loss([s_global_logits], [t_cls_swapped], st) * 2 / n_loss_terms}
-      if n_local:
-        s_local_logits = s_local_logits.reshape(b, n_local, -1)
-        parts["loss_dino_local"] = dino.dino_loss(
-            [s_local_logits[:, i] for i in range(n_local)], [t_cls[:, 0], t_cls[:, 1]], st) / n_loss_terms
-      global_cls = s_global["x_norm_clstoken"].reshape(b, 2, -1)
-      # KoLeo within each global view only (never between two crops of the same image).
-      parts["loss_koleo"] = config.dino.koleo_weight * sum(
-          koleo.koleo_loss(global_cls[:, i]) for i in range(2))
+      parts = dino_koleo_losses(config, s_cls_logits, t_cls, s_global["x_norm_clstoken"])
       # Official scaling: × 2 (global crops processed together) × 1/2 (per global crop).
-      parts["loss_ibot"] = dino.ibot_loss(s_patch_logits, t_patch, patch_weights, 2 * b, st)
-      total = (config.dino.loss_weight * (parts["loss_dino_global"] + parts.get("loss_dino_local", 0.0))
-               + parts["loss_koleo"] + config.ibot.loss_weight * parts["loss_ibot"])
-      return total, parts
+      parts["loss_ibot"] = dino.ibot_loss(s_patch_logits, t_patch, patch_weights, 2 * b,
+                                          config.dino.student_temp)
+      return total_loss(config, parts), parts
 
     (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    grads, grad_norms = optim.clip_by_module_norm(grads, config.optim.clip_grad)
-    tx = make_tx(s["lr"], s["weight_decay"], s["last_layer_lr"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    m = s["momentum"]
-    teacher = jax.tree.map(lambda t, p: m * t + (1 - m) * p, state["teacher"], params)
-    # Entropy of the teacher's targets: ≈ log(prototypes) means collapse to uniform, ≈ 0 to one-hot.
-    teacher_entropy = -jnp.sum(t_cls * jnp.log(t_cls + 1e-12), axis=-1).mean()
+    params, opt, grad_norms = update(config, make_tx, s, state["params"], state["opt"], grads)
+    teacher = ema_update(state["teacher"], params, s["momentum"])
     metrics = {"loss": loss, **parts, **s, "masked_patches": valid.sum(),
-               "teacher_entropy": teacher_entropy,
+               "teacher_entropy": target_entropy(t_cls),
                "param_norm": optax.tree.norm(params),
                **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
     new_state = {"params": params, "teacher": teacher, "opt": opt, "center": center, "step": step + 1}
@@ -250,100 +353,26 @@ def run(config, workdir: str) -> dict:
                        out_shardings=(state_shardings, None), donate_argnums=0)
 
   # ------------------------------------------------------------------------------------------------
-  # Checkpoint and resume
+  # Checkpoint and resume (or a new phase of an earlier run, e.g. the high-resolution adaptation:
+  # its weights, teacher and centres with a fresh optimizer and schedule)
   # ------------------------------------------------------------------------------------------------
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
                             config.checkpoint.every)
   data_iter = iter(dataset)
-  start = 0
-  if checkpoint.latest_step(ckpt) is not None:
-    state, meta = checkpoint.restore(ckpt, checkpoint.abstract_like(state, state_shardings),
-                                     with_meta=True)
-    data_iter.set_state(meta["data"])
-    skipped.count = meta.get("skipped_images", 0)
-    start = int(state["step"])
-    logging.info("Resumed from step %d.", start)
-
-  elif config.init_from:
-    # A new phase of an earlier run (e.g. the high-resolution adaptation): its weights, teacher and
-    # centres; a fresh optimizer and schedule.
-    source = checkpoint.manager(os.path.join(config.init_from, "checkpoints"), None)
-    previous = checkpoint.restore(source, checkpoint.abstract_like(state, state_shardings))
-    state = {**state, **{k: previous[k] for k in ("params", "teacher", "center")}}
-    logging.info("Initialised from %s (step %d).", config.init_from, int(previous["step"]))
-
-  def save(step, force=False):
-    meta = {"data": data_iter.get_state(), "skipped_images": skipped.count, "step": step}
-    checkpoint.save(ckpt, step, state, meta, force=force)
+  state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, config.init_from,
+                              init_keys=("params", "teacher", "center"))
 
   # ------------------------------------------------------------------------------------------------
   # k-NN evaluation of the teacher's CLS features
   # ------------------------------------------------------------------------------------------------
-  extract = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
-
-  eval_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
-                    "label": parallel.batch_sharding(mesh, rules, 1),
-                    "valid": parallel.batch_sharding(mesh, rules, 1)}
-
-  def features(params, source):
-    """Every host embeds its slice; all hosts end with the whole set (in the same order)."""
-    feats, labels = [], []
-    for local in pipeline.eval_dataset(source, config.eval.batch_size // jax.process_count(),
-                                       crops.global_size, jax.process_index(), jax.process_count()):
-      batch = loop.global_batch(local, eval_shardings)
-      out, label, valid = (multihost_utils.process_allgather(x, tiled=True) for x in
-                           (extract(params, batch["image"]), batch["label"], batch["valid"]))
-      feats.append(np.asarray(out, np.float32)[valid])
-      labels.append(label[valid])
-    return np.concatenate(feats), np.concatenate(labels)
-
-  eval_sources = None
-
-  def knn_eval(params):
-    nonlocal eval_sources
-    if eval_sources is None:
-      eval_sources = (sources.make_source(config.eval.source, config.eval.train_split),
-                      sources.make_source(config.eval.source, config.eval.heldout_split))
-    train_feats, train_labels = features(params, eval_sources[0])
-    test_feats, test_labels = features(params, eval_sources[1])
-    return knn.knn_accuracy(train_feats, train_labels, test_feats, test_labels,
-                            eval_sources[0].num_classes, config.eval.knn_k, config.eval.knn_temperature)
+  knn_eval = knn_evaluator(config, mesh, rules, backbone)
 
   # ------------------------------------------------------------------------------------------------
   # The loop
   # ------------------------------------------------------------------------------------------------
-  writer = loop.MetricWriter(workdir)
-  throughput = loop.Throughput(config.batch_size)
-  bar = loop.progress_bar(num_steps, start, config.batch_size)
-  last_saved = checkpoint.latest_step(ckpt)
-  summary = {}
-  try:
-    with parallel.activation_sharding(mesh, rules):
-      for step in range(start + 1, num_steps + 1):
-        batch = loop.global_batch(next(data_iter), batch_shardings)
-        state, metrics = train_step(state, batch)
-        bar.update(1)
-        is_last = step == num_steps
-        if step % config.log_every == 0 or is_last:
-          metrics = jax.device_get(metrics)
-          loop.check_finite(metrics, step, last_saved)
-          metrics.update(throughput.update(step), skipped_images=skipped.count)
-          writer.write(step, metrics)
-          bar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                          **{"img/s": f"{metrics.get('images_per_s', 0):.1f}"})
-          summary.update(loss=float(metrics["loss"]))
-        if step % config.checkpoint.every == 0 or is_last:
-          loop.check_finite(jax.device_get(metrics), step, last_saved)
-          save(step, force=is_last)
-          last_saved = step
-        if config.eval.every and (step % config.eval.every == 0 or is_last):
-          accuracy = knn_eval(state["teacher"]["backbone"])
-          writer.write(step, {"knn_top1": accuracy})
-          logging.info("step %d: k-NN top-1 %.2f%%", step, 100 * accuracy)
-          summary["knn_top1"] = accuracy
-  finally:  # A failing run still finishes the checkpoint it was writing.
-    bar.close()
-    ckpt.wait_until_finished()
+  _, summary = loop.train(config, workdir, mesh, rules, state, train_step, data_iter, batch_shardings,
+                          ckpt, skipped, start, num_steps,
+                          evaluate=lambda state: {"knn_top1": knn_eval(state["teacher"]["backbone"])})
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)
   return {**summary, "steps": num_steps, "skipped_images": skipped.count}

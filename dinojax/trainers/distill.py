@@ -1,0 +1,249 @@
+"""DINOv2 distillation of smaller models (Oquab et al., 2023, §5): a student trained with the DINOv2
+losses against the head outputs of a larger, frozen teacher.
+
+The SSL training loop (`ssl.py`, whose pieces this file calls) with the paper's exceptions:
+- the teacher is a larger pretrained model, frozen: never updated, no optimizer state, not part of
+  the checkpoints (it is read again from its source on resume, which must not have changed);
+- a spare EMA of the student (momentum schedule `config.ema`, as SSL's teacher) is kept in the state
+  and is the final model (k-NN evaluated, exported to `student_ema.safetensors`);
+- no masking and no stochastic depth for the student;
+- the iBOT loss on the two global crops. Without masks it compares every patch: each patch token of
+  the student's two global crops against the teacher's token at the same position of the same crop
+  (cross-entropy to the teacher's centred distribution, as iBOT's masked-patch term), averaged over
+  the patches of an image and then over the 2B images, i.e. the official iBOT loss with every patch
+  selected (`iBOTPatchLoss.forward` with an all-ones mask). Teacher and student must therefore see
+  the same patch grid.
+The DINO loss (student global and local CLS tokens against the teacher's global CLS targets, each
+global view against the other view, Sinkhorn-Knopp or softmax centering) and KoLeo are SSL's.
+
+Reads top to bottom: mesh, data, the frozen teacher, student and optimizer, sharded init, the update
+step, checkpoint and resume, k-NN evaluation of the student's EMA, the loop, export.
+"""
+
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.experimental import multihost_utils
+
+from dinojax import checkpoint, convert, parallel
+from dinojax.losses import dino
+from dinojax.trainers import loop, ssl
+
+
+def load_teacher(config, mesh, rules):
+  """The frozen teacher, placed on the mesh: (backbone, heads, params, source).
+
+  From `config.teacher.workdir`, a dinojax SSL run (the EMA teacher of its checkpoint at
+  `teacher.step`, 0: the latest; architecture from `teacher.model` and the teacher's head configs);
+  or `config.teacher.checkpoint`, an official DINOv2 training checkpoint (architecture read from its
+  shapes, with `teacher.model`'s attention, remat, dtype and, if set, num_heads); or, with
+  `teacher.random_init` only, a random init (for tests and CPU demos). `source` says which, and is
+  saved with every checkpoint so a resume cannot switch teachers silently.
+  """
+  t = config.teacher
+  size = config.crops.global_size
+  # What a checkpoint's shapes cannot tell (heads: 64-dim unless `teacher.model.num_heads` is set).
+  model_overrides = {k: t.model[k] for k in ("attention", "remat", "num_heads") if k in t.model}
+  model_overrides["dtype"] = jnp.dtype(t.model.get("dtype", "float32"))
+
+  if t.checkpoint:
+    backbone, head_modules, params = convert.teacher_from_checkpoint(t.checkpoint, **model_overrides)
+    heads = ssl.Heads(head_modules["dino_head"], head_modules.get("ibot_head"))
+    shardings = parallel.logical_to_shardings(
+        jax.eval_shape(ssl.model_init(backbone, heads, size), jax.random.key(0)), mesh, rules)
+    source = f"checkpoint:{os.path.abspath(t.checkpoint)}"
+    return backbone, heads, parallel.to_device(params, shardings), source
+
+  backbone = ssl.build_backbone(t.model)
+  heads = ssl.build_heads(t.dino_head, t.ibot_head, t.separate_head, backbone.dtype)
+  init = ssl.model_init(backbone, heads, size)
+  if t.workdir:
+    directory = os.path.join(t.workdir, "checkpoints")
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(f"teacher.workdir={t.workdir!r} has no checkpoints/ (not a dinojax SSL run?).")
+    step = t.step or checkpoint.latest_step(checkpoint.manager(directory, None))
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    target = {"teacher": checkpoint.abstract_like(
+        nn.unbox(abstract), parallel.logical_to_shardings(abstract, mesh, rules))}
+    params = checkpoint.restore_subtree(directory, target, step)["teacher"]
+    return backbone, heads, params, f"workdir:{os.path.abspath(t.workdir)}@{step}"
+
+  logging.warning("Distilling from a RANDOMLY INITIALISED teacher (teacher.random_init): a test or CPU "
+                  "demo of the mechanics only. Set teacher.workdir or teacher.checkpoint for a real one.")
+  params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed + 2))
+  return backbone, heads, params, f"random_init:seed={config.seed + 2}"
+
+
+def check_config(config):
+  """Before anything is loaded: exactly one teacher source, and a student without stochastic depth."""
+  t = config.teacher
+  if t.workdir and t.checkpoint:
+    raise ValueError("Set one of teacher.workdir and teacher.checkpoint, not both.")
+  if not (t.workdir or t.checkpoint or t.random_init):
+    raise ValueError("No teacher: set --config.teacher.workdir (a dinojax SSL run) or "
+                     "--config.teacher.checkpoint (an official DINOv2 training checkpoint .pth).")
+  if config.model.get("drop_path_rate", 0.0):
+    raise ValueError(f"model.drop_path_rate={config.model.drop_path_rate}: distillation trains the student "
+                     "without stochastic depth (DINOv2 §5); set it to 0.")
+
+
+def check_compatible(config, student, student_heads: ssl.Heads, teacher, teacher_heads: ssl.Heads):
+  """The student must see the teacher's patch grid (iBOT compares patch by patch) and predict the
+  teacher's prototypes."""
+  size = config.crops.global_size
+  if size % teacher.patch_size or size // teacher.patch_size != size // student.patch_size:
+    raise ValueError(f"Global crops of {size} px give the teacher (patch {teacher.patch_size}) and the "
+                     f"student (patch {student.patch_size}) different patch grids; the iBOT loss compares "
+                     "them patch by patch.")
+  for name, s_head, t_head in (("dino", student_heads.dino, teacher_heads.dino),
+                               ("ibot", student_heads.ibot, teacher_heads.ibot)):
+    if s_head.out_dim != t_head.out_dim:
+      raise ValueError(f"{name}.head.prototypes={s_head.out_dim} but the teacher's {name} head has "
+                       f"{t_head.out_dim} prototypes; the student predicts the teacher's.")
+
+
+def export(params, path: str) -> None:
+  """Writes a backbone's params in the official naming (`convert.params_to_state_dict`), gathered
+  from the mesh; process 0 writes."""
+  params = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), params)
+  if jax.process_index() == 0:
+    convert.save_state_dict(convert.params_to_state_dict(params), path)
+    logging.info("Wrote the student's EMA backbone to %s.", path)
+
+
+def run(config, workdir: str) -> dict:
+  check_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  num_steps = ssl.total_steps(config)
+
+  # ------------------------------------------------------------------------------------------------
+  # Mesh
+  # ------------------------------------------------------------------------------------------------
+  mesh, rules = loop.make_mesh(config)
+
+  # ------------------------------------------------------------------------------------------------
+  # Data: multi-crop, no masks
+  # ------------------------------------------------------------------------------------------------
+  crops = config.crops
+  dataset, skipped, batch_shardings = ssl.multi_crop_data(config, mesh, rules, masks=False)
+
+  # ------------------------------------------------------------------------------------------------
+  # The frozen teacher
+  # ------------------------------------------------------------------------------------------------
+  t_backbone, t_heads, teacher, teacher_source = load_teacher(config, mesh, rules)
+  logging.info("Teacher (%s): %.2fM params, %.1f%% of bytes on one device", teacher_source,
+               sum(x.size for x in jax.tree.leaves(teacher)) / 1e6, 100 * parallel.sharded_fraction(teacher))
+
+  # ------------------------------------------------------------------------------------------------
+  # Student and optimizer
+  # ------------------------------------------------------------------------------------------------
+  backbone = ssl.build_backbone(config.model)
+  heads = ssl.build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
+  check_compatible(config, backbone, heads, t_backbone, t_heads)
+  init = ssl.model_init(backbone, heads, crops.global_size)
+  params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
+  make_tx = ssl.make_optimizer(config, params, backbone.depth)
+
+  # ------------------------------------------------------------------------------------------------
+  # Sharded init of the whole state (the teacher is not part of it)
+  # ------------------------------------------------------------------------------------------------
+  def init_state(params):
+    return {
+        "params": params,
+        "ema": jax.tree.map(jnp.copy, params),  # The spare EMA starts as the student.
+        "opt": make_tx(0.0, 0.0, 0.0).init(params),
+        "center": {"dino": jnp.zeros((1, config.dino.head.prototypes)),
+                   "ibot": jnp.zeros((1, config.ibot.head.prototypes))},
+        "step": jnp.zeros((), jnp.int32),
+    }
+
+  state = jax.jit(init_state)(params)
+  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher)
+  logging.info("Params: %.2fM (student), %.1f%% of bytes on one device",
+               sum(x.size for x in jax.tree.leaves(params)) / 1e6, 100 * parallel.sharded_fraction(params))
+
+  # ------------------------------------------------------------------------------------------------
+  # The update step
+  # ------------------------------------------------------------------------------------------------
+  n_local = crops.local_number
+  num_patches = (crops.global_size // config.model.patch_size) ** 2
+
+  def train_step(state, teacher, batch):
+    step = state["step"]
+    s = ssl.schedules(config, step, ema=config.ema)
+    b = batch["global_crops"].shape[0]
+    # Sample-major layout (b·2, ...), so merging crops into the batch keeps its sharding.
+    global_crops = batch["global_crops"].reshape(2 * b, *batch["global_crops"].shape[2:])
+    local_crops = batch["local_crops"].reshape(b * n_local, *batch["local_crops"].shape[2:])
+
+    # Teacher: global crops, every patch token, no gradient.
+    t_out = t_backbone.apply({"params": teacher["backbone"]}, global_crops)
+    t_cls_logits, t_patch_logits = t_heads(
+        teacher, t_out["x_norm_clstoken"], t_out["x_norm_patchtokens"].reshape(-1, t_backbone.embed_dim))
+    t_cls, t_patch, center = ssl.teacher_targets(config, t_cls_logits, t_patch_logits, state["center"],
+                                                 s["teacher_temp"])
+    t_cls = t_cls.reshape(b, 2, -1)
+    t_patch = t_patch.reshape(2 * b, num_patches, -1)
+
+    def loss_fn(params):
+      # No masks, and no stochastic depth (drop_path_rate is 0), so no randomness.
+      s_global = backbone.apply({"params": params["backbone"]}, global_crops)
+      s_cls = s_global["x_norm_clstoken"]
+      if n_local:
+        s_local = backbone.apply({"params": params["backbone"]}, local_crops)
+        s_cls = jnp.concatenate([s_cls, s_local["x_norm_clstoken"]])
+      s_patches = s_global["x_norm_patchtokens"].reshape(-1, backbone.embed_dim)
+      s_cls_logits, s_patch_logits = heads(params, s_cls, s_patches)
+      parts = ssl.dino_koleo_losses(config, s_cls_logits, t_cls, s_global["x_norm_clstoken"])
+      # Every patch selected: weight 1/patches per patch, so each of the 2b images counts once.
+      patch_weights = jnp.full((2 * b, num_patches), 1.0 / num_patches)
+      parts["loss_ibot"] = dino.ibot_loss(s_patch_logits.reshape(2 * b, num_patches, -1), t_patch,
+                                          patch_weights, 2 * b, config.dino.student_temp)
+      return ssl.total_loss(config, parts), parts
+
+    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    params, opt, grad_norms = ssl.update(config, make_tx, s, state["params"], state["opt"], grads)
+    ema = ssl.ema_update(state["ema"], params, s["momentum"])
+    metrics = {"loss": loss, **parts, **s, "teacher_entropy": ssl.target_entropy(t_cls),
+               "param_norm": optax.tree.norm(params),
+               **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
+    new_state = {"params": params, "ema": ema, "opt": opt, "center": center, "step": step + 1}
+    return new_state, metrics
+
+  # The teacher is an argument, neither donated nor returned: it stays as loaded.
+  jitted_step = jax.jit(train_step, in_shardings=(state_shardings, teacher_shardings, batch_shardings),
+                        out_shardings=(state_shardings, None), donate_argnums=0)
+
+  # ------------------------------------------------------------------------------------------------
+  # Checkpoint and resume (or a new phase of an earlier distillation run: its student, EMA and
+  # centres with a fresh optimizer and schedule)
+  # ------------------------------------------------------------------------------------------------
+  ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
+                            config.checkpoint.every)
+  data_iter = iter(dataset)
+  run_meta = {"teacher": teacher_source}
+  state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, config.init_from,
+                              init_keys=("params", "ema", "center"), run_meta=run_meta)
+
+  # ------------------------------------------------------------------------------------------------
+  # k-NN evaluation of the student's EMA (the final model)
+  # ------------------------------------------------------------------------------------------------
+  knn_eval = ssl.knn_evaluator(config, mesh, rules, backbone)
+
+  # ------------------------------------------------------------------------------------------------
+  # The loop, then the export of the final model
+  # ------------------------------------------------------------------------------------------------
+  state, summary = loop.train(
+      config, workdir, mesh, rules, state, lambda state, batch: jitted_step(state, teacher, batch),
+      data_iter, batch_shardings, ckpt, skipped, start, num_steps,
+      evaluate=lambda state: {"knn_top1": knn_eval(state["ema"]["backbone"])}, run_meta=run_meta)
+  export(state["ema"]["backbone"], os.path.join(workdir, "student_ema.safetensors"))
+  if skipped.count:
+    logging.warning("%d unreadable images were skipped.", skipped.count)
+  return {**summary, "steps": num_steps, "skipped_images": skipped.count, "teacher": teacher_source}
