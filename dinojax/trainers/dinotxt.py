@@ -126,13 +126,9 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # Mesh
   # ------------------------------------------------------------------------------------------------
-  mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
-  rules = tuple(tuple(r) for r in config.sharding_rules)
+  mesh, rules = loop.make_mesh(config)
   batch_axes = dict(rules)["batch"]
   data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
-    if size % data_devices:
-      raise ValueError(f"{name}={size} is not divisible by the data×fsdp mesh size {data_devices}.")
 
   # ------------------------------------------------------------------------------------------------
   # Tokenizer and data
@@ -239,26 +235,12 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
                             config.checkpoint.every)
-  data_iter = iter(dataset)
-  start = 0
-  if checkpoint.latest_step(ckpt) is not None:
-    state, meta = checkpoint.restore(ckpt, checkpoint.abstract_like(state, state_shardings),
-                                     with_meta=True)
-    for key, now in (("backbone", backbone_source), ("tokenizer", tokenizer.description)):
-      if meta.get(key, now) != now:
-        raise ValueError(f"The run in {workdir} was trained with {key} {meta[key]!r}, the config "
-                         f"now gives {now!r}; resume with the same one or use a new workdir.")
-    data_iter.set_state(meta["data"])
-    skipped.count = meta.get("skipped_images", 0)
-    start = int(state["step"])
-    logging.info("Resumed from step %d.", start)
-  elif config.eval_only:
+  if config.eval_only and checkpoint.latest_step(ckpt) is None:
     raise FileNotFoundError(f"eval_only: no checkpoint to evaluate in {workdir}/checkpoints.")
-
-  def save(step, force=False):
-    meta = {"data": data_iter.get_state(), "skipped_images": skipped.count, "step": step,
-            "backbone": backbone_source, "tokenizer": tokenizer.description}
-    checkpoint.save(ckpt, step, state, meta, force=force)
+  data_iter = iter(dataset)
+  # The frozen parts are not checkpointed: resuming must read the same ones.
+  run_meta = {"backbone": backbone_source, "tokenizer": tokenizer.description}
+  state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, run_meta=run_meta)
 
   # ------------------------------------------------------------------------------------------------
   # Zero-shot classification and image↔text retrieval
@@ -325,37 +307,10 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # The loop
   # ------------------------------------------------------------------------------------------------
-  throughput = loop.Throughput(config.batch_size)
-  bar = loop.progress_bar(num_steps, start, config.batch_size)
-  last_saved = checkpoint.latest_step(ckpt)
-  summary = {}
-  try:
-    with parallel.activation_sharding(mesh, rules):
-      for step in range(start + 1, num_steps + 1):
-        batch = loop.global_batch(next(data_iter), batch_shardings)
-        state, metrics = train_step(state, frozen, batch)
-        bar.update(1)
-        is_last = step == num_steps
-        if step % config.log_every == 0 or is_last:
-          metrics = jax.device_get(metrics)
-          loop.check_finite(metrics, step, last_saved)
-          metrics.update(throughput.update(step), skipped_images=skipped.count)
-          writer.write(step, metrics)
-          bar.set_postfix(loss=f"{metrics['loss']:.4f}",
-                          **{"img/s": f"{metrics.get('images_per_s', 0):.1f}"})
-          summary.update(loss=float(metrics["loss"]))
-        if step % config.checkpoint.every == 0 or is_last:
-          loop.check_finite(jax.device_get(metrics), step, last_saved)
-          save(step, force=is_last)
-          last_saved = step
-        if config.eval.every and (step % config.eval.every == 0 or is_last):
-          results = evaluate(state["params"])
-          writer.write(step, results)
-          loop.log_metrics(step, results)
-          summary.update(results)
-  finally:  # A failing run still finishes the checkpoint it was writing.
-    bar.close()
-    ckpt.wait_until_finished()
+  _, summary = loop.train(config, workdir, mesh, rules, state,
+                          lambda state, batch: train_step(state, frozen, batch), data_iter,
+                          batch_shardings, ckpt, skipped, start, num_steps,
+                          evaluate=lambda state: evaluate(state["params"]), run_meta=run_meta)
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)
   return {**summary, "steps": num_steps, "skipped_images": skipped.count}

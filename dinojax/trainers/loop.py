@@ -80,7 +80,7 @@ def log_metrics(step: int, metrics: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Mesh, resume and the loop (shared by the SSL and distillation trainers)
+# Mesh, resume and the loop (shared by every trainer)
 # ---------------------------------------------------------------------------------------------------
 def make_mesh(config):
   """The config's mesh and logical-axis rules; the train and eval batches must split evenly over
@@ -88,7 +88,10 @@ def make_mesh(config):
   mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
   rules = tuple(tuple(r) for r in config.sharding_rules)
   data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  for name, size in (("batch_size", config.batch_size), ("eval.batch_size", config.eval.batch_size)):
+  sizes = {"batch_size": config.batch_size}
+  if "eval" in config:
+    sizes["eval.batch_size"] = config.eval.batch_size
+  for name, size in sizes.items():
     if size % data_devices:
       raise ValueError(f"{name}={size} is not divisible by the data×fsdp mesh size {data_devices}.")
   return mesh, rules

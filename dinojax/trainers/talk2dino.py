@@ -44,12 +44,7 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # Mesh
   # ------------------------------------------------------------------------------------------------
-  mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.batch_size % data_devices:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by the data×fsdp mesh size "
-                     f"{data_devices}.")
+  mesh, rules = loop.make_mesh(config)
 
   # ------------------------------------------------------------------------------------------------
   # Frozen models: DINOv2 backbone and CLIP text tower (released weights, or random for tiny runs)
@@ -146,49 +141,16 @@ def run(config, workdir: str) -> dict:
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
                             config.checkpoint.every)
   data_iter = iter(dataset)
-  start = 0
-  if checkpoint.latest_step(ckpt) is not None:
-    state, meta = checkpoint.restore(ckpt, checkpoint.abstract_like(state, state_shardings),
-                                     with_meta=True)
-    data_iter.set_state(meta["data"])
-    skipped.count = meta.get("skipped_images", 0)
-    start = int(state["step"])
-    logging.info("Resumed from step %d.", start)
-
-  def save(step, force=False):
-    meta = {"data": data_iter.get_state(), "skipped_images": skipped.count, "step": step}
-    checkpoint.save(ckpt, step, state, meta, force=force)
+  # The frozen towers are not checkpointed: resuming must read the same ones.
+  run_meta = {"backbone_checkpoint": m.backbone_checkpoint, "clip_checkpoint": m.clip_checkpoint}
+  state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, run_meta=run_meta)
 
   # ------------------------------------------------------------------------------------------------
   # The loop
   # ------------------------------------------------------------------------------------------------
-  writer = loop.MetricWriter(workdir)
-  throughput = loop.Throughput(config.batch_size)
-  bar = loop.progress_bar(num_steps, start, config.batch_size)
-  last_saved = checkpoint.latest_step(ckpt)
-  summary = {}
-  try:
-    with parallel.activation_sharding(mesh, rules):
-      for step in range(start + 1, num_steps + 1):
-        batch = loop.global_batch(next(data_iter), batch_shardings)
-        state, metrics = train_step(state, frozen_params, batch)
-        bar.update(1)
-        is_last = step == num_steps
-        if step % config.log_every == 0 or is_last:
-          metrics = jax.device_get(metrics)
-          loop.check_finite(metrics, step, last_saved)
-          metrics.update(throughput.update(step), skipped_images=skipped.count)
-          writer.write(step, metrics)
-          bar.set_postfix(loss=f"{metrics['loss']:.4g}",
-                          **{"img/s": f"{metrics.get('images_per_s', 0):.1f}"})
-          summary.update(loss=float(metrics["loss"]))
-        if step % config.checkpoint.every == 0 or is_last:
-          loop.check_finite(jax.device_get(metrics), step, last_saved)
-          save(step, force=is_last)
-          last_saved = step
-  finally:  # A failing run still finishes the checkpoint it was writing.
-    bar.close()
-    ckpt.wait_until_finished()
+  state, summary = loop.train(config, workdir, mesh, rules, state,
+                              lambda state, batch: train_step(state, frozen_params, batch), data_iter,
+                              batch_shardings, ckpt, skipped, start, num_steps, run_meta=run_meta)
   if jax.process_index() == 0:  # ψ in the official key layout, for `--projection` and the official code
     convert.save_state_dict(convert.talk2dino_to_state_dict(jax.device_get(state["params"])),
                             os.path.join(workdir, "projection.safetensors"))
