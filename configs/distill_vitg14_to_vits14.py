@@ -64,11 +64,11 @@ def get_config(arg=None):
 
 def tiny(c):
   """Minutes on 2 CPU cores: digits at 32 px, a 48-wide student of 4 blocks learning from the
-  96-wide teacher of `dinov2_vits14.py:tiny` (same 4-px patches, 512 prototypes, shared head)."""
+  96-wide teacher of `dinov2_vits14.py:tiny` (same 4-px patches, 128 prototypes, shared head)."""
   c.teacher.model = ml_collections.ConfigDict(dict(
       variant=None, embed_dim=96, depth=4, num_heads=3, patch_size=4, img_size=32, ffn="mlp",
       init_values=1.0, drop_path_rate=0.0, attention="xla", dtype="float32"))
-  head = dict(prototypes=512, bottleneck_dim=64, nlayers=3, hidden_dim=256)
+  head = dict(prototypes=128, bottleneck_dim=64, nlayers=3, hidden_dim=256)
   c.teacher.update(random_init=True, separate_head=False, warmup_temp=0.04, temp=0.04)
   c.teacher.dino_head.update(head)
   c.teacher.ibot_head.update(head)

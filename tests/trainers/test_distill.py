@@ -119,7 +119,8 @@ def _tiny_teacher():
   backbone_params = _random_params(
       jax.eval_shape(backbone.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"], 1)
   torch.manual_seed(1)
-  heads = {name: TorchDINOHead(96, 512, 3, 256, 64).eval() for name in ("dino_head", "ibot_head")}
+  prototypes = config.dino.head.prototypes  # the student must predict the teacher's prototypes
+  heads = {name: TorchDINOHead(96, prototypes, 3, 256, 64).eval() for name in ("dino_head", "ibot_head")}
   sd = {f"teacher.backbone.{k}": v for k, v in convert.params_to_state_dict(backbone_params).items()}
   for name, module in heads.items():
     sd.update(_torch_state(module, f"teacher.{name}."))
