@@ -4,10 +4,8 @@ exactly after a kill, and trains the backbone too when asked (the CLIP-style ste
 
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -84,18 +82,12 @@ def test_tiny_run_learns_zero_shot_with_a_frozen_backbone(tmp_path):
     assert again[key] == value, key
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path):
+def test_kill_and_resume_matches_uninterrupted(tmp_path, kill_after_checkpoint):
   overrides = [*SMALL, "--config.total_steps=8", "--config.eval.every=0", "--config.checkpoint.every=3",
                "--config.log_every=1"]
   _run(tmp_path / "straight", *overrides)
-  proc = subprocess.Popen(_command(tmp_path / "killed", *overrides), cwd=REPO, env=ENV,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first_checkpoint = tmp_path / "killed" / "checkpoints" / "3"
-  deadline = time.time() + 600
-  while not first_checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_checkpoint(_command(tmp_path / "killed", *overrides), tmp_path / "killed" / "checkpoints" / "3",
+                        ENV)
   _run(tmp_path / "killed", *overrides)  # resumes from whatever checkpoint survived
 
   (step_a, a), (step_b, b) = _final_state(tmp_path / "straight"), _final_state(tmp_path / "killed")

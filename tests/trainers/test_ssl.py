@@ -3,10 +3,8 @@ one device and on 8 (data- or fsdp-sharded)."""
 
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -69,19 +67,13 @@ def test_tiny_run_trains_and_evaluates(tmp_path):
   assert set(state) == {"params", "teacher", "opt", "center", "step"}
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path):
+def test_kill_and_resume_matches_uninterrupted(tmp_path, kill_after_checkpoint):
   overrides = ["--config.total_steps=12", "--config.eval.every=0", "--config.checkpoint.every=3"]
   _run(tmp_path / "straight", *overrides)
 
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.Popen(_command(tmp_path / "killed", *overrides), cwd=REPO, env=env,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first_checkpoint = tmp_path / "killed" / "checkpoints" / "3"
-  deadline = time.time() + 600
-  while not first_checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_checkpoint(_command(tmp_path / "killed", *overrides), tmp_path / "killed" / "checkpoints" / "3",
+                        env)
   _run(tmp_path / "killed", *overrides)  # resumes from whatever checkpoint survived
 
   (step_a, a), (step_b, b) = _final_state(tmp_path / "straight"), _final_state(tmp_path / "killed")

@@ -3,10 +3,8 @@ and gives the same losses on one device and on 8 (the InfoNCE spans the global b
 
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
@@ -45,7 +43,7 @@ def _rows(workdir):
   return {r["step"]: r for r in loop.read_metrics(workdir) if "loss" in r}
 
 
-def test_tiny_run_learns_resumes_exactly_and_matches_one_device(tmp_path):
+def test_tiny_run_learns_resumes_exactly_and_matches_one_device(tmp_path, kill_after_checkpoint):
   overrides = ["--config.total_steps=120", "--config.checkpoint.every=40"]
   _run(tmp_path / "straight", *overrides)
   rows = [r for _, r in sorted(_rows(tmp_path / "straight").items())]
@@ -65,14 +63,8 @@ def test_tiny_run_learns_resumes_exactly_and_matches_one_device(tmp_path):
     np.testing.assert_array_equal(a, b)
 
   # Killed after its first checkpoint, then rerun: the same final state and losses.
-  proc = subprocess.Popen(_command(tmp_path / "killed", *overrides), cwd=REPO, env=_env(8),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first_checkpoint = tmp_path / "killed" / "checkpoints" / "40"
-  deadline = time.time() + 600
-  while not first_checkpoint.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_after_checkpoint(_command(tmp_path / "killed", *overrides), tmp_path / "killed" / "checkpoints" / "40",
+                        _env(8))
   _run(tmp_path / "killed", *overrides)
   _, resumed = _final_state(tmp_path / "killed")
   for x, y in zip(jax.tree.leaves(state), jax.tree.leaves(resumed)):
