@@ -20,6 +20,7 @@ Reads top to bottom: mesh, data, the frozen teacher, student and optimizer, shar
 step, checkpoint and resume, k-NN evaluation of the student's EMA, the loop, export.
 """
 
+import functools
 import os
 
 import flax.linen as nn
@@ -152,17 +153,8 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # Sharded init of the whole state (the teacher is not part of it)
   # ------------------------------------------------------------------------------------------------
-  def init_state(params):
-    return {
-        "params": params,
-        "ema": jax.tree.map(jnp.copy, params),  # The spare EMA starts as the student.
-        "opt": make_tx(0.0, 0.0, 0.0).init(params),
-        "center": {"dino": jnp.zeros((1, config.dino.head.prototypes)),
-                   "ibot": jnp.zeros((1, config.ibot.head.prototypes))},
-        "step": jnp.zeros((), jnp.int32),
-    }
-
-  state = jax.jit(init_state)(params)
+  # The spare EMA starts as the student.
+  state = jax.jit(functools.partial(ssl.init_state, config, make_tx, ema_key="ema"))(params)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher)
   logging.info("Params: %.2fM (student), %.1f%% of bytes on one device",

@@ -210,6 +210,19 @@ def target_entropy(t_cls: jax.Array) -> jax.Array:
   return -jnp.sum(t_cls * jnp.log(t_cls + 1e-12), axis=-1).mean()
 
 
+def init_state(config, make_tx, params, ema_key: str) -> dict:
+  """The training state: params, their EMA under `ema_key` (SSL's teacher, distillation's spare
+  student EMA) starting as a copy, AdamW state, the centres and the step."""
+  return {
+      "params": params,
+      ema_key: jax.tree.map(jnp.copy, params),
+      "opt": make_tx(0.0, 0.0, 0.0).init(params),
+      "center": {"dino": jnp.zeros((1, config.dino.head.prototypes)),
+                 "ibot": jnp.zeros((1, config.ibot.head.prototypes))},
+      "step": jnp.zeros((), jnp.int32),
+  }
+
+
 def knn_evaluator(config, mesh, rules, backbone: ViT):
   """`knn_eval(backbone_params) -> top-1`: k-NN accuracy of the backbone's CLS features on
   `config.eval.*` (sources read on first use)."""
@@ -277,17 +290,8 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # Sharded init of the whole state
   # ------------------------------------------------------------------------------------------------
-  def init_state(params):
-    return {
-        "params": params,
-        "teacher": jax.tree.map(jnp.copy, params),  # The teacher starts as the student.
-        "opt": make_tx(0.0, 0.0, 0.0).init(params),
-        "center": {"dino": jnp.zeros((1, config.dino.head.prototypes)),
-                   "ibot": jnp.zeros((1, config.ibot.head.prototypes))},
-        "step": jnp.zeros((), jnp.int32),
-    }
-
-  state = jax.jit(init_state)(params)
+  # The teacher starts as the student.
+  state = jax.jit(functools.partial(init_state, config, make_tx, ema_key="teacher"))(params)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   logging.info("Params: %.2fM (student), %.1f%% of bytes on one device",
                sum(x.size for x in jax.tree.leaves(params)) / 1e6,
