@@ -4,7 +4,8 @@ Implementations, chosen by name (a config value):
   "xla"    the reference: einsum, fp32 softmax, einsum. Runs everywhere; the only one that can also
            return the attention weights.
   "cudnn"  `jax.nn.dot_product_attention` with the cuDNN fused kernel (GPU only).
-  "pallas" our Pallas flash-attention kernels (`flash_attention.py`; interpret mode on CPU).
+  "pallas" our Pallas flash-attention kernels: Mosaic TPU kernels on TPU (`flash_attention_tpu.py`),
+           the portable kernels elsewhere (`flash_attention.py`: Triton on GPU, interpret mode on CPU).
   "auto"   the fastest measured for the platform (see docs/benchmarks.md).
 """
 
@@ -15,6 +16,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from dinojax.ops.flash_attention import flash_attention
+from dinojax.ops.flash_attention_tpu import flash_attention_tpu
 from dinojax.ops.sharding import divisible_spec
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
@@ -53,12 +55,13 @@ def _pallas(q, k, v, causal=False):
   if causal:
     raise NotImplementedError("The Pallas kernels are non-causal (DINOv2's attention); use "
                               "attention='xla' or 'cudnn' for causal text towers.")
+  kernel = flash_attention_tpu if jax.default_backend() == "tpu" else flash_attention
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return flash_attention(q, k, v)
+    return kernel(q, k, v)
   spec = divisible_spec(P(*nn.logical_to_mesh_axes(("batch", None, "act_heads", None))), q.shape, mesh)
   # check_vma=False: pallas_call outputs carry no varying-axes annotation.
-  return jax.shard_map(flash_attention, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+  return jax.shard_map(kernel, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
                        check_vma=False)(q, k, v)
 
 

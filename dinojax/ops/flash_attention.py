@@ -6,7 +6,8 @@ The sequence is padded to the block size and padded keys are masked out of the s
 key ever receives weight; padded query rows are dropped from the output and from every gradient.
 Softmax statistics, accumulators and the log-sum-exp saved for the backward pass are fp32 whatever
 the input dtype. On CPU the kernels run in Pallas interpret mode (for tests); on GPU they lower
-through Pallas' portable backend.
+through Pallas' Triton backend, asked for explicitly: JAX's default GPU backend (Mosaic GPU) cannot
+copy a whole key sequence longer than 256 rows into one block, which this loop order needs.
 """
 
 import functools
@@ -15,11 +16,14 @@ import math
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 _NEG_INF = -1e30  # finite, so fully masked rows give exp(-inf - -inf) = nan nowhere
+_TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
-def _pad_to(x: jax.Array, length: int) -> jax.Array:
+def pad_rows(x: jax.Array, length: int) -> jax.Array:
+  """Zero-pads the sequence axis of (batch·heads, T, head_dim) rows to `length`."""
   return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0)))
 
 
@@ -108,7 +112,7 @@ def _specs(block: int, padded: int, head_dim: int):
 def _forward(q, k, v, block, interpret):
   bh, seq_len, head_dim = q.shape
   padded = pl.cdiv(seq_len, block) * block
-  q, k, v = (_pad_to(x, padded) for x in (q, k, v))
+  q, k, v = (pad_rows(x, padded) for x in (q, k, v))
   rows, whole, stat_rows, _ = _specs(block, padded, head_dim)
   kernel = functools.partial(_forward_kernel, block_k=block, seq_len=seq_len,
                              scale=1.0 / math.sqrt(head_dim))
@@ -116,15 +120,14 @@ def _forward(q, k, v, block, interpret):
       kernel, grid=(bh, padded // block), in_specs=[rows, whole, whole],
       out_specs=[rows, stat_rows],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((bh, padded), jnp.float32)],
-      interpret=interpret, name="dinojax_flash_forward")(q, k, v)
+      interpret=interpret, compiler_params=_TRITON, name="dinojax_flash_forward")(q, k, v)
   return o[:, :seq_len], lse
 
 
-def _backward(q, k, v, o, lse, do, block, interpret):
+def _backward(q, k, v, do, lse, delta, block, interpret):
   bh, seq_len, head_dim = q.shape
   padded = lse.shape[1]
-  delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
-  q, k, v, do = (_pad_to(x, padded) for x in (q, k, v, do))
+  q, k, v, do = (pad_rows(x, padded) for x in (q, k, v, do))
   delta = jnp.pad(delta, ((0, 0), (0, padded - seq_len)))
   rows, whole, stat_rows, stat_whole = _specs(block, padded, head_dim)
   scale = 1.0 / math.sqrt(head_dim)
@@ -133,30 +136,45 @@ def _backward(q, k, v, o, lse, do, block, interpret):
       functools.partial(_dkdv_kernel, block_q=block, seq_len=seq_len, scale=scale), grid=grid,
       in_specs=[whole, rows, rows, whole, stat_whole, stat_whole], out_specs=[rows, rows],
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-      interpret=interpret, name="dinojax_flash_dkdv")(q, k, v, do, lse, delta)
+      interpret=interpret, compiler_params=_TRITON, name="dinojax_flash_dkdv")(q, k, v, do, lse, delta)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, block_k=block, seq_len=seq_len, scale=scale), grid=grid,
       in_specs=[rows, whole, whole, rows, stat_rows, stat_rows], out_specs=rows,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      interpret=interpret, name="dinojax_flash_dq")(q, k, v, do, lse, delta)
+      interpret=interpret, compiler_params=_TRITON, name="dinojax_flash_dq")(q, k, v, do, lse, delta)
   return dq[:, :seq_len], dk[:, :seq_len], dv[:, :seq_len]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _flash(q, k, v, block, interpret):
-  return _forward(q, k, v, block, interpret)[0]
+def differentiable(forward, backward):
+  """Attention over (B, T, heads, head_dim) inputs from a pair of kernel launchers over
+  (batch·heads, T, head_dim) rows: `forward(q, k, v, block, interpret) -> (o, lse)` and
+  `backward(q, k, v, do, lse, delta, block, interpret) -> (dq, dk, dv)`, where Δ = rowsum(dO ∘ O)."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+  def flash(q, k, v, block, interpret):
+    return forward(q, k, v, block, interpret)[0]
+
+  def flash_fwd(q, k, v, block, interpret):
+    o, lse = forward(q, k, v, block, interpret)
+    return o, (q, k, v, o, lse)
+
+  def flash_bwd(block, interpret, residuals, do):
+    q, k, v, o, lse = residuals
+    delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
+    return backward(q, k, v, do, lse, delta, block, interpret)
+
+  flash.defvjp(flash_fwd, flash_bwd)
+
+  def attention(q, k, v, block, interpret):
+    b, t, h, d = q.shape
+    to_rows = lambda x: x.transpose(0, 2, 1, 3).reshape(b * h, t, d)
+    out = flash(to_rows(q), to_rows(k), to_rows(v), block, interpret)
+    return out.reshape(b, h, t, d).transpose(0, 2, 1, 3)
+
+  return attention
 
 
-def _flash_fwd(q, k, v, block, interpret):
-  o, lse = _forward(q, k, v, block, interpret)
-  return o, (q, k, v, o, lse)
-
-
-def _flash_bwd(block, interpret, residuals, do):
-  return _backward(*residuals, do, block, interpret)
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = differentiable(_forward, _backward)
 
 
 def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int = 64,
@@ -167,7 +185,4 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int = 64,
   """
   if interpret is None:
     interpret = jax.default_backend() == "cpu"
-  b, t, h, d = q.shape
-  to_rows = lambda x: x.transpose(0, 2, 1, 3).reshape(b * h, t, d)
-  out = _flash(to_rows(q), to_rows(k), to_rows(v), block, interpret)
-  return out.reshape(b, h, t, d).transpose(0, 2, 1, 3)
+  return _flash(q, k, v, block, interpret)
