@@ -4,8 +4,9 @@ Implementations, chosen by name (a config value):
   "xla"    the reference: einsum, fp32 softmax, einsum. Runs everywhere; the only one that can also
            return the attention weights.
   "cudnn"  `jax.nn.dot_product_attention` with the cuDNN fused kernel (GPU only).
-  "pallas" our Pallas flash-attention kernels: Mosaic TPU kernels on TPU (`flash_attention_tpu.py`),
-           the portable kernels elsewhere (`flash_attention.py`: Triton on GPU, interpret mode on CPU).
+  "pallas" our Pallas flash-attention kernels: Mosaic TPU on TPU (`flash_attention_tpu.py`), Mosaic
+           GPU (Hopper wgmma) on GPU for bf16/fp16 (`flash_attention_gpu.py`), and the portable
+           kernels otherwise (`flash_attention.py`: Triton on GPU, interpret mode on CPU).
   "auto"   the fastest measured for the platform (see docs/benchmarks.md).
 """
 
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from dinojax.ops.flash_attention import flash_attention
+from dinojax.ops.flash_attention_gpu import flash_attention_gpu
 from dinojax.ops.flash_attention_tpu import flash_attention_tpu
 from dinojax.ops.sharding import divisible_spec
 
@@ -49,13 +51,24 @@ def _cudnn(q, k, v, causal=False):
   return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
 
 
+def pallas_kernel(q: jax.Array):
+  """The flash-attention kernel `attention="pallas"` runs for inputs like `q` on this platform."""
+  platform = jax.default_backend()
+  if platform == "tpu":
+    return flash_attention_tpu
+  hopper = platform == "gpu" and getattr(jax.devices()[0], "compute_capability", "") == "9.0"
+  if hopper and q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] % 64 == 0:
+    return flash_attention_gpu  # wgmma exists on Hopper (sm_90a) only
+  return flash_attention
+
+
 def _pallas(q, k, v, causal=False):
   """The kernel is a custom call XLA cannot partition, so under a mesh it runs per shard, with batch
   and heads split as the activation rules say (the same axes the surrounding model uses)."""
   if causal:
     raise NotImplementedError("The Pallas kernels are non-causal (DINOv2's attention); use "
                               "attention='xla' or 'cudnn' for causal text towers.")
-  kernel = flash_attention_tpu if jax.default_backend() == "tpu" else flash_attention
+  kernel = pallas_kernel(q)
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return kernel(q, k, v)
