@@ -1,20 +1,27 @@
-"""Attention implementations on DINOv2's sequence lengths: forward and forward+backward time and
-achieved TFLOP/s of `pallas`, `cudnn` and `xla`, measured in the same run.
+"""Attention implementations on DINOv2's sequence lengths: forward and forward+backward time,
+achieved TFLOP/s and error against an fp32 reference, measured in the same run.
 
   python bench/attention.py                                 # GPU: B=32, heads 16, T in 54..4096, bf16
   python bench/attention.py --batch 1 --heads 2 --lengths 54,261 --dtype float32   # CPU smoke run
 
-FLOPs: 4·B·H·T²·D forward (QKᵀ and PV), 2.5× that for forward+backward (FlashAttention's count).
-On CPU the Pallas kernel runs in interpret mode, so its CPU time says nothing about GPU speed.
+Rows: `pallas` is what `attention="pallas"` runs on this platform (Mosaic GPU on Hopper for bf16,
+Mosaic TPU on TPU); `pallas-triton` is the portable kernel set on GPU; `cudnn` is
+`jax.nn.dot_product_attention`'s cuDNN kernel; `xla` the einsum reference. The error columns are
+the largest absolute difference from XLA in fp32 (output; and dQ, dK, dV of sum(output · dO)), so
+a fast row that is wrong shows it. FLOPs: 4·B·H·T²·D forward (QKᵀ and PV), 2.5× that for
+forward+backward (FlashAttention's count). On CPU the Pallas kernels run in interpret mode, so
+their CPU time says nothing about GPU speed.
 """
 
 import argparse
+from functools import partial
 import time
 
 import jax
 import jax.numpy as jnp
 
 from dinojax.ops import attention
+from dinojax.ops.flash_attention import flash_attention
 
 
 def _time(fn, *args, iters=10):
@@ -26,6 +33,19 @@ def _time(fn, *args, iters=10):
   return (time.perf_counter() - start) / iters
 
 
+def _implementations():
+  impls = {name: partial(attention.dot_product_attention, implementation=name)
+           for name in ("pallas", "xla")}
+  if jax.default_backend() == "gpu":
+    impls["pallas-triton"] = flash_attention
+    impls["cudnn"] = partial(attention.dot_product_attention, implementation="cudnn")
+  return impls
+
+
+def _max_error(got, want):
+  return max(float(jnp.abs(g.astype(jnp.float32) - w).max()) for g, w in zip(got, want))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--batch", type=int, default=32)
@@ -35,22 +55,27 @@ def main():
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--iters", type=int, default=10)
   args = parser.parse_args()
-  impls = ["pallas", "xla"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
-  print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), dtype {args.dtype}, "
+  device = jax.devices()[0]
+  print(f"device: {device.device_kind} ({jax.default_backend()}), dtype {args.dtype}, "
         f"B={args.batch}, heads={args.heads}, head_dim={args.head_dim}")
-  print("T | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s")
+  print("T | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | fwd error | grad error")
   for t in (int(x) for x in args.lengths.split(",")):
     shape = (args.batch, t, args.heads, args.head_dim)
-    keys = jax.random.split(jax.random.key(0), 3)
-    q, k, v = (jax.random.normal(key, shape, jnp.dtype(args.dtype)) for key in keys)
+    keys = jax.random.split(jax.random.key(0), 4)
+    q, k, v, do = (jax.random.normal(key, shape, jnp.dtype(args.dtype)) for key in keys)
+    exact = [x.astype(jnp.float32) for x in (q, k, v, do)]
+    xla = partial(attention.dot_product_attention, implementation="xla")
+    want_out = jax.jit(xla)(*exact[:3])
+    want_grads = jax.jit(lambda q, k, v, do: jax.vjp(xla, q, k, v)[1](do))(*exact)
     flops = 4 * args.batch * args.heads * t * t * args.head_dim
-    for impl in impls:
-      fwd = jax.jit(lambda q, k, v, impl=impl: attention.dot_product_attention(q, k, v, impl))
-      loss = lambda q, k, v, impl=impl: attention.dot_product_attention(q, k, v, impl).astype(jnp.float32).sum()
-      fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-      t_f, t_fb = _time(fwd, q, k, v, iters=args.iters), _time(fwd_bwd, q, k, v, iters=args.iters)
-      print(f"{t} | {impl} | {1e3 * t_f:.3f} | {flops / t_f / 1e12:.2f} | {1e3 * t_fb:.3f} | "
-            f"{2.5 * flops / t_fb / 1e12:.2f}")
+    for name, impl in _implementations().items():
+      fwd = jax.jit(impl)
+      grads = jax.jit(lambda q, k, v, do, impl=impl: jax.vjp(impl, q, k, v)[1](do))
+      t_f, t_fb = _time(fwd, q, k, v, iters=args.iters), _time(grads, q, k, v, do, iters=args.iters)
+      fwd_error = _max_error([fwd(q, k, v)], [want_out])
+      grad_error = _max_error(grads(q, k, v, do), want_grads)
+      print(f"{t} | {name} | {1e3 * t_f:.3f} | {flops / t_f / 1e12:.2f} | {1e3 * t_fb:.3f} | "
+            f"{2.5 * flops / t_fb / 1e12:.2f} | {fwd_error:.2e} | {grad_error:.2e}", flush=True)
 
 
 if __name__ == "__main__":
