@@ -36,7 +36,7 @@ def _grads(fn, q, k, v, do):
 @pytest.mark.parametrize("kernel,b,t,h,d", [
     (flash_attention, 2, 54, 3, 64), (flash_attention, 2, 261, 2, 64),
     (flash_attention, 1, 1374, 1, 64), (flash_attention, 1, 70, 2, 128),
-    (flash_attention_tpu, 1, 54, 2, 64), (flash_attention_tpu, 1, 261, 2, 64),
+    (flash_attention_tpu, 1, 54, 1, 64), (flash_attention_tpu, 1, 261, 1, 64),
     (partial(flash_attention_tpu, block=512), 1, 1374, 1, 64), (flash_attention_tpu, 1, 70, 1, 128),
 ], ids=["portable-54", "portable-261", "portable-1374", "portable-d128",
         "tpu-54", "tpu-261", "tpu-1374", "tpu-d128"])
@@ -53,7 +53,7 @@ def test_forward_and_gradients_match_reference_fp32(kernel, b, t, h, d):
     (flash_attention_gpu, 54, 64), (flash_attention_gpu, 130, 64), (flash_attention_gpu, 70, 128),
 ], ids=["portable", "tpu", "gpu-54", "gpu-130", "gpu-d128"])
 def test_bf16_within_the_references_own_bf16_error(kernel, t, d):
-  q, k, v, do = _inputs(1, t, 2 if d == 64 else 1, d, jnp.bfloat16)
+  q, k, v, do = _inputs(1, t, 1, d, jnp.bfloat16)
   exact = [x.astype(jnp.float32) for x in (q, k, v, do)]
   cases = [((kernel(q, k, v),), (reference(q, k, v),), (reference(*exact[:3]),)),
            (_grads(kernel, q, k, v, do), _grads(reference, q, k, v, do), _grads(reference, *exact))]

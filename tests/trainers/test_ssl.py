@@ -1,5 +1,5 @@
 """End to end: the tiny SSL config trains, resumes exactly after a kill, and gives the same result on
-one device and on 8 (data- or fsdp-sharded)."""
+one device and on 8 (data- or fsdp-sharded, XLA or Pallas attention)."""
 
 import os
 import pathlib
@@ -86,14 +86,24 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, kill_after_checkpoint):
   assert losses_a[12] == losses_b[12]
 
 
-@pytest.mark.parametrize("mesh", [["--config.mesh.data=-1"], ["--config.mesh.data=1", "--config.mesh.fsdp=-1"]],
-                         ids=["data8", "fsdp8"])
-def test_eight_devices_equal_one_device(tmp_path, mesh):
-  overrides = ["--config.total_steps=3", "--config.eval.every=0", "--config.checkpoint.every=3"]
-  _run(tmp_path / "one", *overrides, devices=1)
-  _run(tmp_path / "eight", *overrides, *mesh, devices=8)
-  one, eight = _losses(tmp_path / "one"), _losses(tmp_path / "eight")
-  np.testing.assert_allclose([eight[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)], rtol=2e-5)
+THREE_STEPS = ["--config.total_steps=3", "--config.eval.every=0", "--config.checkpoint.every=3"]
+
+
+@pytest.fixture(scope="module")
+def one_device_losses(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("one_device")
+  _run(workdir, *THREE_STEPS, devices=1)
+  return _losses(workdir)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["--config.mesh.data=-1"], ["--config.mesh.data=1", "--config.mesh.fsdp=-1"],
+    ["--config.mesh.data=-1", "--config.model.attention=pallas"]], ids=["data8", "fsdp8", "pallas"])
+def test_eight_devices_equal_one_device(tmp_path, overrides, one_device_losses):
+  _run(tmp_path, *THREE_STEPS, *overrides, devices=8)
+  eight = _losses(tmp_path)
+  np.testing.assert_allclose([eight[s] for s in (1, 2, 3)], [one_device_losses[s] for s in (1, 2, 3)],
+                             rtol=2e-5)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -118,11 +128,3 @@ def test_a_new_phase_starts_from_an_earlier_run(tmp_path):
   assert int(high["step"]) == 1
   for x, y in zip(jax.tree.leaves(low["params"]), jax.tree.leaves(high["params"])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def test_pallas_attention_gives_the_same_losses(tmp_path):
-  overrides = ["--config.total_steps=2", "--config.eval.every=0", "--config.checkpoint.every=2"]
-  _run(tmp_path / "xla", *overrides)
-  _run(tmp_path / "pallas", *overrides, "--config.model.attention=pallas")
-  xla, pallas = _losses(tmp_path / "xla"), _losses(tmp_path / "pallas")
-  np.testing.assert_allclose([pallas[1], pallas[2]], [xla[1], xla[2]], rtol=1e-5)
