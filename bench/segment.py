@@ -45,7 +45,8 @@ def reference_models(seed: int = 0):
 
 def converted(vit, clip, psi) -> talk2dino.Talk2DINOModels:
   numpy = lambda m: {k: v.detach().numpy() for k, v in m.state_dict().items()}
-  backbone, backbone_params = convert.from_state_dict(numpy(vit), num_heads=12)
+  # attention="auto" as `talk2dino.load_models` sets it.
+  backbone, backbone_params = convert.from_state_dict(numpy(vit), num_heads=12, attention="auto")
   text, text_params = convert.clip_text_from_state_dict(numpy(clip), num_heads=8)
   sd = numpy(psi)
   proj, proj_params = convert.talk2dino_from_state_dict(
