@@ -1,8 +1,9 @@
 """Attention implementations on DINOv2's sequence lengths: forward and forward+backward time and
-achieved TFLOP/s of `pallas`, `cudnn` and `xla`, measured in the same run.
+achieved TFLOP/s of `pallas`, `cudnn`, `chunked` and `xla`, measured in the same run.
 
   python bench/attention.py                                 # GPU: B=32, heads 16, T in 54..4096, bf16
   python bench/attention.py --batch 1 --heads 2 --lengths 54,261 --dtype float32   # CPU smoke run
+  python bench/attention.py --batch 2 --heads 12 --lengths 257,1029 --dtype float32 --impls xla,chunked
 
 FLOPs: 4·B·H·T²·D forward (QKᵀ and PV), 2.5× that for forward+backward (FlashAttention's count).
 On CPU the Pallas kernel runs in interpret mode, so its CPU time says nothing about GPU speed.
@@ -34,8 +35,10 @@ def main():
   parser.add_argument("--lengths", default="54,261,1374,4096")
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--iters", type=int, default=10)
+  parser.add_argument("--impls", default="", help="comma-separated; default: all for the platform")
   args = parser.parse_args()
-  impls = ["pallas", "xla"] + (["cudnn"] if jax.default_backend() == "gpu" else [])
+  impls = args.impls.split(",") if args.impls else (
+      ["pallas", "chunked", "xla"] + (["cudnn"] if jax.default_backend() == "gpu" else []))
   print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), dtype {args.dtype}, "
         f"B={args.batch}, heads={args.heads}, head_dim={args.head_dim}")
   print("T | impl | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s")
