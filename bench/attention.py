@@ -3,10 +3,12 @@ achieved TFLOP/s and error against an fp32 reference, measured in the same run.
 
   python bench/attention.py                                 # GPU: B=32, heads 16, T in 54..4096, bf16
   python bench/attention.py --batch 1 --heads 2 --lengths 54,261 --dtype float32   # CPU smoke run
+  python bench/attention.py --batch 2 --heads 12 --lengths 257,1029 --dtype float32 --impls xla,chunked
 
 Rows: `pallas` is what `attention="pallas"` runs on this platform (Mosaic GPU on Hopper for bf16,
 Mosaic TPU on TPU); `pallas-triton` is the portable kernel set on GPU; `cudnn` is
-`jax.nn.dot_product_attention`'s cuDNN kernel; `xla` the einsum reference. The error columns are
+`jax.nn.dot_product_attention`'s cuDNN kernel; `chunked` the reference a head and query chunk at
+a time; `xla` the einsum reference. The error columns are
 the largest absolute difference from XLA in fp32 (output; and dQ, dK, dV of sum(output · dO)), so
 a fast row that is wrong shows it. FLOPs: 4·B·H·T²·D forward (QKᵀ and PV), 2.5× that for
 forward+backward (FlashAttention's count). On CPU the Pallas kernels run in interpret mode, so
@@ -33,13 +35,16 @@ def _time(fn, *args, iters=10):
   return (time.perf_counter() - start) / iters
 
 
-def _implementations():
+def _implementations(names):
   impls = {name: partial(attention.dot_product_attention, implementation=name)
-           for name in ("pallas", "xla")}
+           for name in ("pallas", "chunked", "xla")}
   if jax.default_backend() == "gpu":
     impls["pallas-triton"] = flash_attention
     impls["cudnn"] = partial(attention.dot_product_attention, implementation="cudnn")
-  return impls
+  unknown = set(names) - set(impls)
+  if unknown:
+    raise SystemExit(f"Unknown --impls {sorted(unknown)}; on this platform: {sorted(impls)}.")
+  return {name: impl for name, impl in impls.items() if not names or name in names}
 
 
 def _max_error(got, want):
@@ -54,6 +59,7 @@ def main():
   parser.add_argument("--lengths", default="54,261,1374,4096")
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--iters", type=int, default=10)
+  parser.add_argument("--impls", default="", help="comma-separated; default: all for the platform")
   args = parser.parse_args()
   device = jax.devices()[0]
   print(f"device: {device.device_kind} ({jax.default_backend()}), dtype {args.dtype}, "
@@ -68,7 +74,7 @@ def main():
     want_out = jax.jit(xla)(*exact[:3])
     want_grads = jax.jit(lambda q, k, v, do: jax.vjp(xla, q, k, v)[1](do))(*exact)
     flops = 4 * args.batch * args.heads * t * t * args.head_dim
-    for name, impl in _implementations().items():
+    for name, impl in _implementations([n for n in args.impls.split(",") if n]).items():
       fwd = jax.jit(impl)
       grads = jax.jit(lambda q, k, v, do, impl=impl: jax.vjp(impl, q, k, v)[1](do))
       t_f, t_fb = _time(fwd, q, k, v, iters=args.iters), _time(grads, q, k, v, do, iters=args.iters)

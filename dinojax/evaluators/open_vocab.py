@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinojax.ops.numerics import l2_normalize
-from dinojax.ops.resize import linear_weights, torch_bilinear_resize
+from dinojax.ops.resize import linear_taps, torch_bilinear_resize
 
 # (b, h, w, 3) float RGB in [0, 255] -> (b, N, h, w) scores, one map per class (or per query).
 WindowScorer = Callable[[jax.Array], jax.Array]
@@ -54,11 +54,15 @@ def rescale_size(height: int, width: int, short_side: int = SHORT_SIDE,
 
 def resize_image(image: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
   """Bilinear resize (H, W, C) -> (*size, C) without antialiasing, as OpenCV's INTER_LINEAR that
-  mmseg's test pipeline uses; float32 output (uint8 input is rounded back to integers as OpenCV does)."""
-  w_h = linear_weights(image.shape[0], size[0], align_corners).astype(np.float32)
-  w_w = linear_weights(image.shape[1], size[1], align_corners).astype(np.float32)
-  out = np.einsum("oh,hwc->owc", w_h, image.astype(np.float32), optimize=True)
-  out = np.einsum("pw,owc->opc", w_w, out, optimize=True)
+  mmseg's test pipeline uses; float32 output (uint8 input is rounded back to integers as OpenCV does).
+  Two taps per output pixel, not a dense (out, in) matrix per axis, which made resizing 21 score
+  maps of a 448×597 image back ~5× slower (O(in) multiply-adds per output instead of 2)."""
+  out = image.astype(np.float32)
+  for axis in (0, 1):
+    lo, hi, frac = linear_taps(out.shape[axis], size[axis], align_corners)
+    shape = (-1, 1, 1) if axis == 0 else (1, -1, 1)
+    frac = frac.astype(np.float32).reshape(shape)
+    out = np.take(out, lo, axis) * (1 - frac) + np.take(out, hi, axis) * frac
   return np.clip(np.round(out), 0, 255) if image.dtype == np.uint8 else out
 
 

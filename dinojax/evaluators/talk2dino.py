@@ -166,8 +166,10 @@ def load_models(backbone: str = "vitb14_reg", backbone_checkpoint: str | None = 
   import flax.linen as nn
   from dinojax import convert, hub
   from dinojax.models.clip_text import VARIANTS, CLIPTextEncoder
+  # Inference only, so the platform's fastest attention ("auto"); background cleaning's logits come
+  # from the reference path of the last block whatever this says.
   vit, vit_params = hub.dinov2(backbone, checkpoint=backbone_checkpoint or None, seed=seed,
-                               **(backbone_overrides or {}))
+                               **{"attention": "auto", **(backbone_overrides or {})})
   key = jax.random.key(seed)
   if clip_checkpoint:
     text, text_params = convert.clip_text_from_state_dict(convert.load_state_dict(clip_checkpoint))

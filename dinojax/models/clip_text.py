@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from dinojax.models.vit import Linear, layer_norm, with_axes
 from dinojax.ops import attention as attention_ops
+from dinojax.ops.numerics import gelu
 
 LAYER_NORM_EPS = 1e-5
 
@@ -25,7 +26,7 @@ def _layer_norm(name, dtype):
   return layer_norm(name, dtype, eps=LAYER_NORM_EPS)
 
 
-ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": lambda x: nn.gelu(x, approximate=False)}
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu}
 
 
 class TextBlock(nn.Module):

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from dinojax.models.vit import Linear, with_axes
-from dinojax.ops.numerics import l2_normalize
+from dinojax.ops.numerics import gelu, l2_normalize
 
 
 class DINOHead(nn.Module):
@@ -32,7 +32,7 @@ class DINOHead(nn.Module):
       x = Linear((width,), (n_in,), (n_out,), self.mlp_bias, self.dtype, self.param_dtype,
                  name=f"mlp_{i}")(x)
       if i < nlayers - 1:
-        x = nn.gelu(x, approximate=False)
+        x = gelu(x)
     x = x.astype(jnp.float32)
     x = l2_normalize(x)
     # PyTorch's default Linear init for v (the official head re-initialises only the MLP).

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinojax.ops import attention as attention_ops
+from dinojax.ops.numerics import gelu
 from dinojax.ops.resize import torch_bicubic_resize
 
 # Official architectures (dinov2/models/vision_transformer.py); giant2 is always used with SwiGLU.
@@ -157,7 +158,7 @@ class Mlp(nn.Module):
     dim = x.shape[-1]
     x = Linear((self.hidden_dim,), ("embed",), ("mlp",), self.bias, self.dtype, self.param_dtype,
                name="fc1")(x)
-    x = nn.gelu(x, approximate=False)
+    x = gelu(x)
     return Linear((dim,), ("mlp",), ("embed",), self.bias, self.dtype, self.param_dtype,
                   name="fc2")(x)
 

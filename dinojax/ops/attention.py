@@ -3,6 +3,8 @@
 Implementations, chosen by name (a config value):
   "xla"    the reference: einsum, fp32 softmax, einsum. Runs everywhere; the only one that can also
            return the attention weights.
+  "chunked" the reference's numerics one head and one query chunk at a time (a loop), so only a
+           cache-sized block of scores exists at once; the fast XLA path on CPU.
   "cudnn"  `jax.nn.dot_product_attention` with the cuDNN fused kernel (GPU only).
   "pallas" our Pallas flash-attention kernels: Mosaic TPU on TPU (`flash_attention_tpu.py`), Mosaic
            GPU (Hopper wgmma) on GPU for bf16/fp16 (`flash_attention_gpu.py`), and the portable
@@ -21,9 +23,13 @@ from dinojax.ops.flash_attention_gpu import flash_attention_gpu
 from dinojax.ops.flash_attention_tpu import flash_attention_tpu
 from dinojax.ops.sharding import divisible_spec
 
-IMPLEMENTATIONS = ("xla", "cudnn", "pallas", "auto")
+IMPLEMENTATIONS = ("xla", "chunked", "cudnn", "pallas", "auto")
 # Until the GPU and TPU kernels are benchmarked against cuDNN / XLA, "auto" keeps the vendor paths.
-_AUTO = {"cpu": "xla", "gpu": "cudnn", "tpu": "xla"}
+# On CPU the B·heads·T² scores of "xla" make it memory-bound; "chunked" is faster (docs/benchmarks.md).
+_AUTO = {"cpu": "chunked", "gpu": "cudnn", "tpu": "xla"}
+# Scores (fp32 elements, 8 MiB) per step of "chunked": small enough for the caches of a server CPU,
+# large enough that the per-step loop overhead stays negligible.
+_CHUNK_SCORES = 1 << 21
 
 
 def attention_logits(q: jax.Array, k: jax.Array) -> jax.Array:
@@ -45,6 +51,32 @@ def attention_weights(q: jax.Array, k: jax.Array, causal: bool = False) -> jax.A
 def _xla(q, k, v, causal=False):
   probs = attention_weights(q, k, causal).astype(v.dtype)
   return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
+def _chunked(q, k, v, causal=False):
+  """`_xla` in a `lax.map` over (head, query chunk): each step sees one head's keys and values for
+  the whole batch and as many queries as keep its scores under `_CHUNK_SCORES`. Steps work on
+  (B, T, head_dim) slabs, without a heads axis, which XLA's CPU dots run faster. The batch stays
+  inside every step, so a batch-sharded input stays sharded."""
+  b, t, h, d = q.shape
+  n = min(t, -(-b * t * t // _CHUNK_SCORES))  # query chunks per head
+  c = -(-t // n)
+  q = jnp.pad(q * d ** -0.5, ((0, 0), (0, n * c - t), (0, 0), (0, 0)))
+  q_blocks = q.reshape(b, n, c, h, d).transpose(3, 1, 0, 2, 4).reshape(h * n, b, c, d)
+  k, v = (jnp.moveaxis(x, 2, 0) for x in (k, v))  # (heads, B, T, head_dim)
+
+  def step(args):
+    q_block, i = args
+    logits = jnp.einsum("bqd,bkd->bqk", q_block, k[i // n], preferred_element_type=jnp.float32)
+    if causal:
+      visible = ((i % n) * c + jnp.arange(c))[:, None] >= jnp.arange(t)[None, :]
+      logits = jnp.where(visible, logits, -jnp.inf)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bqk,bkd->bqd", probs, v[i // n])
+
+  out = jax.lax.map(step, (q_blocks, jnp.arange(h * n)))  # (heads·chunks, B, c, head_dim)
+  out = out.reshape(h, n, b, c, d).transpose(2, 1, 3, 0, 4).reshape(b, n * c, h, d)
+  return out[:, :t]
 
 
 def _cudnn(q, k, v, causal=False):
@@ -79,10 +111,13 @@ def _pallas(q, k, v, causal=False):
 
 
 def _auto(q, k, v, causal=False):
-  return _DISPATCH[_AUTO.get(jax.default_backend(), "xla")](q, k, v, causal)
+  implementation = _AUTO.get(jax.default_backend(), "xla")
+  if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+    implementation = "xla"  # cuDNN's fused attention has no fp32 kernel
+  return _DISPATCH[implementation](q, k, v, causal)
 
 
-_DISPATCH = {"xla": _xla, "cudnn": _cudnn, "pallas": _pallas, "auto": _auto}
+_DISPATCH = {"xla": _xla, "chunked": _chunked, "cudnn": _cudnn, "pallas": _pallas, "auto": _auto}
 
 
 def check_implementation(implementation: str) -> None:

@@ -87,15 +87,21 @@ def torch_bicubic_resize(x: jax.Array, size: tuple[int, int] | None = None,
   return jnp.einsum("pw,...owc->...opc", w_w, x, precision=hi)
 
 
-def linear_weights(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
-  """The (out_size, in_size) matrix of one axis of PyTorch's bilinear interpolation."""
+def linear_taps(in_size: int, out_size: int, align_corners: bool) -> tuple[np.ndarray, ...]:
+  """One axis of PyTorch's bilinear interpolation as two taps per output: source indices (lo, hi)
+  and the weight of hi (float64; lo's is 1 - it)."""
   if align_corners:
     src = np.arange(out_size) * ((in_size - 1) / (out_size - 1) if out_size > 1 else 0.0)
   else:
     src = np.maximum((np.arange(out_size) + 0.5) * in_size / out_size - 0.5, 0.0)
   lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
   hi = np.minimum(lo + 1, in_size - 1)
-  frac = src - lo
+  return lo, hi, src - lo
+
+
+def linear_weights(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+  """The (out_size, in_size) matrix of one axis of PyTorch's bilinear interpolation."""
+  lo, hi, frac = linear_taps(in_size, out_size, align_corners)
   weights = np.zeros((out_size, in_size), np.float64)
   np.add.at(weights, (np.arange(out_size), lo), 1 - frac)
   np.add.at(weights, (np.arange(out_size), hi), frac)

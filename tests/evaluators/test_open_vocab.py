@@ -53,6 +53,18 @@ def test_sliding_window_matches_mmseg(shape):
   np.testing.assert_allclose(ours, _reference(image, 56, 28, 56), atol=3e-3)  # pixel values ~255
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("size", [(45, 61), (17, 9)])  # up and down
+def test_resize_image_matches_torch_bilinear(align_corners, size):
+  image = np.round(np.random.default_rng(0).random((23, 31, 5)) * 255).astype(np.float32)
+  ref = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None], size, mode="bilinear",
+                      align_corners=align_corners)[0].permute(1, 2, 0).numpy()
+  np.testing.assert_allclose(open_vocab.resize_image(image, size, align_corners), ref, atol=1e-3)
+  rounded = open_vocab.resize_image(image.astype(np.uint8), size, align_corners)
+  assert rounded.dtype == np.float32 and np.all(rounded == np.round(rounded))
+  assert np.mean(rounded != np.round(ref)) < 0.01  # only ties at .5 may round the other way
+
+
 def test_window_grid_and_rescale_size():
   assert open_vocab.rescale_size(375, 500) == (448, 597)
   assert open_vocab.rescale_size(100, 1000) == (205, 2048)  # the long side caps the scale

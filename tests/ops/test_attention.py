@@ -38,3 +38,39 @@ def test_unknown_implementation_is_clear():
   q, k, v = _qkv(t=8)
   with pytest.raises(ValueError, match="Unknown attention implementation 'flash'"):
     attention.dot_product_attention(q, k, v, "flash")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("t", [64, 61])  # 4 query chunks per head; at 61 the last is padded
+def test_chunked_matches_xla(monkeypatch, causal, t):
+  monkeypatch.setattr(attention, "_CHUNK_SCORES", 2 * t * 16)  # ≈ t/16 query chunks per head
+  q, k, v = _qkv(t=t)
+  ours = attention.dot_product_attention(q, k, v, "chunked", causal=causal)
+  ref = attention.dot_product_attention(q, k, v, "xla", causal=causal)
+  np.testing.assert_allclose(ours, ref, atol=1e-6)
+
+
+def test_chunked_matches_xla_in_bf16():
+  q, k, v = _qkv(dtype=jnp.bfloat16)
+  ours = attention.dot_product_attention(q, k, v, "chunked").astype(jnp.float32)
+  ref = attention.dot_product_attention(q, k, v, "xla").astype(jnp.float32)
+  np.testing.assert_allclose(ours, ref, atol=2e-2)
+
+
+def test_chunked_keeps_batch_sharding():
+  mesh = jax.make_mesh((8,), ("data",))
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  keys = jax.random.split(jax.random.key(1), 3)
+  q, k, v = (jax.device_put(jax.random.normal(key, (8, 37, 2, 8)), sharding) for key in keys)
+  ours = jax.jit(lambda q, k, v: attention.dot_product_attention(q, k, v, "chunked"))(q, k, v)
+  assert ours.sharding.is_equivalent_to(sharding, 4)
+  np.testing.assert_allclose(ours, attention.dot_product_attention(q, k, v, "xla"), atol=1e-6)
+
+
+def test_auto_is_chunked_on_cpu_and_never_fp32_cudnn(monkeypatch):
+  q, k, v = _qkv(t=8)
+  chunked = attention.dot_product_attention(q, k, v, "chunked")
+  np.testing.assert_array_equal(attention.dot_product_attention(q, k, v, "auto"), chunked)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # fp32 must not reach cuDNN
+  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, "auto"),
+                             attention.dot_product_attention(q, k, v, "xla"), atol=1e-6)
