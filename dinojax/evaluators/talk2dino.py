@@ -88,11 +88,15 @@ def _window_masks(backbone_params, text, crops, *, backbone, window, background_
       open_vocab.upsample_scores(jnp.moveaxis(crops, -1, 1), (window, window), False), 1, -1)
   x = (x / 255.0 - image_lib.IMAGENET_MEAN) / image_lib.IMAGENET_STD
   out = backbone.apply(backbone_params, x, return_cls_attention=background_cleaning)
+  # A fence between the backbone and the masks: optimised across it, XLA's CPU made this function
+  # 0.13–0.21 s slower on two 448 windows of ViT-B/14 (docs/benchmarks.md), the masks alone ~6 ms.
+  tokens, cls_logits = jax.lax.optimization_barrier(
+      (out["x_norm_patchtokens"], out.get("cls_attention_logits")))
   grid = window // backbone.patch_size
-  patches = out["x_norm_patchtokens"].reshape(b, grid, grid, -1)
+  patches = tokens.reshape(b, grid, grid, -1)
   masks = talk2dino.patch_scores(patches, text)
   if background_cleaning:
-    cls_logits = out["cls_attention_logits"][:, :, 1 + backbone.num_register_tokens:]
+    cls_logits = cls_logits[:, :, 1 + backbone.num_register_tokens:]
     masks = talk2dino.background_cleaning(masks, patches, cls_logits, text, lambda_bg)
   masks = open_vocab.upsample_scores(masks, (h, w), align_corners=True)
   if pamr_iterations:
