@@ -1,6 +1,8 @@
 """Talk2DINO segmentation: the official formulas transcribed in NumPy, and the end-to-end API on
 small random models (shapes, odd sizes, one or many classes, bad inputs)."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -61,6 +63,23 @@ def models():
       vit, nn.unbox(vit.init(key, np.zeros((1, 56, 56, 3), np.float32))),
       text, nn.unbox(text.init(key, np.zeros((1, 77), np.int32))),
       proj, nn.unbox(proj.init(key, np.zeros((1, 16), np.float32))))
+
+
+def test_window_masks_with_fast_attention_match_the_full_logits_path(models):
+  """The scorer reads only the CLS row of the last block's logits beside "chunked" attention; the
+  same masks built from the reference path's full T×T logits."""
+  from dinojax.data import images as image_lib
+  from dinojax.evaluators import open_vocab, talk2dino as evaluator
+  fast = dataclasses.replace(models, backbone=models.backbone.clone(attention="chunked"))
+  text = seg.class_embeddings(models, ["cat", "grass", "sky"])
+  crops = np.random.default_rng(3).random((2, 56, 56, 3)).astype(np.float32) * 255
+  ours = evaluator.window_scorer(fast, text, 56)(crops)
+  x = (crops / 255.0 - image_lib.IMAGENET_MEAN) / image_lib.IMAGENET_STD
+  out = models.backbone.apply(models.backbone_params, x, return_attention=True)
+  patches = out["x_norm_patchtokens"].reshape(2, 4, 4, -1)
+  masks = talk2dino.background_cleaning(talk2dino.patch_scores(patches, text), patches,
+                                        out["attention_logits"][:, :, 0, 5:], text, 0.2)
+  np.testing.assert_allclose(ours, open_vocab.upsample_scores(masks, (56, 56)), atol=1e-5)
 
 
 @pytest.mark.parametrize("classes", [["cat"], ["cat", "grass", "sky", "a red car", "tree"]])

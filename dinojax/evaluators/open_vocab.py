@@ -54,16 +54,31 @@ def rescale_size(height: int, width: int, short_side: int = SHORT_SIDE,
 
 def resize_image(image: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
   """Bilinear resize (H, W, C) -> (*size, C) without antialiasing, as OpenCV's INTER_LINEAR that
-  mmseg's test pipeline uses; float32 output (uint8 input is rounded back to integers as OpenCV does).
-  Two taps per output pixel, not a dense (out, in) matrix per axis, which made resizing 21 score
-  maps of a 448×597 image back ~5× slower (O(in) multiply-adds per output instead of 2)."""
-  out = image.astype(np.float32)
-  for axis in (0, 1):
-    lo, hi, frac = linear_taps(out.shape[axis], size[axis], align_corners)
-    shape = (-1, 1, 1) if axis == 0 else (1, -1, 1)
-    frac = frac.astype(np.float32).reshape(shape)
-    out = np.take(out, lo, axis) * (1 - frac) + np.take(out, hi, axis) * frac
+  mmseg's test pipeline uses; float32 output (uint8 input is rounded back to integers as OpenCV does)."""
+  out = bilinear_resize(image.astype(np.float32, copy=False), size, (0, 1), align_corners)
   return np.clip(np.round(out), 0, 255) if image.dtype == np.uint8 else out
+
+
+def bilinear_resize(x: np.ndarray, size: tuple[int, int], axes: tuple[int, int],
+                    align_corners: bool = False) -> np.ndarray:
+  """PyTorch's bilinear resize (no antialiasing) of float32 `x` along `axes` to `size`, whatever
+  the other axes hold (score maps resize as (N, H, W), without a transpose to channels-last).
+
+  Two taps per output, not a dense (out, in) matrix per axis (O(in) multiply-adds per output). Each
+  tap's gather is weighted in place: on maps this size every fresh array costs its page faults.
+  """
+  for axis, out_size in zip(axes, size):
+    lo, hi, frac = linear_taps(x.shape[axis], out_size, align_corners)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    frac = frac.astype(np.float32).reshape(shape)
+    out = np.take(x, lo, axis)
+    out *= 1 - frac
+    upper = np.take(x, hi, axis)
+    upper *= frac
+    out += upper
+    x = out
+  return x
 
 
 def window_grid(height: int, width: int, window: int = WINDOW,
@@ -102,10 +117,11 @@ class _Canvas:
     self.pending -= 1
 
   def result(self) -> np.ndarray:
-    averaged = self.sum / self.count
+    """The averaged scores resized back, (N, H, W); in place, so call it once."""
+    self.sum /= self.count
     if self.resized_size == self.original_size:
-      return averaged
-    return resize_image(averaged.transpose(1, 2, 0), self.original_size).transpose(2, 0, 1)
+      return self.sum
+    return bilinear_resize(self.sum, self.original_size, (1, 2))
 
 
 def sliding_window_scores(images: Iterable[np.ndarray], score_windows: WindowScorer, *,

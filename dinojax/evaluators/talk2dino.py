@@ -87,12 +87,16 @@ def _window_masks(backbone_params, text, crops, *, backbone, window, background_
   x = crops if (h, w) == (window, window) else jnp.moveaxis(
       open_vocab.upsample_scores(jnp.moveaxis(crops, -1, 1), (window, window), False), 1, -1)
   x = (x / 255.0 - image_lib.IMAGENET_MEAN) / image_lib.IMAGENET_STD
-  out = backbone.apply(backbone_params, x, return_attention=True)
+  out = backbone.apply(backbone_params, x, return_cls_attention=background_cleaning)
+  # A fence between the backbone and the masks: optimised across it, XLA's CPU made this function
+  # 0.13–0.21 s slower on two 448 windows of ViT-B/14 (docs/benchmarks.md), the masks alone ~6 ms.
+  tokens, cls_logits = jax.lax.optimization_barrier(
+      (out["x_norm_patchtokens"], out.get("cls_attention_logits")))
   grid = window // backbone.patch_size
-  patches = out["x_norm_patchtokens"].reshape(b, grid, grid, -1)
+  patches = tokens.reshape(b, grid, grid, -1)
   masks = talk2dino.patch_scores(patches, text)
   if background_cleaning:
-    cls_logits = out["attention_logits"][:, :, 0, 1 + backbone.num_register_tokens:]
+    cls_logits = cls_logits[:, :, 1 + backbone.num_register_tokens:]
     masks = talk2dino.background_cleaning(masks, patches, cls_logits, text, lambda_bg)
   masks = open_vocab.upsample_scores(masks, (h, w), align_corners=True)
   if pamr_iterations:
@@ -166,8 +170,8 @@ def load_models(backbone: str = "vitb14_reg", backbone_checkpoint: str | None = 
   import flax.linen as nn
   from dinojax import convert, hub
   from dinojax.models.clip_text import VARIANTS, CLIPTextEncoder
-  # Inference only, so the platform's fastest attention ("auto"); background cleaning's logits come
-  # from the reference path of the last block whatever this says.
+  # Inference only, so the platform's fastest attention ("auto"), in every block: background cleaning
+  # reads only the last block's CLS row of logits, computed on the side (`return_cls_attention`).
   vit, vit_params = hub.dinov2(backbone, checkpoint=backbone_checkpoint or None, seed=seed,
                                **{"attention": "auto", **(backbone_overrides or {})})
   key = jax.random.key(seed)

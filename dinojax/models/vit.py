@@ -131,20 +131,23 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, return_weights: bool = False):
+  def __call__(self, x: jax.Array, logits: str | None = None):
+    """Returns (output, logits): with `logits="all"` the pre-softmax scores q·k/√d (B, heads, T, T),
+    from the materialising reference path; with `"cls"` only the CLS query's row (B, heads, T),
+    beside `implementation`'s attention, so no T×T array is built (Talk2DINO reads just that row)."""
     dim = x.shape[-1]
     qkv = Linear((3, self.num_heads, dim // self.num_heads), ("embed",), (None, "heads", "kv"),
                  self.qkv_bias, self.dtype, self.param_dtype, name="qkv")(x)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    logits = None
-    if return_weights:  # the pre-softmax scores; Talk2DINO's background cleaning reads them
-      logits = attention_ops.attention_logits(q, k)
-      out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
+    if logits == "all":
+      scores = attention_ops.attention_logits(q, k)
+      out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1).astype(v.dtype), v)
     else:
       out = attention_ops.dot_product_attention(q, k, v, self.implementation)
+      scores = attention_ops.attention_logits(q[:, :1], k)[:, :, 0] if logits == "cls" else None
     out = Linear((dim,), ("heads", "kv"), ("embed",), self.proj_bias, self.dtype, self.param_dtype,
                  name="proj")(out)
-    return out, logits
+    return out, scores
 
 
 class Mlp(nn.Module):
@@ -226,12 +229,13 @@ class Block(nn.Module):
       return x + branch(x)
     return stochastic_depth_residual(x, branch, self.drop_path, self.make_rng("drop_path"))
 
-  def __call__(self, x: jax.Array, train: bool = False, return_attention: bool = False):
-    """Returns (tokens, attention logits or None); logits need `return_attention` (no drop path)."""
-    if return_attention:
-      out, logits = self.attn(self.norm1(x), return_weights=True)
+  def __call__(self, x: jax.Array, train: bool = False, logits: str | None = None):
+    """Returns (tokens, attention logits or None); `logits` ("all" or "cls", see `Attention`) needs
+    eval mode (no drop path)."""
+    if logits:
+      out, scores = self.attn(self.norm1(x), logits)
       x = x + self.ls1(out)
-      return x + self._ffn_branch(x), logits
+      return x + self._ffn_branch(x), scores
     x = self._residual(x, self._attn_branch, train)
     return self._residual(x, self._ffn_branch, train), None
 
@@ -329,23 +333,26 @@ class ViT(nn.Module):
       x = jnp.concatenate([x[:, :1], regs, x[:, 1:]], axis=1)
     return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
-  def _run_blocks(self, x, train, take=(), return_attention=False):
-    taken, logits = [], None
+  def _run_blocks(self, x, train, take=(), logits=None):
+    taken, scores = [], None
     for i, block in enumerate(self.blocks):
       last = i == len(self.blocks) - 1
-      x, logits = block(x, train, return_attention and last)
+      x, scores = block(x, train, logits if last else None)
       x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
       if i in take:
         taken.append(x)
-    return x, taken, logits
+    return x, taken, scores
 
   def __call__(self, images: jax.Array, masks: jax.Array | None = None, *, train: bool = False,
-               return_attention: bool = False) -> dict[str, jax.Array]:
+               return_attention: bool = False, return_cls_attention: bool = False) -> dict[str, jax.Array]:
     """The official `forward_features` dict; with `return_attention`, also `attention`: the last
     block's softmax weights (B, heads, T, T) over all T = 1 + registers + patches tokens, and
-    `attention_logits`, the same before the softmax (q·k/√d)."""
+    `attention_logits`, the same before the softmax (q·k/√d). With `return_cls_attention`, also
+    `cls_attention_logits` (B, heads, T): the CLS query's row of those logits, which alone costs no
+    T×T array, so the last block keeps the model's fast attention."""
     x = self.prepare_tokens(images, masks)
-    x, _, logits = self._run_blocks(x, train, return_attention=return_attention)
+    which = "all" if return_attention else "cls" if return_cls_attention else None
+    x, _, logits = self._run_blocks(x, train, logits=which)
     x_norm = self.norm(x)
     r = self.num_register_tokens
     out = {
@@ -358,6 +365,8 @@ class ViT(nn.Module):
     if return_attention:
       out["attention"] = jax.nn.softmax(logits, axis=-1)
       out["attention_logits"] = logits
+    if return_cls_attention:
+      out["cls_attention_logits"] = logits[:, :, 0] if return_attention else logits
     return out
 
   def get_intermediate_layers(self, images: jax.Array, n: int | Sequence[int] = 1,

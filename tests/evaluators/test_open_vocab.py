@@ -65,6 +65,15 @@ def test_resize_image_matches_torch_bilinear(align_corners, size):
   assert np.mean(rounded != np.round(ref)) < 0.01  # only ties at .5 may round the other way
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_bilinear_resize_of_channels_first_maps_matches_torch(align_corners):
+  maps = np.random.default_rng(1).random((3, 23, 31)).astype(np.float32)
+  ref = F.interpolate(torch.from_numpy(maps)[None], (17, 45), mode="bilinear",
+                      align_corners=align_corners)[0].numpy()
+  ours = open_vocab.bilinear_resize(maps, (17, 45), (1, 2), align_corners)
+  np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
 def test_window_grid_and_rescale_size():
   assert open_vocab.rescale_size(375, 500) == (448, 597)
   assert open_vocab.rescale_size(100, 1000) == (205, 2048)  # the long side caps the scale

@@ -85,6 +85,20 @@ def test_last_block_attention_maps():
   np.testing.assert_allclose(out["x_prenorm"], model.apply(params, x)["x_prenorm"], atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["xla", "chunked"])
+def test_cls_attention_logits_are_the_cls_row_of_the_full_logits(attention):
+  model = ViT(**TINY, num_register_tokens=4, attention=attention)
+  params, x = _init(model)
+  full = model.apply(params, x, return_attention=True)
+  cls = model.apply(params, x, return_cls_attention=True)
+  assert cls["cls_attention_logits"].shape == (2, 4, 1 + 4 + 16)
+  assert "attention_logits" not in cls
+  np.testing.assert_allclose(cls["cls_attention_logits"], full["attention_logits"][:, :, 0], atol=1e-5)
+  np.testing.assert_allclose(cls["x_prenorm"], full["x_prenorm"], atol=1e-5)
+  both = model.apply(params, x, return_attention=True, return_cls_attention=True)
+  np.testing.assert_array_equal(both["cls_attention_logits"], full["attention_logits"][:, :, 0])
+
+
 def test_bad_inputs_have_clear_errors():
   model = ViT(**TINY)
   params, _ = _init(model)
