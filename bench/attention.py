@@ -18,6 +18,7 @@ their CPU time says nothing about GPU speed.
 import argparse
 from functools import partial
 import time
+import traceback
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +78,12 @@ def main():
     for name, impl in _implementations([n for n in args.impls.split(",") if n]).items():
       fwd = jax.jit(impl)
       grads = jax.jit(lambda q, k, v, do, impl=impl: jax.vjp(impl, q, k, v)[1](do))
-      t_f, t_fb = _time(fwd, q, k, v, iters=args.iters), _time(grads, q, k, v, do, iters=args.iters)
+      try:
+        t_f, t_fb = _time(fwd, q, k, v, iters=args.iters), _time(grads, q, k, v, do, iters=args.iters)
+      except Exception as e:  # One implementation failing to compile must not hide the others' rows.
+        traceback.print_exc()
+        print(f"{t} | {name} | failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        continue
       fwd_error = _max_error([fwd(q, k, v)], [want_out])
       grad_error = _max_error(grads(q, k, v, do), want_grads)
       print(f"{t} | {name} | {1e3 * t_f:.3f} | {flops / t_f / 1e12:.2f} | {1e3 * t_fb:.3f} | "

@@ -5,6 +5,8 @@ weights, same steps, measured in the same run.
   python bench/segment.py                  # ViT-B/14-reg, 21 classes, 375×500 images, 448 protocol
   python bench/segment.py --images 16      # more images
 
+On a GPU both pipelines run there (PyTorch with TF32 matmuls, XLA's default for fp32).
+
 Both: short side 448, 448 windows at stride 224 (2 windows per image here), sigmoid-cosine masks with
 background cleaning from the last block's CLS attention logits, bilinear upsampling, averaging,
 resize back, argmax. Text embeddings (21 classes, one prompt) are computed once, outside the timing;
@@ -27,7 +29,9 @@ from dinojax.evaluators import open_vocab, talk2dino
 
 VOC = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
        "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor", "sky")
-MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+MEAN = torch.tensor([0.485, 0.456, 0.406], device=DEVICE)
+STD = torch.tensor([0.229, 0.224, 0.225], device=DEVICE)
 
 
 def reference_models(seed: int = 0):
@@ -56,14 +60,18 @@ def converted(vit, clip, psi) -> talk2dino.Talk2DINOModels:
 
 
 class TorchPipeline:
-  """The same protocol in PyTorch; the last block's q and k are hooked, as the official code does."""
+  """The same protocol in PyTorch (on the GPU when there is one); the last block's q and k are
+  hooked, as the official code does."""
 
   def __init__(self, vit, text, window=448, stride=224, lambda_bg=0.2):
+    vit, text = vit.to(DEVICE), text.to(DEVICE)
     self.vit, self.text, self.window, self.stride, self.lambda_bg = vit, text, window, stride, lambda_bg
-    attention = vit.encoder.layer[-1].attention
+    modules = dict(vit.encoder.layer[-1].attention.named_modules())
     self.hooked = {}
-    attention.q_proj.register_forward_hook(lambda m, i, o: self.hooked.__setitem__("q", o))
-    attention.k_proj.register_forward_hook(lambda m, i, o: self.hooked.__setitem__("k", o))
+    # transformers 5.2x names the projections q_proj/k_proj, earlier releases attention.query/key.
+    for name, old_name in (("q", "query"), ("k", "key")):
+      module = modules.get(f"{name}_proj", modules.get(f"attention.{old_name}"))
+      module.register_forward_hook(lambda m, i, o, name=name: self.hooked.__setitem__(name, o))
 
   def window_masks(self, crops):  # (b, 3, h, w) in [0, 255]
     b, _, h, w = crops.shape
@@ -90,17 +98,19 @@ class TorchPipeline:
   def __call__(self, image):
     h, w = image.shape[:2]
     size = open_vocab.rescale_size(h, w)
-    img = F.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size, mode="bilinear")
+    img = torch.from_numpy(image).to(DEVICE).permute(2, 0, 1)[None].float()
+    img = F.interpolate(img, size, mode="bilinear")
     img = img.round().clamp(0, 255)  # as OpenCV resizing uint8 images (and dinojax)
     boxes = open_vocab.window_grid(*size, self.window, self.stride)
     crops = torch.cat([img[:, :, y1:y2, x1:x2] for y1, x1, y2, x2 in boxes])
     masks = self.window_masks(crops)
-    preds, count = torch.zeros(masks.shape[1], *size), torch.zeros(1, *size)
+    preds = torch.zeros(masks.shape[1], *size, device=DEVICE)
+    count = torch.zeros(1, *size, device=DEVICE)
     for (y1, x1, y2, x2), m in zip(boxes, masks):
       preds[:, y1:y2, x1:x2] += m
       count[:, y1:y2, x1:x2] += 1
     preds = F.interpolate((preds / count)[None], (h, w), mode="bilinear")[0]
-    return preds.argmax(0).numpy()
+    return preds.argmax(0).cpu().numpy()
 
 
 def main():
@@ -109,7 +119,9 @@ def main():
   parser.add_argument("--height", type=int, default=375)
   parser.add_argument("--width", type=int, default=500)
   args = parser.parse_args()
-  print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), "
+  # fp32 matmuls in TF32 on both sides, as XLA does on a GPU by default.
+  torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+  print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), torch on {DEVICE}, "
         f"torch threads: {torch.get_num_threads()}")
   vit, clip, psi = reference_models()
   models = converted(vit, clip, psi)

@@ -1,12 +1,15 @@
 """DINOv2 SSL train-step throughput, model FLOPs utilisation, and multi-crop data throughput.
 
   python bench/ssl_step.py                                  # CPU: ViT-S/14, official crops, batch 2
-  python bench/ssl_step.py --config configs/dinov2_vitl14.py --batch 64 --steps 30   # one H100
+  python bench/ssl_step.py --config configs/dinov2_vitl14.py --batch 64 --steps 20 --data cached \
+      --profile_steps 3                                     # one H100/H200, with its top kernels
 
 Runs the real trainer (`dinojax.trainers.ssl.run`) for a few steps with synthetic-free real data
 (the offline digits set, resized by the crops) and reads its step times; the first steps (compile,
 warm-up) are dropped. MFU = model FLOPs (student forward+backward = 3× forward on all crops, teacher
 forward on the global crops, heads ignored) / step time / peak FLOP/s of the devices.
+`--data cached` serves the pipeline's first batch at every step, so the step time is the device's
+alone (what MFU should measure); `--data pipeline` (the default) includes waiting for the crops.
 """
 
 import argparse
@@ -22,6 +25,7 @@ from dinojax.data import sources
 from dinojax.data.multi_crop import MultiCrop
 from dinojax.models.vit import VARIANTS, ffn_hidden_dim
 from dinojax.trainers import loop, ssl
+import trace_summary  # bench/, beside this script
 
 # Dense bf16 peak per device, for MFU.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "TPU v5p": 459.0, "TPU v4": 275.0}
@@ -69,12 +73,77 @@ def data_throughput(config, seconds: float = 5.0) -> float:
   return count / (time.perf_counter() - start)
 
 
+class _FirstBatchForever:
+  """The wrapped iterator's first batch at every step (its state is the wrapped one's)."""
+
+  def __init__(self, dataset):
+    self._iterator, self._first = iter(dataset), None
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._first is None:
+      self._first = next(self._iterator)
+    return self._first
+
+  def get_state(self):
+    return self._iterator.get_state()
+
+  def set_state(self, state):
+    self._iterator.set_state(state)
+
+
+class _Profiled:
+  """The wrapped iterator, tracing the steps whose batches are its calls `start` .. `start+count-1`
+  (the loop fetches a step's batch only after the previous step's metrics are back)."""
+
+  def __init__(self, iterator, start: int, count: int, directory: str):
+    self._iterator, self._calls = iterator, 0
+    self._start, self._stop, self._directory = start, start + count, directory
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    self._calls += 1
+    if self._calls == self._start:
+      jax.profiler.start_trace(self._directory, create_perfetto_trace=True)
+    elif self._calls == self._stop:
+      jax.profiler.stop_trace()
+    return next(self._iterator)
+
+  def get_state(self):
+    return self._iterator.get_state()
+
+  def set_state(self, state):
+    self._iterator.set_state(state)
+
+
+def wrap_data(cached: bool, profile_steps: int, directory: str):
+  """Makes the trainer's multi-crop data cached and/or profiled."""
+  multi_crop_data = ssl.multi_crop_data
+
+  def wrapped(*args, **kwargs):
+    dataset, skipped, shardings = multi_crop_data(*args, **kwargs)
+    iterator = _FirstBatchForever(dataset) if cached else iter(dataset)
+    if profile_steps:
+      iterator = _Profiled(iterator, start=4, count=profile_steps, directory=directory)
+    return iterator, skipped, shardings
+
+  ssl.multi_crop_data = wrapped
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="configs/dinov2_vits14.py")
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--steps", type=int, default=6)
   parser.add_argument("--dtype", default=None, help="override model dtype (float32 on CPU by default)")
+  parser.add_argument("--data", default="pipeline", choices=["pipeline", "cached"])
+  parser.add_argument("--attention", default=None, help="override (xla on CPU, cudnn on GPU by default)")
+  parser.add_argument("--profile_steps", type=int, default=0,
+                      help="trace this many steps after 3 warm-up steps and print the top kernels")
   args = parser.parse_args()
 
   spec = importlib.util.spec_from_file_location("bench_config", args.config)
@@ -85,21 +154,26 @@ def main():
   config.batch_size = args.batch
   config.total_steps = args.steps
   config.model.dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
-  config.model.attention = "xla" if on_cpu else "cudnn"
+  config.model.attention = args.attention or ("xla" if on_cpu else "cudnn")
   config.data.update(source="digits", split="train", threads=os.cpu_count() or 2)
   config.eval.every = 0
   config.log_every = 1
   config.checkpoint.every = 10 ** 9
   config.mesh.update(data=-1, fsdp=1, model=1)
 
+  if args.profile_steps and args.steps < 3 + args.profile_steps + 1:
+    raise SystemExit(f"--profile_steps {args.profile_steps} needs --steps ≥ {4 + args.profile_steps}.")
   with tempfile.TemporaryDirectory() as workdir:
+    wrap_data(args.data == "cached", args.profile_steps, os.path.join(workdir, "trace"))
     ssl.run(config, workdir)
     times = [r["step_time_s"] for r in loop.read_metrics(workdir) if "step_time_s" in r]
+    profile = trace_summary.summarise(os.path.join(workdir, "trace")) if args.profile_steps else ""
   step_time = float(np.median(times[len(times) // 2:]))
   flops = step_flops(config)
   peak = peak_flops()
   stats = jax.local_devices()[0].memory_stats() or {}
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, backend {jax.default_backend()}")
+  print(f"data: {args.data}, attention: {config.model.attention}")
   print("model | batch | dtype | step s | img/s | TFLOP/s | MFU | peak GiB | multi-crop img/s/core")
   print(" | ".join([
       f"{config.model.variant}/{config.model.patch_size}", str(config.batch_size), config.model.dtype,
@@ -107,6 +181,8 @@ def main():
       f"{100 * flops / step_time / peak:.1f}%" if peak else "n/a",
       f"{stats['peak_bytes_in_use'] / 2**30:.1f}" if "peak_bytes_in_use" in stats else "n/a",
       f"{data_throughput(config):.1f}"]))
+  if profile:
+    print(f"\nProfile of {args.profile_steps} steps:\n{profile}")
 
 
 if __name__ == "__main__":

@@ -139,8 +139,7 @@ def caption_dataset(source, global_batch: int, image_size: int, seed: int,
 
   ds = grain.MapDataset.range(len(stream)).seed(seed).random_map(pair)
   ds = ds.batch(global_batch // process_count)[process_index::process_count]
-  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)
-  return ds.to_iter_dataset(read), skipped
+  return ds.to_iter_dataset(pipeline.read_options(num_threads)), skipped
 
 
 def caption_eval_dataset(source, batch_size: int, image_size: int,

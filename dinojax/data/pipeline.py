@@ -101,8 +101,12 @@ def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: in
   if masks:
     ds = ds.random_map(add_masks)
   ds = ds.batch(local_batch // mask_group, batch_fn=concat)[process_index::process_count]
-  read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=4)
-  return ds.to_iter_dataset(read), skipped
+  return ds.to_iter_dataset(read_options(num_threads)), skipped
+
+
+def read_options(num_threads: int) -> grain.ReadOptions:
+  # grain runs at most `prefetch_buffer_size` of its threads at once.
+  return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(4, num_threads))
 
 
 def eval_crop(image: np.ndarray, size: int) -> np.ndarray:

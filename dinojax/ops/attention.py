@@ -80,7 +80,16 @@ def _chunked(q, k, v, causal=False):
 
 
 def _cudnn(q, k, v, causal=False):
-  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+  """cuDNN's fused kernel. Its backward pass refuses odd lengths (JAX 0.11, H200), and DINOv2's
+  are odd (1 + 256 tokens, + 4 registers): those get one padded row that the key lengths mask."""
+  b, t = q.shape[:2]
+  if t % 2 == 0:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn")
+  q, k, v = (jnp.pad(x, ((0, 0), (0, 1), (0, 0), (0, 0))) for x in (q, k, v))
+  lengths = jnp.full((b,), t, jnp.int32)
+  out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, query_seq_lengths=lengths,
+                                     key_value_seq_lengths=lengths, implementation="cudnn")
+  return out[:, :t]
 
 
 def pallas_kernel(q: jax.Array):

@@ -196,10 +196,13 @@ def _dq_kernel(q_ref, do_ref, lse_ref, delta_ref, k_ref, kt_ref, vt_ref, dq_ref,
 
 def _launch(body, out_type, scratch, loads, bh, blocks, interpret, name, *args):
   """Runs `body` on a (batch·heads, blocks) grid, one warpgroup each, with `loads` barriers."""
+  # Lane semantics (explicit layouts), which JAX 0.11 no longer picks by default.
+  params = plgpu.CompilerParams(lowering_semantics=plgpu.LoweringSemantics.Lane)
   return plgpu.kernel(
       functools.partial(body, interpret=bool(interpret)), out_type=out_type,
       scratch_types=[*scratch, plgpu.Barrier(num_barriers=loads)], grid=(bh, blocks),
-      grid_names=("rows", "blocks"), interpret=interpret or None, kernel_name=name)(*args)
+      grid_names=("rows", "blocks"), compiler_params=params, interpret=interpret or None,
+      kernel_name=name)(*args)
 
 
 def _transposed(x):
