@@ -82,7 +82,7 @@ def segment_many(images: Iterable[np.ndarray | str], classes: Sequence[str], mod
   rgb = (image_lib.load_image(x) if isinstance(x, str) else image_lib.to_rgb(np.asarray(x)) for x in images)
   for scores in open_vocab.sliding_window_scores(rgb, scorer, short_side=short_side, window=window,
                                                  stride=stride, batch_size=batch_size):
-    yield open_vocab.scores_to_labels(scores, background_threshold), scores
+    yield open_vocab.scores_to_labels(scores, background_threshold), np.asarray(scores)
 
 
 def segment(image: np.ndarray | str, classes: Sequence[str], models: DinoTxtModels,

@@ -10,6 +10,7 @@ usual one compares dense patch features with text embeddings living in the same 
 (`cosine_scores`) and upsamples them (`upsample_scores`).
 """
 
+import functools
 from typing import Callable, Iterable, Iterator, Sequence
 
 import jax
@@ -59,25 +60,19 @@ def resize_image(image: np.ndarray, size: tuple[int, int], align_corners: bool =
   return np.clip(np.round(out), 0, 255) if image.dtype == np.uint8 else out
 
 
-def bilinear_resize(x: np.ndarray, size: tuple[int, int], axes: tuple[int, int],
-                    align_corners: bool = False) -> np.ndarray:
+def bilinear_resize(x, size: tuple[int, int], axes: tuple[int, int], align_corners: bool = False):
   """PyTorch's bilinear resize (no antialiasing) of float32 `x` along `axes` to `size`, whatever
-  the other axes hold (score maps resize as (N, H, W), without a transpose to channels-last).
-
-  Two taps per output, not a dense (out, in) matrix per axis (O(in) multiply-adds per output). Each
-  tap's gather is weighted in place: on maps this size every fresh array costs its page faults.
+  the other axes hold (score maps resize as (N, H, W), without a transpose to channels-last). Two
+  taps per output, not a dense (out, in) matrix per axis (O(in) multiply-adds per output). NumPy in,
+  NumPy out; a jax.Array (or a tracer) in, a jax.Array out.
   """
+  xp = jnp if isinstance(x, jax.Array) else np
   for axis, out_size in zip(axes, size):
     lo, hi, frac = linear_taps(x.shape[axis], out_size, align_corners)
     shape = [1] * x.ndim
     shape[axis] = -1
     frac = frac.astype(np.float32).reshape(shape)
-    out = np.take(x, lo, axis)
-    out *= 1 - frac
-    upper = np.take(x, hi, axis)
-    upper *= frac
-    out += upper
-    x = out
+    x = xp.take(x, lo, axis) * (1 - frac) + xp.take(x, hi, axis) * frac
   return x
 
 
@@ -101,34 +96,44 @@ def window_grid(height: int, width: int, window: int = WINDOW,
 # Sliding-window inference over many images
 # ---------------------------------------------------------------------------------------------------
 class _Canvas:
-  """One image in flight: the windows' summed scores and how many windows covered each pixel."""
+  """One image in flight: its windows' score maps, left on the device until the last one is in."""
 
   def __init__(self, original_size, resized_size, num_windows):
     self.original_size, self.resized_size = original_size, resized_size
-    self.sum, self.count = None, np.zeros(resized_size, np.float32)
-    self.pending = num_windows
+    self.windows, self.pending = [], num_windows
 
   def add(self, box, scores):
-    y1, x1, y2, x2 = box
-    if self.sum is None:
-      self.sum = np.zeros((scores.shape[0], *self.resized_size), np.float32)
-    self.sum[:, y1:y2, x1:x2] += scores
-    self.count[y1:y2, x1:x2] += 1
+    self.windows.append((box, scores))
     self.pending -= 1
 
-  def result(self) -> np.ndarray:
-    """The averaged scores resized back, (N, H, W); in place, so call it once."""
-    self.sum /= self.count
-    if self.resized_size == self.original_size:
-      return self.sum
-    return bilinear_resize(self.sum, self.original_size, (1, 2))
+  def result(self) -> jax.Array:
+    """The averaged scores resized back, (N, H, W)."""
+    boxes, scores = zip(*self.windows)
+    return _average_windows(scores, boxes=boxes, resized_size=self.resized_size,
+                            original_size=self.original_size)
+
+
+@functools.partial(jax.jit, static_argnames=("boxes", "resized_size", "original_size"))
+def _average_windows(scores, *, boxes, resized_size, original_size):
+  """mmseg's `slide_inference` tail, on the device: windows summed over the resized image, divided
+  by how many cover each pixel, resized back to the original (bilinear). Compiled per geometry."""
+  total = jnp.zeros((scores[0].shape[0], *resized_size), jnp.float32)
+  count = np.zeros(resized_size, np.float32)
+  for (y1, x1, y2, x2), window in zip(boxes, scores):
+    total = total.at[:, y1:y2, x1:x2].add(window)
+    count[y1:y2, x1:x2] += 1
+  total = total / count
+  if resized_size == original_size:
+    return total
+  return bilinear_resize(total, original_size, (1, 2))
 
 
 def sliding_window_scores(images: Iterable[np.ndarray], score_windows: WindowScorer, *,
                           short_side: int = SHORT_SIDE, long_side: int = LONG_SIDE,
                           window: int = WINDOW, stride: int = STRIDE, batch_size: int = 8,
                           sharding: jax.sharding.Sharding | None = None) -> Iterator[np.ndarray]:
-  """Yields, in order, one (N, H, W) score map per RGB image (H, W, 3) at the image's own size.
+  """Yields, in order, one (N, H, W) score map per RGB image (H, W, 3) at the image's own size, as
+  a jax.Array on the device (transferring 21 maps per image would cost a GPU more than scoring).
 
   Windows of consecutive images are scored together, `batch_size` at a time (the last batch padded,
   so `score_windows` compiles once per window shape), placed with `sharding` when given (e.g. a
@@ -145,9 +150,9 @@ def sliding_window_scores(images: Iterable[np.ndarray], score_windows: WindowSco
     batch, queues[shape] = queues[shape][:batch_size], queues[shape][batch_size:]
     crops = np.stack([c for _, _, c in batch] + [np.zeros_like(batch[0][2])] * (batch_size - len(batch)))
     crops = jax.device_put(crops, sharding) if sharding is not None else crops
-    scores = np.asarray(jax.device_get(score_windows(crops)), np.float32)
-    for (index, box, _), s in zip(batch, scores):
-      canvases[index].add(box, s)
+    scores = score_windows(crops).astype(jnp.float32)
+    for i, (index, box, _) in enumerate(batch):
+      canvases[index].add(box, scores[i])
 
   def finished():
     nonlocal next_out
@@ -180,19 +185,21 @@ def sliding_window_scores(images: Iterable[np.ndarray], score_windows: WindowSco
   yield from finished()
 
 
-def scores_to_labels(scores: np.ndarray, background_threshold: float | None = None) -> np.ndarray:
-  """(N, H, W) scores -> (H, W) int32 labels; with a threshold, pixels whose best score does not
-  exceed it are -1 (Talk2DINO's background: a constant score map ranked first, so it wins ties)."""
-  labels = scores.argmax(axis=0).astype(np.int32)
+def scores_to_labels(scores, background_threshold: float | None = None) -> np.ndarray:
+  """(N, H, W) scores (NumPy or on the device) -> (H, W) int32 labels, computed where the scores
+  are; with a threshold, pixels whose best score does not exceed it are -1 (Talk2DINO's background:
+  a constant score map ranked first, so it wins ties)."""
+  labels = jnp.argmax(scores, axis=0).astype(jnp.int32)
   if background_threshold is not None:
-    labels = np.where(scores.max(axis=0) <= background_threshold, -1, labels)
-  return labels
+    labels = jnp.where(jnp.max(scores, axis=0) <= background_threshold, -1, labels)
+  return np.asarray(labels)
 
 
-def reduce_queries(scores: np.ndarray, query_to_class: Sequence[int]) -> np.ndarray:
+def reduce_queries(scores, query_to_class: Sequence[int]) -> jax.Array:
   """(Q, H, W) scores of queries (class names and their synonyms) -> (C, H, W) scores of classes,
-  each class taking its best query at every pixel (ProxyCLIP's name files, "a; b; c" per class)."""
+  each class taking its best query at every pixel (ProxyCLIP's name files, "a; b; c" per class);
+  computed on the device."""
   query_to_class = np.asarray(query_to_class)
   if len(query_to_class) != scores.shape[0]:
     raise ValueError(f"{scores.shape[0]} score maps but {len(query_to_class)} queries.")
-  return np.stack([scores[query_to_class == c].max(axis=0) for c in range(query_to_class.max() + 1)])
+  return jnp.stack([scores[query_to_class == c].max(axis=0) for c in range(query_to_class.max() + 1)])

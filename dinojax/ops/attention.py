@@ -24,8 +24,9 @@ from dinojax.ops.flash_attention_tpu import flash_attention_tpu
 from dinojax.ops.sharding import divisible_spec
 
 IMPLEMENTATIONS = ("xla", "chunked", "cudnn", "pallas", "auto")
-# Until the GPU and TPU kernels are benchmarked against cuDNN / XLA, "auto" keeps the vendor paths.
-# On CPU the B·heads·T² scores of "xla" make it memory-bound; "chunked" is faster (docs/benchmarks.md).
+# Measured (docs/benchmarks.md): on an H200 cuDNN beats our Mosaic GPU kernels at every DINOv2
+# training length; on CPU the B·heads·T² scores of "xla" make it memory-bound and "chunked" is faster.
+# TPU keeps XLA until the Mosaic TPU kernels are timed there.
 _AUTO = {"cpu": "chunked", "gpu": "cudnn", "tpu": "xla"}
 # Scores (fp32 elements, 8 MiB) per step of "chunked": small enough for the caches of a server CPU,
 # large enough that the per-step loop overhead stays negligible.
