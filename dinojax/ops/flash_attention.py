@@ -22,9 +22,10 @@ _NEG_INF = -1e30  # finite, so fully masked rows give exp(-inf - -inf) = nan now
 _TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)
 
 
-def pad_rows(x: jax.Array, length: int) -> jax.Array:
-  """Zero-pads the sequence axis of (batch·heads, T, head_dim) rows to `length`."""
-  return jnp.pad(x, ((0, 0), (0, length - x.shape[1]), (0, 0)))
+def _pad_rows(x: jax.Array, block: int) -> jax.Array:
+  """Zero-pads axis 1 (the sequence) of rows or their statistics to a multiple of `block`."""
+  length = pl.cdiv(x.shape[1], block) * block
+  return jnp.pad(x, ((0, 0), (0, length - x.shape[1])) + ((0, 0),) * (x.ndim - 2))
 
 
 def _key_mask(start, block, seq_len):
@@ -109,10 +110,8 @@ def _specs(block: int, padded: int, head_dim: int):
   return rows, whole, stat_rows, stat_whole
 
 
-def _forward(q, k, v, block, interpret):
-  bh, seq_len, head_dim = q.shape
-  padded = pl.cdiv(seq_len, block) * block
-  q, k, v = (pad_rows(x, padded) for x in (q, k, v))
+def _forward(q, k, v, seq_len, block, interpret):
+  bh, padded, head_dim = q.shape
   rows, whole, stat_rows, _ = _specs(block, padded, head_dim)
   kernel = functools.partial(_forward_kernel, block_k=block, seq_len=seq_len,
                              scale=1.0 / math.sqrt(head_dim))
@@ -121,14 +120,11 @@ def _forward(q, k, v, block, interpret):
       out_specs=[rows, stat_rows],
       out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((bh, padded), jnp.float32)],
       interpret=interpret, compiler_params=_TRITON, name="dinojax_flash_forward")(q, k, v)
-  return o[:, :seq_len], lse
+  return o, lse
 
 
-def _backward(q, k, v, do, lse, delta, block, interpret):
-  bh, seq_len, head_dim = q.shape
-  padded = lse.shape[1]
-  q, k, v, do = (pad_rows(x, padded) for x in (q, k, v, do))
-  delta = jnp.pad(delta, ((0, 0), (0, padded - seq_len)))
+def _backward(q, k, v, do, lse, delta, seq_len, block, interpret):
+  bh, padded, head_dim = q.shape
   rows, whole, stat_rows, stat_whole = _specs(block, padded, head_dim)
   scale = 1.0 / math.sqrt(head_dim)
   grid = (bh, padded // block)
@@ -142,26 +138,36 @@ def _backward(q, k, v, do, lse, delta, block, interpret):
       in_specs=[rows, whole, whole, rows, stat_rows, stat_rows], out_specs=rows,
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
       interpret=interpret, compiler_params=_TRITON, name="dinojax_flash_dq")(q, k, v, do, lse, delta)
-  return dq[:, :seq_len], dk[:, :seq_len], dv[:, :seq_len]
+  return dq, dk, dv
 
 
 def differentiable(forward, backward):
   """Attention over (B, T, heads, head_dim) inputs from a pair of kernel launchers over
-  (batch·heads, T, head_dim) rows: `forward(q, k, v, block, interpret) -> (o, lse)` and
-  `backward(q, k, v, do, lse, delta, block, interpret) -> (dq, dk, dv)`, where Δ = rowsum(dO ∘ O)."""
+  (batch·heads, T', head_dim) rows zero-padded to T', a multiple of `block` (the kernels mask keys
+  past `seq_len`): `forward(q, k, v, seq_len, block, interpret) -> (o, lse)` and
+  `backward(q, k, v, do, lse, delta, seq_len, block, interpret) -> (dq, dk, dv)`, where
+  Δ = rowsum(dO ∘ O). Padding and slicing back are done here, once for every kernel set."""
+
+  def padded_forward(q, k, v, block, interpret):
+    seq_len = q.shape[1]
+    o, lse = forward(*(_pad_rows(x, block) for x in (q, k, v)), seq_len, block, interpret)
+    return o[:, :seq_len], lse
 
   @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
   def flash(q, k, v, block, interpret):
-    return forward(q, k, v, block, interpret)[0]
+    return padded_forward(q, k, v, block, interpret)[0]
 
   def flash_fwd(q, k, v, block, interpret):
-    o, lse = forward(q, k, v, block, interpret)
-    return o, (q, k, v, o, lse)
+    o, lse = padded_forward(q, k, v, block, interpret)
+    return o, (q, k, v, o, lse)  # unpadded, so the residuals cost no more than the inputs
 
   def flash_bwd(block, interpret, residuals, do):
     q, k, v, o, lse = residuals
+    seq_len = q.shape[1]
     delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
-    return backward(q, k, v, do, lse, delta, block, interpret)
+    grads = backward(*(_pad_rows(x, block) for x in (q, k, v, do)), lse, _pad_rows(delta, block),
+                     seq_len, block, interpret)
+    return tuple(g[:, :seq_len] for g in grads)
 
   flash.defvjp(flash_fwd, flash_bwd)
 

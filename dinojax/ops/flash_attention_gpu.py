@@ -20,7 +20,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
-from dinojax.ops.flash_attention import differentiable, pad_rows
+from dinojax.ops.flash_attention import differentiable
 
 _NEG_INF = -1e30
 BLOCK = 64  # wgmma's M: the rows of one warpgroup
@@ -209,39 +209,32 @@ def _transposed(x):
   return x.transpose(0, 2, 1)
 
 
-def _forward(q, k, v, block, interpret):
-  del block
-  bh, seq_len, head_dim = q.shape
-  padded = pl.cdiv(seq_len, BLOCK) * BLOCK
-  q, k, v = (pad_rows(x, padded) for x in (q, k, v))
+def _forward(q, k, v, seq_len, block, interpret):
+  bh, padded, head_dim = q.shape
   kernel = functools.partial(_forward_kernel, seq_len=seq_len, scale=1.0 / math.sqrt(head_dim))
-  tile = _tile((BLOCK, head_dim), q.dtype)
+  tile = _tile((block, head_dim), q.dtype)
   o, lse = _launch(
       kernel, (jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((bh, padded), jnp.float32)),
-      [tile, _tile((BLOCK, BLOCK), q.dtype), tile, plgpu.SMEM((BLOCK,), jnp.float32)], 1,
-      bh, padded // BLOCK, interpret, "dinojax_flash_forward_gpu", q, _transposed(k), v)
-  return o[:, :seq_len], lse
+      [tile, _tile((block, block), q.dtype), tile, plgpu.SMEM((block,), jnp.float32)], 1,
+      bh, padded // block, interpret, "dinojax_flash_forward_gpu", q, _transposed(k), v)
+  return o, lse
 
 
-def _backward(q, k, v, do, lse, delta, block, interpret):
-  del block
-  bh, seq_len, head_dim = q.shape
-  padded = lse.shape[1]
-  delta = jnp.pad(delta, ((0, 0), (0, padded - seq_len)))
-  q, k, v, do = (pad_rows(x, padded) for x in (q, k, v, do))
+def _backward(q, k, v, do, lse, delta, seq_len, block, interpret):
+  bh, padded, head_dim = q.shape
   scale = 1.0 / math.sqrt(head_dim)
-  tile, square = _tile((BLOCK, head_dim), q.dtype), _tile((BLOCK, BLOCK), q.dtype)
-  stat = plgpu.SMEM((BLOCK,), jnp.float32)
+  tile, square = _tile((block, head_dim), q.dtype), _tile((block, block), q.dtype)
+  stat = plgpu.SMEM((block,), jnp.float32)
   rows_of = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)
   dk, dv = _launch(
       functools.partial(_dkdv_kernel, scale=scale), (rows_of(k), rows_of(v)),
-      [tile, tile, square, tile, tile], 2, bh, padded // BLOCK, interpret, "dinojax_flash_dkdv_gpu",
+      [tile, tile, square, tile, tile], 2, bh, padded // block, interpret, "dinojax_flash_dkdv_gpu",
       q, _transposed(q), k, v, do, _transposed(do), lse, delta)
   dq = _launch(
       functools.partial(_dq_kernel, seq_len=seq_len, scale=scale), rows_of(q),
-      [tile, tile, stat, stat, square, tile], 4, bh, padded // BLOCK, interpret,
+      [tile, tile, stat, stat, square, tile], 4, bh, padded // block, interpret,
       "dinojax_flash_dq_gpu", q, do, lse, delta, k, _transposed(k), _transposed(v))
-  return dq[:, :seq_len], dk[:, :seq_len], dv[:, :seq_len]
+  return dq, dk, dv
 
 
 _flash = differentiable(_forward, _backward)

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from dinojax.ops.flash_attention import differentiable, pad_rows
+from dinojax.ops.flash_attention import differentiable
 
 _NEG_INF = -1e30  # finite: a fully masked block must not turn the running max into nan
 _LANES = 128
@@ -139,10 +139,8 @@ def _call(kernel, grid, in_specs, out_specs, out_shape, scratch, interpret, name
           dimension_semantics=("parallel", "parallel", "arbitrary")))
 
 
-def _forward(q, k, v, block, interpret):
-  bh, seq_len, head_dim = q.shape
-  padded = pl.cdiv(seq_len, block) * block
-  q, k, v = (pad_rows(x, padded) for x in (q, k, v))
+def _forward(q, k, v, seq_len, block, interpret):
+  bh, padded, head_dim = q.shape
   n = padded // block
   kernel = functools.partial(_forward_kernel, seq_len=seq_len, scale=1.0 / math.sqrt(head_dim))
   o, lse = _call(
@@ -153,14 +151,12 @@ def _forward(q, k, v, block, interpret):
       [pltpu.VMEM((block, _LANES), jnp.float32), pltpu.VMEM((block, _LANES), jnp.float32),
        pltpu.VMEM((block, head_dim), jnp.float32)],
       interpret, "dinojax_flash_forward_tpu")(q, k, v)
-  return o[:, :seq_len], lse
+  return o, lse
 
 
-def _backward(q, k, v, do, lse, delta, block, interpret):
-  bh, seq_len, head_dim = q.shape
-  padded = lse.shape[2]
-  delta = jnp.pad(delta, ((0, 0), (0, padded - seq_len)))[:, None, :]
-  q, k, v, do = (pad_rows(x, padded) for x in (q, k, v, do))
+def _backward(q, k, v, do, lse, delta, seq_len, block, interpret):
+  bh, padded, head_dim = q.shape
+  delta = delta[:, None, :]  # lane-dense, as the log-sum-exp
   n = padded // block
   scale = 1.0 / math.sqrt(head_dim)
   # dK, dV: grid (bh, key block, query block); the query block is axis 2.
@@ -180,7 +176,7 @@ def _backward(q, k, v, do, lse, delta, block, interpret):
       _rows(block, head_dim, 1), jax.ShapeDtypeStruct(q.shape, q.dtype),
       [pltpu.VMEM((block, head_dim), jnp.float32)],
       interpret, "dinojax_flash_dq_tpu")(q, k, v, do, lse, delta)
-  return dq[:, :seq_len], dk[:, :seq_len], dv[:, :seq_len]
+  return dq, dk, dv
 
 
 _flash = differentiable(_forward, _backward)
