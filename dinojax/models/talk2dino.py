@@ -29,13 +29,14 @@ class TextToPatchProjection(nn.Module):
     return x
 
 
-def head_pooled_embeddings(patch_tokens: jax.Array, attention: jax.Array,
+def head_pooled_embeddings(patch_tokens: jax.Array, cls_logits: jax.Array,
                            num_global_tokens: int) -> jax.Array:
   """One visual embedding per attention head (B, heads, D): the patch tokens (B, N, D) averaged with
-  the weights of the last block's CLS attention over the patches only (B, heads, T, T attention with
-  T = num_global_tokens + N), renormalised, as Talk2DINO's "disentangled self-attention" tokens."""
-  cls_to_patches = attention[:, :, 0, num_global_tokens:]
-  weights = cls_to_patches / cls_to_patches.sum(axis=-1, keepdims=True)
+  the weights of the last block's CLS attention over the patches only, renormalised, as Talk2DINO's
+  "disentangled self-attention" tokens. cls_logits (B, heads, T): the CLS query's row of attention
+  logits over T = num_global_tokens + N tokens (`ViT(..., return_cls_attention=True)`); its softmax
+  renormalised over the patches is the softmax over the patches alone."""
+  weights = jax.nn.softmax(cls_logits[:, :, num_global_tokens:].astype(jnp.float32), axis=-1)
   return jnp.einsum("bhn,bnd->bhd", weights, patch_tokens) / patch_tokens.shape[1]
 
 

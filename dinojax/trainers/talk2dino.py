@@ -103,8 +103,8 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   def train_step(state, frozen_params, batch):
     # Frozen towers: plain forward passes, outside the differentiated function.
-    out = backbone.apply(frozen_params["backbone"], batch["image"], return_attention=True)
-    heads = talk2dino.head_pooled_embeddings(out["x_norm_patchtokens"], out["attention"],
+    out = backbone.apply(frozen_params["backbone"], batch["image"], return_cls_attention=True)
+    heads = talk2dino.head_pooled_embeddings(out["x_norm_patchtokens"], out["cls_attention_logits"],
                                              1 + backbone.num_register_tokens)
     text = text_encoder.apply(frozen_params["text"], batch["tokens"])["text_embeds"]
     heads, text = jax.lax.stop_gradient((heads, text))

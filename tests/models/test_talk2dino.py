@@ -49,10 +49,11 @@ def test_head_pooled_embeddings_and_similarity_match_numpy():
   b, h, n, d, g = 3, 4, 6, 8, 5  # g global tokens: CLS + 4 registers
   patches = rng.normal(size=(b, n, d)).astype(np.float32)
   logits = rng.normal(size=(b, h, g + n, g + n))
+  heads = np.asarray(talk2dino.head_pooled_embeddings(patches, logits[:, :, 0].astype(np.float32), g))
+  # The official way: the CLS row of the full attention, restricted to the patches, renormalised.
   attention = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-  heads = np.asarray(talk2dino.head_pooled_embeddings(patches, attention.astype(np.float32), g))
-  cls_logits = logits[:, :, 0, g:]
-  weights = np.exp(cls_logits) / np.exp(cls_logits).sum(-1, keepdims=True)  # softmax over patches only
+  cls_to_patches = attention[:, :, 0, g:]
+  weights = cls_to_patches / cls_to_patches.sum(-1, keepdims=True)
   ref_heads = (patches[:, None] * weights[..., None]).mean(axis=2)
   np.testing.assert_allclose(heads, ref_heads, rtol=1e-5, atol=1e-6)
 
