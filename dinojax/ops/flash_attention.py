@@ -177,7 +177,9 @@ def differentiable(forward, backward):
     out = flash(to_rows(q), to_rows(k), to_rows(v), block, interpret)
     return out.reshape(b, h, t, d).transpose(0, 2, 1, 3)
 
-  return attention
+  # Jitted, so a model that calls it in every block lowers each kernel once per shape and calls it
+  # (lowering a ViT-L train step's ~100 kernel instances one by one took minutes).
+  return jax.jit(attention, static_argnums=(3, 4))
 
 
 _flash = differentiable(_forward, _backward)
