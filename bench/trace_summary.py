@@ -13,17 +13,29 @@ import json
 import os
 
 
+# Kernel-name fragments of each kind of device work (cuBLAS/CUTLASS GEMMs, cuDNN and Pallas attention).
+KINDS = {"matmul": ("gemm", "xmma", "cutlass", "nvjet", "cublas", "convolution", "dot"),
+         "attention": ("fmha", "flash", "cudnn", "attention")}
+
+
 def _device_lines(events):
-  """{(pid, tid): line name} of the lines that hold device work: GPU streams, TPU "XLA Ops"; the
-  host's lines when there is no device (CPU)."""
+  """{(pid, tid): line name} of the lines that hold device work, without double counting: GPU
+  streams (kernels), else TPU "XLA Ops", else the host's lines (CPU)."""
   processes = {e["pid"]: e["args"]["name"] for e in events
                if e.get("ph") == "M" and e.get("name") == "process_name"}
-  threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+  threads = {(e["pid"], e["tid"]): f"{processes.get(e['pid'], '')} {e['args']['name']}" for e in events
              if e.get("ph") == "M" and e.get("name") == "thread_name"}
-  device = {key: f"{processes.get(key[0], '')} {name}" for key, name in threads.items()
-            if processes.get(key[0], "").startswith("/device:")
-            and (name.startswith("Stream") or name == "XLA Ops")}
-  return device or {key: f"{processes.get(key[0], '')} {name}" for key, name in threads.items()}
+  on_device = {key: name for key, name in threads.items() if name.startswith("/device:")}
+  for wanted in (lambda line: " Stream" in line, lambda line: line.endswith(" XLA Ops")):
+    lines = {key: name for key, name in on_device.items() if wanted(name)}
+    if lines:
+      return lines
+  return threads
+
+
+def _kind(name: str) -> str:
+  lowered = name.lower()
+  return next((kind for kind, parts in KINDS.items() if any(p in lowered for p in parts)), "other")
 
 
 def summarise(directory: str, top: int = 30) -> str:
@@ -46,8 +58,13 @@ def summarise(directory: str, top: int = 30) -> str:
     count[e["name"]] += 1
     hlo.setdefault(e["name"], (e.get("args") or {}).get("hlo_op", ""))
   total = sum(by_name.values())
+  kinds = collections.Counter()
+  for name, t in by_name.items():
+    kinds[_kind(name)] += t
   out = [f"traced {wall / 1e3:.1f} ms; busy per line: " +
          ", ".join(f"{name}: {t / 1e3:.1f} ms" for name, t in busy.most_common(4)),
+         "by kind: " + ", ".join(f"{kind} {t / 1e3:.1f} ms ({100 * t / total:.0f} %)"
+                                 for kind, t in kinds.most_common()),
          "ms | % of busy | calls | kernel | hlo op"]
   for name, t in by_name.most_common(top):
     out.append(f"{t / 1e3:.2f} | {100 * t / total:.1f} | {count[name]} | {name[:90]} | {hlo[name][:40]}")
