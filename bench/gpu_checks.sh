@@ -6,7 +6,11 @@
 #   bash bench/gpu_checks.sh attention ssl          # a subset, in that order
 #   LENGTHS=257,261 IMPLS=pallas,cudnn bash bench/gpu_checks.sh attention ssl_pallas
 #
-# Wheels in .whl/ (packages the GPU image lacks: ml-collections, grain, ...) are installed first.
+# Wheels in .whl/ (packages the GPU image lacks) are installed first. The image runs Python 3.12 and
+# reaches no registry, so fetch them on a machine that does:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+#     ml-collections==1.1.0 grain==0.2.18 array-record portpicker orbax-checkpoint==0.12.8
 set -u
 out=${OUT:-/tmp/gpu_checks}
 mkdir -p "$out"
