@@ -19,6 +19,7 @@ from dinojax import checkpoint, parallel
 from dinojax.data import images as image_lib
 from dinojax.evaluators import open_vocab, zero_shot
 from dinojax.models.dinotxt import encode_image
+from dinojax.ops.resize import bilinear_resize
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -53,8 +54,7 @@ def class_embeddings(models: DinoTxtModels, classes: Sequence[str],
 @functools.partial(jax.jit, static_argnames=("backbone", "head", "window"))
 def _window_scores(backbone_params, head_params, text, crops, *, backbone, head, window):
   b, h, w, _ = crops.shape
-  x = crops if (h, w) == (window, window) else jnp.moveaxis(
-      open_vocab.upsample_scores(jnp.moveaxis(crops, -1, 1), (window, window), False), 1, -1)
+  x = crops if (h, w) == (window, window) else bilinear_resize(crops, (window, window), (1, 2))
   x = (x / 255.0 - image_lib.IMAGENET_MEAN) / image_lib.IMAGENET_STD
   patches = encode_image(backbone, backbone_params, head, head_params, x)["patch_embeds"]
   grid = window // backbone.patch_size

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinojax.ops.numerics import l2_normalize
-from dinojax.ops.resize import linear_taps
+from dinojax.ops.resize import bilinear_resize
 
 # (b, h, w, 3) float RGB in [0, 255] -> (b, N, h, w) scores, one map per class (or per query).
 WindowScorer = Callable[[jax.Array], jax.Array]
@@ -58,22 +58,6 @@ def resize_image(image: np.ndarray, size: tuple[int, int], align_corners: bool =
   mmseg's test pipeline uses; float32 output (uint8 input is rounded back to integers as OpenCV does)."""
   out = bilinear_resize(image.astype(np.float32, copy=False), size, (0, 1), align_corners)
   return np.clip(np.round(out), 0, 255) if image.dtype == np.uint8 else out
-
-
-def bilinear_resize(x, size: tuple[int, int], axes: tuple[int, int], align_corners: bool = False):
-  """PyTorch's bilinear resize (no antialiasing) of float32 `x` along `axes` to `size`, whatever
-  the other axes hold (score maps resize as (N, H, W), without a transpose to channels-last). Two
-  taps per output, not a dense (out, in) matrix per axis (O(in) multiply-adds per output). NumPy in,
-  NumPy out; a jax.Array (or a tracer) in, a jax.Array out.
-  """
-  xp = jnp if isinstance(x, jax.Array) else np
-  for axis, out_size in zip(axes, size):
-    lo, hi, frac = linear_taps(x.shape[axis], out_size, align_corners)
-    shape = [1] * x.ndim
-    shape[axis] = -1
-    frac = frac.astype(np.float32).reshape(shape)
-    x = xp.take(x, lo, axis) * (1 - frac) + xp.take(x, hi, axis) * frac
-  return x
 
 
 def window_grid(height: int, width: int, window: int = WINDOW,

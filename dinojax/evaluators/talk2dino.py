@@ -20,6 +20,7 @@ from dinojax.data.clip_tokenizer import tokenize
 from dinojax.evaluators import open_vocab
 from dinojax.models import talk2dino
 from dinojax.ops.pamr import TALK2DINO_DILATIONS, TALK2DINO_ITERATIONS, pamr as refine
+from dinojax.ops.resize import bilinear_resize
 
 # Prompt sets: the single default, and the seven ImageNet templates of Talk2DINO's evaluation configs
 # (`template: sub_imagenet_template`, a subset of CLIP's 80 ImageNet prompts).
@@ -84,8 +85,7 @@ def class_embeddings(models: Talk2DINOModels, classes: Sequence[str],
 def _window_masks(backbone_params, text, crops, *, backbone, window, background_cleaning, lambda_bg,
                   pamr_iterations, pamr_dilations):
   b, h, w, _ = crops.shape
-  x = crops if (h, w) == (window, window) else jnp.moveaxis(
-      open_vocab.upsample_scores(jnp.moveaxis(crops, -1, 1), (window, window), False), 1, -1)
+  x = crops if (h, w) == (window, window) else bilinear_resize(crops, (window, window), (1, 2))
   x = (x / 255.0 - image_lib.IMAGENET_MEAN) / image_lib.IMAGENET_STD
   out = backbone.apply(backbone_params, x, return_cls_attention=background_cleaning)
   # A fence between the backbone and the masks: optimised across it, XLA's CPU made this function

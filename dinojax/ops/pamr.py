@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dinojax.ops.resize import torch_bilinear_resize
+from dinojax.ops.resize import bilinear_resize
 
 TALK2DINO_ITERATIONS = 10
 TALK2DINO_DILATIONS = (1, 2, 4, 8, 12, 24)
@@ -54,7 +54,7 @@ def pamr(image: jax.Array, masks: jax.Array, iterations: int = TALK2DINO_ITERATI
   if masks.shape[0] != b:
     raise ValueError(f"pamr: {masks.shape[0]} masks for {b} images.")
   if masks.shape[-2:] != (h, w):
-    masks = jnp.moveaxis(torch_bilinear_resize(jnp.moveaxis(masks, 1, -1), (h, w), align_corners=True), -1, 1)
+    masks = bilinear_resize(masks, (h, w), (2, 3), align_corners=True)
   weights = pixel_affinities(image, dilations)  # (B, P, H, W)
   ring = jnp.asarray(_offsets(dilations))
 

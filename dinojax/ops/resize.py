@@ -7,6 +7,9 @@ PIL's filter (a = -0.5, support widened when shrinking, weights renormalised at 
 
 Both are separable linear maps, so each axis becomes a small (out, in) matrix built in NumPy from the
 static shapes and applied with an einsum.
+
+Bilinear (`bilinear_resize`, PyTorch's `mode="bilinear"`, for images, score maps and masks) needs only
+two taps per output, so it gathers them instead of multiplying by a mostly-zero matrix.
 """
 
 import math
@@ -99,19 +102,17 @@ def linear_taps(in_size: int, out_size: int, align_corners: bool) -> tuple[np.nd
   return lo, hi, src - lo
 
 
-def linear_weights(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
-  """The (out_size, in_size) matrix of one axis of PyTorch's bilinear interpolation."""
-  lo, hi, frac = linear_taps(in_size, out_size, align_corners)
-  weights = np.zeros((out_size, in_size), np.float64)
-  np.add.at(weights, (np.arange(out_size), lo), 1 - frac)
-  np.add.at(weights, (np.arange(out_size), hi), frac)
-  return weights
-
-
-def torch_bilinear_resize(x: jax.Array, size: tuple[int, int], align_corners: bool = False) -> jax.Array:
-  """Resizes the two spatial axes of an (..., H, W, C) array like PyTorch's bilinear `interpolate`."""
-  w_h = jnp.asarray(linear_weights(x.shape[-3], size[0], align_corners), jnp.float32)
-  w_w = jnp.asarray(linear_weights(x.shape[-2], size[1], align_corners), jnp.float32)
-  hi = jax.lax.Precision.HIGHEST
-  x = jnp.einsum("oh,...hwc->...owc", w_h, x.astype(jnp.float32), precision=hi)
-  return jnp.einsum("pw,...owc->...opc", w_w, x, precision=hi)
+def bilinear_resize(x, size: tuple[int, int], axes: tuple[int, int], align_corners: bool = False):
+  """PyTorch's bilinear `interpolate` (no antialiasing) of float `x` along `axes` to `size`, whatever
+  the other axes hold (images as (H, W, C), score maps as (N, H, W), no transposes). Two taps per
+  output, not a dense (out, in) matrix per axis (O(in) multiply-adds per output). NumPy in, NumPy
+  out; a jax.Array (or a tracer) in, a jax.Array out.
+  """
+  xp = jnp if isinstance(x, jax.Array) else np
+  for axis, out_size in zip(axes, size):
+    lo, hi, frac = linear_taps(x.shape[axis], out_size, align_corners)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    frac = frac.astype(np.float32).reshape(shape)
+    x = xp.take(x, lo, axis) * (1 - frac) + xp.take(x, hi, axis) * frac
+  return x

@@ -12,6 +12,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dinojax import parallel
 from dinojax.evaluators import open_vocab
+from dinojax.ops import resize
 
 
 def _window_contrast(crops):
@@ -71,7 +72,7 @@ def test_bilinear_resize_of_channels_first_maps_matches_torch(align_corners):
   maps = np.random.default_rng(1).random((3, 23, 31)).astype(np.float32)
   ref = F.interpolate(torch.from_numpy(maps)[None], (17, 45), mode="bilinear",
                       align_corners=align_corners)[0].numpy()
-  ours = open_vocab.bilinear_resize(maps, (17, 45), (1, 2), align_corners)
+  ours = resize.bilinear_resize(maps, (17, 45), (1, 2), align_corners)
   np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
