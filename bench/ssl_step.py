@@ -73,19 +73,14 @@ def data_throughput(config, seconds: float = 5.0) -> float:
   return count / (time.perf_counter() - start)
 
 
-class _FirstBatchForever:
-  """The wrapped iterator's first batch at every step (its state is the wrapped one's)."""
+class _Wrapped:
+  """An iterator over the wrapped one's batches, keeping its state (what checkpoints save)."""
 
-  def __init__(self, dataset):
-    self._iterator, self._first = iter(dataset), None
+  def __init__(self, iterator):
+    self._iterator = iterator
 
   def __iter__(self):
     return self
-
-  def __next__(self):
-    if self._first is None:
-      self._first = next(self._iterator)
-    return self._first
 
   def get_state(self):
     return self._iterator.get_state()
@@ -94,16 +89,26 @@ class _FirstBatchForever:
     self._iterator.set_state(state)
 
 
-class _Profiled:
+class _FirstBatchForever(_Wrapped):
+  """The wrapped iterator's first batch at every step."""
+
+  def __init__(self, iterator):
+    super().__init__(iterator)
+    self._first = None
+
+  def __next__(self):
+    if self._first is None:
+      self._first = next(self._iterator)
+    return self._first
+
+
+class _Profiled(_Wrapped):
   """The wrapped iterator, tracing the steps whose batches are its calls `start` .. `start+count-1`
   (the loop fetches a step's batch only after the previous step's metrics are back)."""
 
   def __init__(self, iterator, start: int, count: int, directory: str):
-    self._iterator, self._calls = iterator, 0
-    self._start, self._stop, self._directory = start, start + count, directory
-
-  def __iter__(self):
-    return self
+    super().__init__(iterator)
+    self._calls, self._start, self._stop, self._directory = 0, start, start + count, directory
 
   def __next__(self):
     self._calls += 1
@@ -113,12 +118,6 @@ class _Profiled:
       jax.profiler.stop_trace()
     return next(self._iterator)
 
-  def get_state(self):
-    return self._iterator.get_state()
-
-  def set_state(self, state):
-    self._iterator.set_state(state)
-
 
 def wrap_data(cached: bool, profile_steps: int, directory: str):
   """Makes the trainer's multi-crop data cached and/or profiled."""
@@ -126,7 +125,7 @@ def wrap_data(cached: bool, profile_steps: int, directory: str):
 
   def wrapped(*args, **kwargs):
     dataset, skipped, shardings = multi_crop_data(*args, **kwargs)
-    iterator = _FirstBatchForever(dataset) if cached else iter(dataset)
+    iterator = _FirstBatchForever(iter(dataset)) if cached else iter(dataset)
     if profile_steps:
       iterator = _Profiled(iterator, start=4, count=profile_steps, directory=directory)
     return iterator, skipped, shardings

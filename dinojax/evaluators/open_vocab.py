@@ -83,12 +83,15 @@ class _Canvas:
   """One image in flight: its windows' score maps, left on the device until the last one is in."""
 
   def __init__(self, original_size, resized_size, num_windows):
-    self.original_size, self.resized_size = original_size, resized_size
-    self.windows, self.pending = [], num_windows
+    self.original_size, self.resized_size, self.num_windows = original_size, resized_size, num_windows
+    self.windows = []
+
+  @property
+  def pending(self) -> int:
+    return self.num_windows - len(self.windows)
 
   def add(self, box, scores):
     self.windows.append((box, scores))
-    self.pending -= 1
 
   def result(self) -> jax.Array:
     """The averaged scores resized back, (N, H, W)."""
