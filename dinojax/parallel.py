@@ -110,6 +110,17 @@ def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
     yield
 
 
+def batch_shards() -> int:
+  """How many ways the logical `batch` axis is split under the current `activation_sharding`
+  (1 outside one): each device's share of a batch is then one of this many contiguous slices."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return 1
+  axes = dict(nn.get_logical_axis_rules()).get("batch")
+  names = (axes,) if isinstance(axes, str) else tuple(axes or ())
+  return math.prod(mesh.shape[n] for n in names)
+
+
 def sharded_fraction(tree: Any) -> float:
   """Fraction of the bytes of `tree` held by one device: 1.0 means fully replicated."""
   total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dinojax import parallel
 from dinojax.ops import attention as attention_ops
 from dinojax.ops.numerics import gelu
 from dinojax.ops.resize import torch_bicubic_resize
@@ -54,17 +55,28 @@ def layer_norm(name: str, dtype: Any, param_dtype: Any = jnp.float32,
 
 
 def stochastic_depth_residual(x: jax.Array, residual_fn: Callable[[jax.Array], jax.Array],
-                              rate: float, rng: jax.Array) -> jax.Array:
+                              rate: float, rng: jax.Array, groups: int = 1) -> jax.Array:
   """Stochastic depth that skips the dropped samples' compute (DINOv2 §5, "efficient stochastic depth").
 
-  The residual branch runs on a random subset of max(int(B·(1-rate)), 1) samples only and its output is
-  scaled by B/subset, so every sample's expected update equals the full residual.
+  The batch is cut into `groups` contiguous slices (one per device when the batch is sharded, so no
+  sample leaves its device: the official subset is per GPU too). In each slice the residual branch runs
+  on a random subset of max(int(n·(1-rate)), 1) of its n samples only, and its output is scaled by
+  n/subset, so every sample's expected update equals the full residual.
   """
   batch = x.shape[0]
-  keep = max(int(batch * (1 - rate)), 1)
-  kept = jax.random.permutation(rng, batch)[:keep]
-  residual = residual_fn(x[kept])
-  return x.at[kept].add(residual.astype(x.dtype) * (batch / keep))
+  if batch % groups:
+    raise ValueError(f"Stochastic depth: batch {batch} does not split into {groups} groups.")
+  n = batch // groups
+  keep = max(int(n * (1 - rate)), 1)
+  # Sorted, distinct indices: the gather and scatter below need no atomics.
+  kept = jax.vmap(lambda k: jnp.sort(jax.random.permutation(k, n)[:keep]))(jax.random.split(rng, groups))
+  x = x.reshape(groups, n, *x.shape[1:])
+  index = dict(indices_are_sorted=True, unique_indices=True, mode="promise_in_bounds")
+  subset = jax.vmap(lambda xs, i: xs.at[i].get(**index))(x, kept)
+  residual = residual_fn(subset.reshape(groups * keep, *x.shape[2:])).reshape(subset.shape)
+  # vmap keeps `groups` a batch dim of the gather and scatter, which the partitioner splits per device.
+  x = jax.vmap(lambda xs, i, r: xs.at[i].add(r, **index))(x, kept, residual.astype(x.dtype) * (n / keep))
+  return x.reshape(batch, *x.shape[2:])
 
 
 class PatchEmbed(nn.Module):
@@ -227,7 +239,9 @@ class Block(nn.Module):
   def _residual(self, x, branch, train):
     if not train or self.drop_path == 0.0:
       return x + branch(x)
-    return stochastic_depth_residual(x, branch, self.drop_path, self.make_rng("drop_path"))
+    groups = parallel.batch_shards()
+    return stochastic_depth_residual(x, branch, self.drop_path, self.make_rng("drop_path"),
+                                     groups if x.shape[0] % groups == 0 else 1)
 
   def __call__(self, x: jax.Array, train: bool = False, logits: str | None = None):
     """Returns (tokens, attention logits or None); `logits` ("all" or "cls", see `Attention`) needs

@@ -137,6 +137,38 @@ def test_stochastic_depth_computes_only_kept_samples():
   np.testing.assert_allclose(np.sort(changed), [0.0, 0.0] + [8 / 6] * 6, atol=1e-5)
 
 
+def test_stochastic_depth_draws_its_subset_within_each_group():
+  x = jnp.zeros((12, 3, 2))
+  out = stochastic_depth_residual(x, jnp.ones_like, 0.4, jax.random.key(0), groups=3)
+  changed = np.abs(np.asarray(out)).max(axis=(1, 2)).reshape(3, 4) > 0
+  # int(4 · 0.6) = 2 of each group's 4 samples, scaled by 4/2.
+  np.testing.assert_array_equal(changed.sum(1), [2, 2, 2])
+  np.testing.assert_allclose(np.asarray(out).max(axis=(1, 2)).reshape(3, 4)[changed], 2.0)
+  with pytest.raises(ValueError, match="does not split into 5 groups"):
+    stochastic_depth_residual(x, jnp.ones_like, 0.4, jax.random.key(0), groups=5)
+
+
+def test_sharded_stochastic_depth_keeps_samples_on_their_devices(monkeypatch):
+  """On a data-sharded batch each device drops within its own slice: the forward communicates
+  nothing, and equals the unsharded model drawing per 8 groups."""
+  from dinojax import parallel
+  model = ViT(**TINY, drop_path_rate=0.5)
+  params, _ = _init(model)
+  x = jax.random.normal(jax.random.key(1), (16, 56, 56, 3))
+  rngs = {"drop_path": jax.random.key(3)}
+  forward = jax.jit(lambda p, x: model.apply(p, x, train=True, rngs=rngs)["x_prenorm"])
+  mesh = parallel.make_mesh({"data": 8})
+  with parallel.activation_sharding(mesh, parallel.DEFAULT_RULES):
+    assert parallel.batch_shards() == 8
+    sharded = jax.device_put(x, parallel.batch_sharding(mesh, ndim=4))
+    hlo = forward.lower(params, sharded).compile().as_text()
+    out = forward(params, sharded)
+  for collective in ("all-gather(", "all-reduce(", "all-to-all(", "collective-permute("):
+    assert collective not in hlo
+  monkeypatch.setattr(parallel, "batch_shards", lambda: 8)
+  np.testing.assert_allclose(out, forward(params, x), atol=1e-5)
+
+
 def test_stochastic_depth_expected_update_is_the_full_residual():
   x = jax.random.normal(jax.random.key(0), (8, 5, 4))
   residual = lambda y: jnp.tanh(y) * 2.0
