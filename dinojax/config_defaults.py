@@ -22,7 +22,8 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
   c.dino = ml_collections.ConfigDict(dict(loss_weight=1.0, koleo_weight=0.1, student_temp=0.1))
   c.dino.head = ml_collections.ConfigDict(dict(prototypes=65536, bottleneck_dim=256, nlayers=3,
                                                hidden_dim=2048))
-  # mask_group: images whose mask ratios are stratified together (0: each host's batch).
+  # mask_group: images whose mask ratios are stratified together (0: each device's batch, as the
+  # official per-GPU collate).
   c.ibot = ml_collections.ConfigDict(dict(loss_weight=1.0, mask_probability=0.5,
                                           mask_ratio=(0.1, 0.5), mask_group=0, separate_head=False))
   c.ibot.head = ml_collections.ConfigDict(dict(prototypes=65536, bottleneck_dim=256, nlayers=3,

@@ -110,13 +110,14 @@ def activation_sharding(mesh: Mesh, rules: Rules = DEFAULT_RULES):
     yield
 
 
-def batch_shards() -> int:
-  """How many ways the logical `batch` axis is split under the current `activation_sharding`
-  (1 outside one): each device's share of a batch is then one of this many contiguous slices."""
-  mesh = jax.sharding.get_abstract_mesh()
+def batch_shards(mesh: Mesh | None = None, rules: Rules | None = None) -> int:
+  """How many ways the logical `batch` axis is split: over `mesh` by `rules`, by default those of the
+  current `activation_sharding` (1 outside one). Each device's share of a batch is then one of this
+  many contiguous slices."""
+  mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return 1
-  axes = dict(nn.get_logical_axis_rules()).get("batch")
+  axes = dict(rules if rules is not None else nn.get_logical_axis_rules()).get("batch")
   names = (axes,) if isinstance(axes, str) else tuple(axes or ())
   return math.prod(mesh.shape[n] for n in names)
 

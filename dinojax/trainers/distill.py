@@ -186,13 +186,14 @@ def run(config, workdir: str) -> dict:
     def loss_fn(params):
       # No masks, and no stochastic depth (drop_path_rate is 0), so no randomness.
       s_global = backbone.apply({"params": params["backbone"]}, global_crops)
-      s_cls = s_global["x_norm_clstoken"]
+      s_global_logits, s_patch_logits = heads(
+          params, s_global["x_norm_clstoken"], s_global["x_norm_patchtokens"].reshape(-1, backbone.embed_dim))
+      s_local_logits = None
       if n_local:
         s_local = backbone.apply({"params": params["backbone"]}, local_crops)
-        s_cls = jnp.concatenate([s_cls, s_local["x_norm_clstoken"]])
-      s_patches = s_global["x_norm_patchtokens"].reshape(-1, backbone.embed_dim)
-      s_cls_logits, s_patch_logits = heads(params, s_cls, s_patches)
-      parts = ssl.dino_koleo_losses(config, s_cls_logits, t_cls, s_global["x_norm_clstoken"])
+        s_local_logits = heads.dino_logits(params, s_local["x_norm_clstoken"])
+      parts = ssl.dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls,
+                                    s_global["x_norm_clstoken"])
       # Every patch selected: weight 1/patches per patch, so each of the 2b images counts once.
       patch_weights = jnp.full((2 * b, num_patches), 1.0 / num_patches)
       parts["loss_ibot"] = dino.ibot_loss(s_patch_logits.reshape(2 * b, num_patches, -1), t_patch,

@@ -54,13 +54,16 @@ class Heads:
       params["ibot_head"] = self.ibot.init(k_ibot, tokens)["params"]
     return params
 
+  def dino_logits(self, params: dict, cls_tokens: jax.Array) -> jax.Array:
+    return self.dino.apply({"params": params["dino_head"]}, cls_tokens)
+
+  def ibot_logits(self, params: dict, patch_tokens: jax.Array) -> jax.Array:
+    return self.ibot.apply({"params": params["ibot_head" if self.separate else "dino_head"]}, patch_tokens)
+
   def __call__(self, params: dict, cls_tokens: jax.Array, patch_tokens: jax.Array):
-    """(CLS logits, patch logits); a shared head runs once over both, as the official code."""
-    if not self.separate:
-      out = self.dino.apply({"params": params["dino_head"]}, jnp.concatenate([cls_tokens, patch_tokens]))
-      return out[:cls_tokens.shape[0]], out[cls_tokens.shape[0]:]
-    return (self.dino.apply({"params": params["dino_head"]}, cls_tokens),
-            self.ibot.apply({"params": params["ibot_head"]}, patch_tokens))
+    """(CLS logits, patch logits). A shared head runs once per token set: the official code
+    concatenates them, which here would reshuffle a sharded batch across devices for nothing."""
+    return self.dino_logits(params, cls_tokens), self.ibot_logits(params, patch_tokens)
 
 
 def build_heads(dino_config, ibot_config, separate: bool, dtype) -> Heads:
@@ -110,6 +113,35 @@ def schedules(config, step: jax.Array, ema=None) -> dict:
   }
 
 
+def mask_group(config, mesh, rules) -> int:
+  """Images whose iBOT mask ratios are stratified together and whose masked patches share one
+  buffer: `ibot.mask_group`, by default each device's share of the batch (the official collate runs
+  per GPU), so gathering masked patches never crosses devices."""
+  if config.ibot.mask_group:
+    return config.ibot.mask_group
+  shards = parallel.batch_shards(mesh, rules)
+  local_batch = config.batch_size // jax.process_count()
+  if config.batch_size % shards or local_batch % (config.batch_size // shards):
+    return local_batch  # the batch does not split evenly over the devices: group per host
+  return config.batch_size // shards
+
+
+def masked_patch_index(masks: jax.Array, groups: int, size: int) -> tuple[jax.Array, jax.Array]:
+  """Where the masked patches of (2b, P) `masks` are within each of `groups` contiguous slices of the
+  batch, padded to `size` per slice (the official `upperbound`): (index, valid), both (groups, size)."""
+  masks = masks.reshape(groups, -1)
+  index = jax.vmap(lambda m: jnp.nonzero(m, size=size, fill_value=0)[0])(masks)
+  return index, jnp.arange(size) < masks.sum(-1, keepdims=True)
+
+
+def take_masked(patches: jax.Array, index: jax.Array) -> jax.Array:
+  """The masked rows of (2b, P, ...) `patches` at `masked_patch_index`'s index: (groups·size, ...).
+  Group by group, so a batch sharded by groups keeps every row on its device."""
+  groups = index.shape[0]
+  grouped = patches.reshape(groups, -1, *patches.shape[2:])
+  return jax.vmap(lambda p, i: p[i])(grouped, index).reshape(-1, *patches.shape[2:])
+
+
 def multi_crop_data(config, mesh, rules, masks: bool = True):
   """This host's multi-crop batches (with iBOT masks unless `masks=False`), the skipped-image
   counter and the batch shardings."""
@@ -124,7 +156,7 @@ def multi_crop_data(config, mesh, rules, masks: bool = True):
   mask_args = {}
   if masks:
     mask_args = dict(mask_ratio=tuple(config.ibot.mask_ratio), mask_probability=config.ibot.mask_probability,
-                     mask_group=config.ibot.mask_group)
+                     mask_group=mask_group(config, mesh, rules))
   dataset, skipped = pipeline.ssl_dataset(
       train_source, config.batch_size, multi_crop, config.model.patch_size, config.seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -178,14 +210,14 @@ def teacher_targets(config, t_cls_logits, t_patch_logits, center: dict, temp: ja
   return t_cls, t_patch, center
 
 
-def dino_koleo_losses(config, s_cls_logits, t_cls, s_global_cls) -> dict:
+def dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls, s_global_cls) -> dict:
   """DINO loss on CLS tokens (each global view's student against the other view's teacher, every
   local view against both, normalised by the number of pairs as the official `DINOLoss`) and KoLeo
-  within each global view of the student. s_cls_logits: (2b + b·n_local, K), global crops first,
-  sample-major; t_cls: (b, 2, K) targets; s_global_cls: (2b, D) student CLS tokens."""
+  within each global view of the student. s_global_logits: (2b, K) and s_local_logits
+  (b·n_local, K), sample-major (None without local crops); t_cls: (b, 2, K) targets; s_global_cls:
+  (2b, D) student CLS tokens."""
   b, n_local = t_cls.shape[0], config.crops.local_number
   n_loss_terms = 2 * n_local + 2  # global×local pairs + the two cross-view global pairs
-  s_global_logits, s_local_logits = s_cls_logits[:2 * b], s_cls_logits[2 * b:]
   t_cls_swapped = t_cls[:, ::-1].reshape(2 * b, -1)  # view A's student learns from view B's teacher
   st = config.dino.student_temp
   parts = {"loss_dino_global": dino.dino_loss([s_global_logits], [t_cls_swapped], st) * 2 / n_loss_terms}
@@ -273,10 +305,11 @@ def run(config, workdir: str) -> dict:
   crops = config.crops
   dataset, skipped, batch_shardings = multi_crop_data(config, mesh, rules)
   num_patches = (crops.global_size // config.model.patch_size) ** 2
-  # Static size of the buffer of masked patches (the official `upperbound`) for the global batch.
-  mask_group = config.ibot.mask_group or config.batch_size // jax.process_count()
-  max_masked = config.batch_size // mask_group * masking.mask_upper_bound(
-      2 * mask_group, num_patches, config.ibot.mask_ratio, config.ibot.mask_probability)
+  # Masked patches are gathered per mask group into a static buffer (the official `upperbound`).
+  group = mask_group(config, mesh, rules)
+  mask_groups = config.batch_size // group
+  group_max_masked = masking.mask_upper_bound(2 * group, num_patches, config.ibot.mask_ratio,
+                                              config.ibot.mask_probability)
 
   # ------------------------------------------------------------------------------------------------
   # Model and optimizer
@@ -312,14 +345,13 @@ def run(config, workdir: str) -> dict:
     masks = batch["masks"].reshape(2 * b, -1)
 
     # Gather masked patches into a fixed-size buffer; padded slots are invalid and weigh nothing.
-    flat_masks = masks.reshape(-1)
-    masked_idx = jnp.nonzero(flat_masks, size=max_masked, fill_value=0)[0]
-    valid = jnp.arange(max_masked) < flat_masks.sum()
-    patch_weights = dino.masked_patch_weights(masks).reshape(-1)[masked_idx] * valid
+    masked_idx, valid = masked_patch_index(masks, mask_groups, group_max_masked)
+    valid = valid.reshape(-1)
+    patch_weights = take_masked(dino.masked_patch_weights(masks), masked_idx) * valid
 
     # Teacher: global crops, no masks, no drop path, no gradient.
     t_out = backbone.apply({"params": state["teacher"]["backbone"]}, global_crops)
-    t_patches = t_out["x_norm_patchtokens"].reshape(-1, backbone.embed_dim)[masked_idx]
+    t_patches = take_masked(t_out["x_norm_patchtokens"], masked_idx)
     t_cls_logits, t_patch_logits = heads(state["teacher"], t_out["x_norm_clstoken"], t_patches)
     t_cls, t_patch, center = teacher_targets(config, t_cls_logits, t_patch_logits, state["center"],
                                              s["teacher_temp"], valid)
@@ -330,14 +362,15 @@ def run(config, workdir: str) -> dict:
       rng_global, rng_local = jax.random.split(rng)
       s_global = backbone.apply({"params": params["backbone"]}, global_crops, masks, train=True,
                                 rngs={"drop_path": rng_global})
-      s_cls = s_global["x_norm_clstoken"]
+      s_global_logits, s_patch_logits = heads(params, s_global["x_norm_clstoken"],
+                                              take_masked(s_global["x_norm_patchtokens"], masked_idx))
+      s_local_logits = None
       if n_local:
         s_local = backbone.apply({"params": params["backbone"]}, local_crops, train=True,
                                  rngs={"drop_path": rng_local})
-        s_cls = jnp.concatenate([s_cls, s_local["x_norm_clstoken"]])
-      s_patches = s_global["x_norm_patchtokens"].reshape(-1, backbone.embed_dim)[masked_idx]
-      s_cls_logits, s_patch_logits = heads(params, s_cls, s_patches)
-      parts = dino_koleo_losses(config, s_cls_logits, t_cls, s_global["x_norm_clstoken"])
+        s_local_logits = heads.dino_logits(params, s_local["x_norm_clstoken"])
+      parts = dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls,
+                                s_global["x_norm_clstoken"])
       # Official scaling: × 2 (global crops processed together) × 1/2 (per global crop).
       parts["loss_ibot"] = dino.ibot_loss(s_patch_logits, t_patch, patch_weights, 2 * b,
                                           config.dino.student_temp)

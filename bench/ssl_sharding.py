@@ -1,0 +1,98 @@
+"""What one sharded SSL train step computes and communicates per device, from its compiled program.
+
+  python bench/ssl_sharding.py                         # ViT-S/14 official recipe, 8 fake CPU devices
+  python bench/ssl_sharding.py --devices 8 --batch 32 --mesh data=2,fsdp=4
+
+Builds the real trainer's step (`dinojax.trainers.ssl.run`, stopped before the first step), compiles
+it for the mesh and prints XLA's per-device FLOPs and bytes beside the model FLOPs per device (the
+same count as `bench/ssl_step.py`), and every collective by kind with its total bytes. A data-parallel
+step should compute ≈ its share of the model FLOPs and communicate little beyond the gradients.
+No step runs, so fake CPU devices stand in for a pod's chips.
+"""
+
+import argparse
+import collections
+import importlib.util
+import math
+import os
+import re
+import sys
+import tempfile
+
+DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1, "f64": 8,
+               "s64": 8, "u64": 8}
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def shape_bytes(text: str) -> int:
+  """Bytes of an HLO result type: `f32[8,128]{1,0}` or a tuple of them."""
+  return sum(DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(",") if d)
+             for dtype, dims in re.findall(r"\b([a-z]+\d*)\[([\d,]*)\]", text))
+
+
+def collectives(hlo: str) -> dict:
+  """{kind: (count, bytes)} over the compiled module's collective ops (async pairs counted once)."""
+  found = collections.defaultdict(lambda: [0, 0])
+  for line in hlo.splitlines():
+    match = re.match(r"\s*(?:ROOT )?%\S+ = (.+?) (" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
+    if match:
+      found[match.group(2)][0] += 1
+      found[match.group(2)][1] += shape_bytes(match.group(1))
+  return dict(found)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", default="configs/dinov2_vits14.py")
+  parser.add_argument("--devices", type=int, default=8, help="fake CPU devices (CPU backend only)")
+  parser.add_argument("--batch", type=int, default=16)
+  parser.add_argument("--mesh", default="data=-1", help="mesh sizes, e.g. data=2,fsdp=4")
+  args = parser.parse_args()
+  os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
+
+  import jax  # after XLA_FLAGS
+  from dinojax import parallel
+  from dinojax.trainers import loop, ssl
+  sys.path.insert(0, os.path.dirname(__file__))
+  from ssl_step import step_flops
+
+  spec = importlib.util.spec_from_file_location("bench_config", args.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.batch_size = args.batch
+  config.total_steps = 1
+  config.data.update(source="digits", split="train", threads=1)
+  config.eval.every = 0
+  config.mesh.update(data=1, fsdp=1, model=1)
+  config.mesh.update({k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))})
+
+  compiled = {}
+
+  def compile_first_step(config, workdir, mesh, rules, state, train_step, data_iter, batch_shardings,
+                         *unused, **unused_kw):
+    batch = loop.global_batch(next(data_iter), batch_shardings)
+    with parallel.activation_sharding(mesh, rules):
+      compiled["step"] = train_step.lower(state, batch).compile()
+    return state, {}
+
+  loop.train = compile_first_step
+  with tempfile.TemporaryDirectory() as workdir:
+    ssl.run(config, workdir)
+  step = compiled["step"]
+  cost = step.cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
+  model = step_flops(config) / jax.device_count()
+  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, mesh {args.mesh}, "
+        f"{config.model.variant}/{config.model.patch_size}, batch {config.batch_size}, "
+        f"drop_path {config.model.drop_path_rate}")
+  print("per device | compiled GFLOP | model GFLOP | compiled / model | GB accessed")
+  print(f"step | {cost['flops'] / 1e9:.2f} | {model / 1e9:.2f} | {cost['flops'] / model:.2f} | "
+        f"{cost['bytes accessed'] / 1e9:.2f}")
+  print("\ncollective | count | MB")
+  for kind, (count, size) in sorted(collectives(step.as_text()).items()):
+    print(f"{kind} | {count} | {size / 1e6:.2f}")
+
+
+if __name__ == "__main__":
+  main()

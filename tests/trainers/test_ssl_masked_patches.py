@@ -1,0 +1,64 @@
+"""Masked patches are grouped per device: the default mask group, the per-group gather, and a sharded
+step that gathers them without communicating."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dinojax import parallel
+from dinojax.trainers import ssl
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _tiny_config():
+  spec = importlib.util.spec_from_file_location("config", REPO / "configs/dinov2_vits14.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config("tiny")
+
+
+def test_default_mask_group_is_each_devices_batch():
+  config = _tiny_config()
+  config.batch_size = 32
+  rules = parallel.DEFAULT_RULES
+  assert ssl.mask_group(config, parallel.make_mesh({"data": 8}), rules) == 4
+  assert ssl.mask_group(config, parallel.make_mesh({"data": 2, "model": 4}), rules) == 16
+  config.batch_size = 12  # does not split over 8 devices: one group per host
+  assert ssl.mask_group(config, parallel.make_mesh({"data": 8}), rules) == 12
+  config.ibot.mask_group = 6
+  assert ssl.mask_group(config, parallel.make_mesh({"data": 8}), rules) == 6
+
+
+def test_masked_patches_are_gathered_group_by_group():
+  rng = np.random.default_rng(0)
+  masks = rng.random((8, 5)) < 0.4  # 2b = 8 crops of 5 patches, in 2 groups of 4 crops
+  patches = rng.normal(size=(8, 5, 3)).astype(np.float32)
+  index, valid = ssl.masked_patch_index(jnp.asarray(masks), groups=2, size=12)
+  assert index.shape == valid.shape == (2, 12)
+  gathered = np.asarray(ssl.take_masked(jnp.asarray(patches), index)).reshape(2, 12, 3)
+  for g in range(2):
+    expected = patches[4 * g:4 * g + 4][masks[4 * g:4 * g + 4]]
+    assert int(valid[g].sum()) == len(expected)
+    np.testing.assert_array_equal(gathered[g][np.asarray(valid[g])], expected)
+
+
+def test_sharded_gather_stays_on_each_device():
+  mesh = parallel.make_mesh({"data": 8})
+  masks = jax.random.bernoulli(jax.random.key(0), 0.3, (16, 6))
+  patches = jax.random.normal(jax.random.key(1), (16, 6, 4))
+
+  def masked_sum(patches, masks):
+    index, valid = ssl.masked_patch_index(masks, groups=8, size=12)
+    return jnp.sum(ssl.take_masked(patches, index) * valid.reshape(-1, 1), axis=0)
+
+  sharding = parallel.batch_sharding(mesh, ndim=2)
+  step = jax.jit(masked_sum, in_shardings=(parallel.batch_sharding(mesh, ndim=3), sharding))
+  hlo = step.lower(patches, masks).compile().as_text()
+  # Only the final sum over the batch communicates.
+  assert "all-gather(" not in hlo and "all-to-all(" not in hlo and "collective-permute(" not in hlo
+  np.testing.assert_allclose(step(patches, masks), jnp.sum(patches * masks[..., None], axis=(0, 1)),
+                             rtol=1e-5)
