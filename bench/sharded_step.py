@@ -1,13 +1,14 @@
-"""What one sharded SSL train step computes and communicates per device, from its compiled program.
+"""What one sharded train step computes and communicates per device, from its compiled program.
 
-  python bench/ssl_sharding.py                         # ViT-S/14 official recipe, 8 fake CPU devices
-  python bench/ssl_sharding.py --devices 8 --batch 32 --mesh data=2,fsdp=4
+  python bench/sharded_step.py                         # SSL, ViT-S/14 official recipe, 8 fake CPU devices
+  python bench/sharded_step.py --batch 32 --mesh data=2,fsdp=4
+  python bench/sharded_step.py --config configs/dinotxt_vitl14.py:tiny
 
-Builds the real trainer's step (`dinojax.trainers.ssl.run`, stopped before the first step), compiles
-it for the mesh and prints XLA's per-device FLOPs and bytes beside the model FLOPs per device (the
-same count as `bench/ssl_step.py`), and every collective by kind with its total bytes. A data-parallel
-step should compute ≈ its share of the model FLOPs and communicate little beyond the gradients.
-No step runs, so fake CPU devices stand in for a pod's chips.
+Builds the config's trainer (its `run`, stopped before the first step), compiles the step for the mesh
+and prints XLA's per-device FLOPs and bytes (for SSL beside each device's share of the model FLOPs,
+counted as `bench/ssl_step.py` does), and every collective by kind with its total bytes. A
+data-parallel step should compute about its share of the model FLOPs and communicate little beyond
+the gradients. No step runs, so fake CPU devices stand in for a pod's chips.
 """
 
 import argparse
@@ -52,18 +53,22 @@ def main():
 
   import jax  # after XLA_FLAGS
   from dinojax import parallel
-  from dinojax.trainers import loop, ssl
+  from dinojax.main import JOBS
+  from dinojax.trainers import loop
   sys.path.insert(0, os.path.dirname(__file__))
   from ssl_step import step_flops
 
-  spec = importlib.util.spec_from_file_location("bench_config", args.config)
+  path, _, config_arg = args.config.partition(":")
+  spec = importlib.util.spec_from_file_location("bench_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config()
+  config = module.get_config(config_arg or None)
   config.batch_size = args.batch
   config.total_steps = 1
-  config.data.update(source="digits", split="train", threads=1)
-  config.eval.every = 0
+  if config.job == "ssl":
+    config.data.update(source="digits", split="train", threads=1)
+  if "eval" in config:
+    config.eval.every = 0
   config.mesh.update(data=1, fsdp=1, model=1)
   config.mesh.update({k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))})
 
@@ -73,22 +78,23 @@ def main():
                          *unused, **unused_kw):
     batch = loop.global_batch(next(data_iter), batch_shardings)
     with parallel.activation_sharding(mesh, rules):
-      compiled["step"] = train_step.lower(state, batch).compile()
+      # Some trainers close over frozen state in a lambda around their jitted step.
+      step = train_step if hasattr(train_step, "lower") else jax.jit(train_step)
+      compiled["step"] = step.lower(state, batch).compile()
     return state, {}
 
   loop.train = compile_first_step
   with tempfile.TemporaryDirectory() as workdir:
-    ssl.run(config, workdir)
+    importlib.import_module(JOBS[config.job]).run(config, workdir)
   step = compiled["step"]
   cost = step.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
-  model = step_flops(config) / jax.device_count()
+  model = step_flops(config) / jax.device_count() if config.job == "ssl" else None
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, mesh {args.mesh}, "
-        f"{config.model.variant}/{config.model.patch_size}, batch {config.batch_size}, "
-        f"drop_path {config.model.drop_path_rate}")
+        f"config {args.config}, batch {config.batch_size}")
   print("per device | compiled GFLOP | model GFLOP | compiled / model | GB accessed")
-  print(f"step | {cost['flops'] / 1e9:.2f} | {model / 1e9:.2f} | {cost['flops'] / model:.2f} | "
-        f"{cost['bytes accessed'] / 1e9:.2f}")
+  print(" | ".join(["step", f"{cost['flops'] / 1e9:.2f}", f"{model / 1e9:.2f}" if model else "n/a",
+                    f"{cost['flops'] / model:.2f}" if model else "n/a", f"{cost['bytes accessed'] / 1e9:.2f}"]))
   print("\ncollective | count | MB")
   for kind, (count, size) in sorted(collectives(step.as_text()).items()):
     print(f"{kind} | {count} | {size / 1e6:.2f}")
