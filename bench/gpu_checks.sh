@@ -5,6 +5,7 @@
 #   bash bench/gpu_checks.sh                        # env attention ssl segment vit
 #   bash bench/gpu_checks.sh attention ssl          # a subset, in that order
 #   LENGTHS=257,261 IMPLS=pallas,cudnn bash bench/gpu_checks.sh attention ssl_pallas
+#   SSL_ARGS="--set model.drop_path_rate=0.0" bash bench/gpu_checks.sh ssl   # extra ssl_step.py args
 #
 # Wheels in .whl/ (packages the GPU image lacks) are installed first. The image runs Python 3.12 and
 # reaches no registry, so fetch them on a machine that does:
@@ -49,11 +50,11 @@ attention() {  # LENGTHS and IMPLS override the DINOv2 lengths and every impleme
 ssl() {  # the device's step time alone (--data cached); batch 32 if 64 fails (out of memory)
   local attention=${SSL_ATTENTION:-cudnn}
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 step ssl 240 python3 bench/ssl_step.py \
-    --config configs/dinov2_vitl14.py --batch 64 --steps 20 --data cached --attention "$attention" --profile_steps 3
+    --config configs/dinov2_vitl14.py --batch 64 --steps 20 --data cached --attention "$attention" --profile_steps 3 ${SSL_ARGS:-}
   local rc=$?
   if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 step ssl 160 python3 bench/ssl_step.py \
-      --config configs/dinov2_vitl14.py --batch 32 --steps 20 --data cached --attention "$attention"
+      --config configs/dinov2_vitl14.py --batch 32 --steps 20 --data cached --attention "$attention" ${SSL_ARGS:-}
   fi
 }
 

@@ -48,6 +48,7 @@ def main():
   parser.add_argument("--devices", type=int, default=8, help="fake CPU devices (CPU backend only)")
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--mesh", default="data=-1", help="mesh sizes, e.g. data=2,fsdp=4")
+  parser.add_argument("--dump", default="", help="also write the compiled HLO to this file")
   args = parser.parse_args()
   os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
 
@@ -87,6 +88,9 @@ def main():
   with tempfile.TemporaryDirectory() as workdir:
     importlib.import_module(JOBS[config.job]).run(config, workdir)
   step = compiled["step"]
+  if args.dump:
+    with open(args.dump, "w") as f:
+      f.write(step.as_text())
   cost = step.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   model = step_flops(config) / jax.device_count() if config.job == "ssl" else None
