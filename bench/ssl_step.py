@@ -26,7 +26,7 @@ import numpy as np
 
 from dinojax.data import sources
 from dinojax.data.multi_crop import MultiCrop
-from dinojax.models.vit import VARIANTS, ffn_hidden_dim
+from dinojax.models.vit import VARIANTS, drop_path_rates, ffn_hidden_dim, stochastic_depth_keep
 from dinojax.trainers import loop, ssl
 import trace_summary  # bench/, beside this script
 
@@ -43,15 +43,12 @@ def vit_forward_flops(dim: int, depth: int, mlp_hidden: int, ffn: str, tokens: i
   return block_share * depth * per_block + 2 * tokens * patch * patch * 3 * dim
 
 
-def kept_share(config, crops_per_device: int) -> float:
-  """Mean share of a device's `crops_per_device` samples that stochastic depth computes per branch
-  (max(int(n·(1-rate)), 1) of n, `vit.stochastic_depth_residual`), over the blocks' rates."""
-  m = config.model
-  depth = {**VARIANTS.get(m.variant, {}), **({"depth": m.depth} if "depth" in m else {})}["depth"]
-  rate = m.get("drop_path_rate", 0.0)
-  rates = [rate] * depth if m.get("drop_path_uniform", False) else np.linspace(0, rate, depth)
-  n = crops_per_device
-  return float(np.mean([max(int(n * (1 - r)), 1) / n if r else 1.0 for r in rates]))
+def kept_share(config, depth: int, crops_per_device: int) -> float:
+  """Mean share of a device's `crops_per_device` samples that stochastic depth computes per branch,
+  over the blocks' rates (as `vit.ViT` draws them)."""
+  m, n = config.model, crops_per_device
+  rates = drop_path_rates(m.get("drop_path_rate", 0.0), depth, m.get("drop_path_uniform", False))
+  return float(np.mean([stochastic_depth_keep(n, r) / n for r in rates]))
 
 
 def step_flops(config, executed: bool = True) -> float:
@@ -67,7 +64,7 @@ def step_flops(config, executed: bool = True) -> float:
   per_device = config.batch_size // jax.device_count()
 
   def flops(size, crops_per_image=None):
-    share = kept_share(config, crops_per_image * per_device) if executed and crops_per_image else 1.0
+    share = kept_share(config, depth, crops_per_image * per_device) if executed and crops_per_image else 1.0
     return vit_forward_flops(dim, depth, hidden, m.ffn, (size // m.patch_size) ** 2 + extra, m.patch_size,
                              share)
 

@@ -54,6 +54,16 @@ def layer_norm(name: str, dtype: Any, param_dtype: Any = jnp.float32,
       scale_init=with_axes(nn.initializers.ones, "norm"), bias_init=with_axes(nn.initializers.zeros, "norm"))
 
 
+def drop_path_rates(rate: float, depth: int, uniform: bool) -> list[float]:
+  """Each block's stochastic-depth rate: `rate` for all, or rising linearly from 0 (official)."""
+  return [rate] * depth if uniform else np.linspace(0, rate, depth).tolist()
+
+
+def stochastic_depth_keep(n: int, rate: float) -> int:
+  """How many of n samples a residual branch computes under stochastic depth at `rate`."""
+  return max(int(n * (1 - rate)), 1)
+
+
 def stochastic_depth_residual(x: jax.Array, residual_fn: Callable[[jax.Array], jax.Array],
                               rate: float, rng: jax.Array, groups: int = 1) -> jax.Array:
   """Stochastic depth that skips the dropped samples' compute (DINOv2 §5, "efficient stochastic depth").
@@ -67,7 +77,7 @@ def stochastic_depth_residual(x: jax.Array, residual_fn: Callable[[jax.Array], j
   if batch % groups:
     raise ValueError(f"Stochastic depth: batch {batch} does not split into {groups} groups.")
   n = batch // groups
-  keep = max(int(n * (1 - rate)), 1)
+  keep = stochastic_depth_keep(n, rate)
   # Sorted, distinct indices: the gather and scatter below need no atomics.
   kept = jax.vmap(lambda k: jnp.sort(jax.random.permutation(k, n)[:keep]))(jax.random.split(rng, groups))
   x = x.reshape(groups, n, *x.shape[1:])
@@ -301,10 +311,7 @@ class ViT(nn.Module):
           (1, self.num_register_tokens, d), self.param_dtype)
     self.mask_token = self.param("mask_token", with_axes(nn.initializers.zeros, None, "embed"), (1, d),
                                  self.param_dtype)
-    if self.drop_path_uniform:
-      rates = [self.drop_path_rate] * self.depth
-    else:
-      rates = np.linspace(0, self.drop_path_rate, self.depth).tolist()
+    rates = drop_path_rates(self.drop_path_rate, self.depth, self.drop_path_uniform)
     block_cls = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block
     self.blocks = [
         block_cls(self.num_heads, ffn_hidden_dim(d, self.mlp_ratio, self.ffn), self.ffn, self.qkv_bias,
