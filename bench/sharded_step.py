@@ -13,7 +13,7 @@ the gradients. No step runs, so fake CPU devices stand in for a pod's chips.
 
 import argparse
 import collections
-import importlib.util
+import importlib
 import math
 import os
 import re
@@ -44,7 +44,8 @@ def collectives(hlo: str) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default="configs/dinov2_vits14.py")
+  parser.add_argument("--config", default="configs/dinov2_vits14.py",
+                      help="config file[:arg], as dinojax.main's --config")
   parser.add_argument("--devices", type=int, default=8, help="fake CPU devices (CPU backend only)")
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--mesh", default="data=-1", help="mesh sizes, e.g. data=2,fsdp=4")
@@ -53,17 +54,13 @@ def main():
   os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
 
   import jax  # after XLA_FLAGS
-  from dinojax import parallel
+  from dinojax import config_args, parallel
   from dinojax.main import JOBS
   from dinojax.trainers import loop
   sys.path.insert(0, os.path.dirname(__file__))
   from ssl_step import step_flops
 
-  path, _, config_arg = args.config.partition(":")
-  spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(config_arg or None)
+  config = config_args.load_config(args.config)
   config.batch_size = args.batch
   config.total_steps = 1
   if config.job == "ssl":

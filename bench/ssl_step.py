@@ -16,7 +16,6 @@ alone (what MFU should measure); `--data pipeline` (the default) includes waitin
 
 import argparse
 import ast
-import importlib.util
 import os
 import tempfile
 import time
@@ -24,6 +23,7 @@ import time
 import jax
 import numpy as np
 
+from dinojax import config_args
 from dinojax.data import sources
 from dinojax.data.multi_crop import MultiCrop
 from dinojax.models.vit import VARIANTS, drop_path_rates, ffn_hidden_dim, stochastic_depth_keep
@@ -156,7 +156,8 @@ def wrap_data(cached: bool, profile_steps: int, directory: str):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", default="configs/dinov2_vits14.py")
+  parser.add_argument("--config", default="configs/dinov2_vits14.py",
+                      help="config file[:arg], as dinojax.main's --config")
   parser.add_argument("--batch", type=int, default=2)
   parser.add_argument("--steps", type=int, default=6)
   parser.add_argument("--dtype", default=None, help="override model dtype (float32 on CPU by default)")
@@ -168,10 +169,7 @@ def main():
                       help="config override, e.g. --set model.drop_path_rate=0.0 (value a Python literal)")
   args = parser.parse_args()
 
-  spec = importlib.util.spec_from_file_location("bench_config", args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_args.load_config(args.config)
   on_cpu = jax.default_backend() == "cpu"
   config.batch_size = args.batch
   config.total_steps = args.steps

@@ -10,23 +10,20 @@ dropped. Both steps run on the same machine in the same process.
 """
 
 import argparse
-import importlib.util
 import os
 import tempfile
 
 import jax
 import numpy as np
 
+from dinojax import config_args
 from dinojax.trainers import dinotxt, loop
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "dinotxt_vitl14.py")
 
 
 def load_config(arg=None):
-  spec = importlib.util.spec_from_file_location("dinotxt_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_args.load_config(CONFIG + (f":{arg}" if arg else ""))
 
 
 def sized_config(size: str, batch: int, on_cpu: bool):

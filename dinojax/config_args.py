@@ -1,6 +1,10 @@
-"""Parsing of a config file's string argument: `configs/x.py:vitb14_reg,depth=4,tiny`."""
+"""Config files: parsing their string argument (`configs/x.py:vitb14_reg,depth=4,tiny`), and loading
+one outside the command line."""
 
 import ast
+import importlib.util
+import os
+import pathlib
 
 import ml_collections
 
@@ -28,3 +32,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     except (ValueError, SyntaxError):
       out[key] = value.strip()
   return ml_collections.ConfigDict(out)
+
+
+def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config `spec` names, as `--config` reads it: `path/to/config.py` or `path/to/config.py:arg`,
+  whose module's `get_config(arg)` (or `get_config()` without an argument) makes it. For benches,
+  tests and notebooks that build a job's config without its command line."""
+  path, sep, arg = str(spec).partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"No config file {path!r} (from {str(spec)!r}).")
+  module_spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if sep else module.get_config()

@@ -1,13 +1,12 @@
 """Every config file loads, names a known job, and describes a model that builds at full size."""
 
-import importlib.util
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from dinojax import main
+from dinojax import config_args, main
 from dinojax.trainers import ssl
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
@@ -19,10 +18,7 @@ VARIANTS = {"dinov2_vitl14.py": [None, "high_res"], "dinov2_vits14.py": [None, "
 
 
 def load(path, arg):
-  spec = importlib.util.spec_from_file_location(path.stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_args.load_config(path if arg is None else f"{path}:{arg}")
 
 
 @pytest.mark.parametrize("path,arg", [(p, a) for p in CONFIGS for a in VARIANTS.get(p.name, [None])],
@@ -49,3 +45,10 @@ def test_official_backbones_have_the_published_size(name, params_millions):
 def test_bad_variant_argument_is_named():
   with pytest.raises(ValueError, match="Unknown config argument 'tiyn'"):
     load(CONFIGS[[p.name for p in CONFIGS].index("dinov2_vits14.py")], "tiyn")
+
+
+def test_load_config_passes_the_argument_and_names_a_missing_file(tmp_path):
+  path = CONFIGS[[p.name for p in CONFIGS].index("dinov2_vits14.py")]
+  assert (load(path, "tiny").model.variant, load(path, None).model.variant) == (None, "vit_small")
+  with pytest.raises(FileNotFoundError, match="no_such_config.py"):
+    config_args.load_config(tmp_path / "no_such_config.py:tiny")

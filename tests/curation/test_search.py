@@ -1,22 +1,19 @@
 """Exact search against NumPy; ScaNN's recall against exact search on a clustered 100k × 384 set;
 block-wise results merge to the global top-k; dimension mismatches are clear errors."""
 
-import importlib.util
 import pathlib
 
 import numpy as np
 import pytest
 
+from dinojax import config_args
 from dinojax.curation import search
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def tiny_config():
-  spec = importlib.util.spec_from_file_location("curate_tiny", REPO / "configs/curate_tiny.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_args.load_config(REPO / "configs/curate_tiny.py")
 
 
 def normalized(x):

@@ -35,14 +35,10 @@ def test_image_embedding_concatenates_cls_and_mean_patch(embed_dim):
 
 
 def test_the_vitl14_recipe_builds_2048_d_image_and_text_embeddings():
-  import importlib.util
   import pathlib
+  from dinojax import config_args
   from dinojax.trainers import dinotxt as trainer
-  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "dinotxt_vitl14.py"
-  spec = importlib.util.spec_from_file_location("dinotxt_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = config_args.load_config(pathlib.Path(__file__).resolve().parents[2] / "configs/dinotxt_vitl14.py")
   tokenizer = trainer.build_tokenizer(config, "", train_source=None)
   backbone = trainer.build_backbone(config)
   head, text = trainer.build_models(config, backbone, tokenizer)

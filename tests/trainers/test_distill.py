@@ -4,7 +4,6 @@ the student's loss falls, a killed run resumes exactly, and 8 devices give the 1
 
 import copy
 import functools
-import importlib.util
 import os
 import pathlib
 import re
@@ -24,7 +23,7 @@ import orbax.checkpoint as ocp
 import pytest
 import torch
 
-from dinojax import checkpoint, convert, parallel
+from dinojax import checkpoint, config_args, convert, parallel
 from dinojax.trainers import distill, loop, ssl
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -35,10 +34,7 @@ SMALL = {"model.depth": 2, "teacher.model.depth": 2, "batch_size": 16, "eval.bat
 
 
 def load_config(arg="tiny", **overrides):
-  spec = importlib.util.spec_from_file_location("distill_config", CONFIG_FILE)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = config_args.load_config(CONFIG_FILE if arg is None else f"{CONFIG_FILE}:{arg}")
   for key, value in overrides.items():
     *parents, leaf = key.split(".")
     node = config
@@ -249,10 +245,8 @@ def test_default_config_builds_vits14_and_the_vitg14_teacher_at_full_size():
 
 def test_tiny_teacher_is_the_tiny_ssl_model():
   # So that `--config.teacher.workdir=workdir/ssl_tiny` (the README's SSL run) loads as the teacher.
-  spec = importlib.util.spec_from_file_location("ssl_config", REPO / "configs/dinov2_vits14.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  ssl_config, config = module.get_config("tiny"), load_config("tiny")
+  ssl_config = config_args.load_config(f"{REPO}/configs/dinov2_vits14.py:tiny")
+  config = load_config("tiny")
 
   def shapes(model, dino_head, ibot_head, separate):
     backbone = ssl.build_backbone(model)

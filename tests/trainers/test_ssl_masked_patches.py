@@ -1,24 +1,20 @@
 """Masked patches are grouped per device: the default mask group, the per-group gather, and a sharded
 step that gathers them without communicating."""
 
-import importlib.util
 import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dinojax import parallel
+from dinojax import config_args, parallel
 from dinojax.trainers import ssl
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _tiny_config():
-  spec = importlib.util.spec_from_file_location("config", REPO / "configs/dinov2_vits14.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("tiny")
+  return config_args.load_config(f"{REPO}/configs/dinov2_vits14.py:tiny")
 
 
 def test_default_mask_group_is_each_devices_batch():
