@@ -42,15 +42,46 @@ def collectives(hlo: str) -> dict:
   return dict(found)
 
 
+def compile_for_tpu(devices, cpu_mesh, rules, train_step, state, batch):
+  """The step the trainer built for `cpu_mesh`, compiled for TPU `devices` laid out the same way:
+  every input becomes an abstract array with its sharding's spec on the TPU mesh (nothing is
+  placed), and the model's platform choices (attention) are made for TPU."""
+  from unittest import mock
+  import jax
+  import numpy as np
+  from jax.sharding import Mesh, NamedSharding
+  from dinojax import parallel
+  mesh = Mesh(np.asarray(devices).reshape(cpu_mesh.devices.shape), cpu_mesh.axis_names,
+              axis_types=cpu_mesh.axis_types)
+  on_tpu = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, x.sharding.spec))
+  sharding = lambda x: NamedSharding(mesh, x.sharding.spec)
+  step = getattr(train_step, "__wrapped__", train_step)
+  step = jax.jit(step, in_shardings=jax.tree.map(sharding, (state, batch)),
+                 out_shardings=(jax.tree.map(sharding, state), None), donate_argnums=0)
+  # Tracing runs in this CPU process; `attention="auto"`/"pallas" pick by the default backend.
+  with mock.patch.object(jax, "default_backend", lambda: "tpu"), parallel.activation_sharding(mesh, rules):
+    return step.lower(*jax.tree.map(on_tpu, (state, batch))).compile()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", default="configs/dinov2_vits14.py",
                       help="config file[:arg], as dinojax.main's --config")
   parser.add_argument("--devices", type=int, default=8, help="fake CPU devices (CPU backend only)")
+  parser.add_argument("--topology", default="",
+                      help="compile for this TPU slice instead, e.g. v5p:2x2x1 (needs libtpu, no TPU)")
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--mesh", default="data=-1", help="mesh sizes, e.g. data=2,fsdp=4")
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="config override, e.g. --set model.attention=pallas")
   parser.add_argument("--dump", default="", help="also write the compiled HLO to this file")
   args = parser.parse_args()
+  tpu = None
+  if args.topology:
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from jax.experimental import topologies
+    tpu = topologies.get_topology_desc(platform="tpu", topology_name=args.topology)
+    args.devices = len(tpu.devices)
   os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
 
   import jax  # after XLA_FLAGS
@@ -69,12 +100,16 @@ def main():
     config.eval.every = 0
   config.mesh.update(data=1, fsdp=1, model=1)
   config.mesh.update({k: int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))})
+  config_args.override(config, config_args.parse_overrides(args.set))
 
   compiled = {}
 
   def compile_first_step(config, workdir, mesh, rules, state, train_step, data_iter, batch_shardings,
                          *unused, **unused_kw):
     batch = loop.global_batch(next(data_iter), batch_shardings)
+    if tpu is not None:
+      compiled["step"] = compile_for_tpu(tpu.devices, mesh, rules, train_step, state, batch)
+      return state, {}
     with parallel.activation_sharding(mesh, rules):
       # Some trainers close over frozen state in a lambda around their jitted step.
       step = train_step if hasattr(train_step, "lower") else jax.jit(train_step)
@@ -91,11 +126,17 @@ def main():
   cost = step.cost_analysis()
   cost = cost[0] if isinstance(cost, list) else cost
   model = step_flops(config) / jax.device_count() if config.job == "ssl" else None
-  print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}, mesh {args.mesh}, "
-        f"config {args.config}, batch {config.batch_size}")
-  print("per device | compiled GFLOP | model GFLOP | compiled / model | GB accessed")
+  device = tpu.devices[0] if tpu is not None else jax.devices()[0]
+  print(f"device: {device.device_kind} x{jax.device_count()}, mesh {args.mesh}, config {args.config}, "
+        f"batch {config.batch_size}, attention {config.model.get('attention', 'n/a')}")
+  print("per device | compiled GFLOP | model GFLOP | compiled / model | GB accessed | peak GiB")
+  memory = step.memory_analysis()
+  # Live at once: arguments (donated state reused for the outputs) + temporaries.
+  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+          + memory.temp_size_in_bytes) / 2**30 if memory else float("nan")
   print(" | ".join(["step", f"{cost['flops'] / 1e9:.2f}", f"{model / 1e9:.2f}" if model else "n/a",
-                    f"{cost['flops'] / model:.2f}" if model else "n/a", f"{cost['bytes accessed'] / 1e9:.2f}"]))
+                    f"{cost['flops'] / model:.2f}" if model else "n/a", f"{cost['bytes accessed'] / 1e9:.2f}",
+                    f"{peak:.2f}"]))
   print("\ncollective | count | MB")
   for kind, (count, size) in sorted(collectives(step.as_text()).items()):
     print(f"{kind} | {count} | {size / 1e6:.2f}")

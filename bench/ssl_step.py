@@ -15,7 +15,6 @@ alone (what MFU should measure); `--data pipeline` (the default) includes waitin
 """
 
 import argparse
-import ast
 import os
 import tempfile
 import time
@@ -166,7 +165,7 @@ def main():
   parser.add_argument("--profile_steps", type=int, default=0,
                       help="trace this many steps after 3 warm-up steps and print the top kernels")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                      help="config override, e.g. --set model.drop_path_rate=0.0 (value a Python literal)")
+                      help="config override, e.g. --set model.drop_path_rate=0.0 (a Python literal, else a string)")
   args = parser.parse_args()
 
   config = config_args.load_config(args.config)
@@ -180,15 +179,7 @@ def main():
   config.log_every = 1
   config.checkpoint.every = 10 ** 9
   config.mesh.update(data=-1, fsdp=1, model=1)
-  for item in args.set:
-    key, _, value = item.partition("=")
-    *parents, leaf = key.split(".")
-    node = config
-    for name in parents:
-      node = node[name]
-    if leaf not in node:
-      raise SystemExit(f"--set {item}: the config has no {key}.")
-    node[leaf] = ast.literal_eval(value)
+  config_args.override(config, config_args.parse_overrides(args.set))
 
   if args.profile_steps and args.steps < 3 + args.profile_steps + 1:
     raise SystemExit(f"--profile_steps {args.profile_steps} needs --steps ≥ {4 + args.profile_steps}.")

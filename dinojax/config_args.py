@@ -27,11 +27,43 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       key, value = first, item
     if key not in defaults:
       raise ValueError(f"Unknown config argument {key!r}; known: {sorted(defaults)}.")
-    try:
-      out[key] = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError):
-      out[key] = value.strip()
+    out[key] = literal(value)
   return ml_collections.ConfigDict(out)
+
+
+def literal(value: str):
+  """A command-line value as a Python literal (`0.1`, `(1, 2)`, `True`), else the string itself."""
+  try:
+    return ast.literal_eval(value.strip())
+  except (ValueError, SyntaxError):
+    return value.strip()
+
+
+def parse_overrides(items: list[str]) -> dict:
+  """Command-line `KEY=VALUE` items (`model.attention=pallas`) as {key: literal value}."""
+  pairs = [item.partition("=") for item in items]
+  bad = [item for item, (_, sep, _) in zip(items, pairs) if not sep]
+  if bad:
+    raise ValueError(f"Config overrides must be KEY=VALUE, got {bad}.")
+  return {key.strip(): literal(value) for key, _, value in pairs}
+
+
+def override(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """Sets dotted keys (`{"model.drop_path_rate": 0.0}`) as `--config.model.drop_path_rate=0.0` does;
+  a key the config does not have is an error, not a new entry."""
+  for key, value in values.items():
+    *parents, leaf = key.split(".")
+    node = config
+    try:
+      for name in parents:
+        node = node[name]
+      known = leaf in node
+    except (KeyError, TypeError):  # a missing parent, or a parent that is a value
+      known = False
+    if not known:
+      raise KeyError(f"The config has no {key!r}.")
+    node[leaf] = value
+  return config
 
 
 def load_config(spec: str | os.PathLike) -> ml_collections.ConfigDict:

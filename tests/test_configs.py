@@ -52,3 +52,17 @@ def test_load_config_passes_the_argument_and_names_a_missing_file(tmp_path):
   assert (load(path, "tiny").model.variant, load(path, None).model.variant) == (None, "vit_small")
   with pytest.raises(FileNotFoundError, match="no_such_config.py"):
     config_args.load_config(tmp_path / "no_such_config.py:tiny")
+
+
+def test_overrides_set_dotted_keys_and_name_unknown_ones():
+  config = load(CONFIGS[[p.name for p in CONFIGS].index("dinov2_vits14.py")], "tiny")
+  values = config_args.parse_overrides(["model.attention=pallas", "model.drop_path_rate=0.2",
+                                        "crops.local_scale=(0.1, 0.5)"])
+  assert values == {"model.attention": "pallas", "model.drop_path_rate": 0.2, "crops.local_scale": (0.1, 0.5)}
+  config_args.override(config, values)
+  assert (config.model.attention, config.model.drop_path_rate) == ("pallas", 0.2)
+  for typo in ("model.drop_path", "modle.depth", "model.depth.x"):
+    with pytest.raises(KeyError, match=typo):
+      config_args.override(config, {typo: 1})
+  with pytest.raises(ValueError, match="KEY=VALUE"):
+    config_args.parse_overrides(["model.depth"])

@@ -35,13 +35,7 @@ SMALL = {"model.depth": 2, "teacher.model.depth": 2, "batch_size": 16, "eval.bat
 
 def load_config(arg="tiny", **overrides):
   config = config_args.load_config(CONFIG_FILE if arg is None else f"{CONFIG_FILE}:{arg}")
-  for key, value in overrides.items():
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return config
+  return config_args.override(config, overrides)
 
 
 # ---------------------------------------------------------------------------------------------------
