@@ -8,6 +8,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 # Parameters whose path contains one of these get no weight decay (official: biases, norms, LayerScale).
 NO_WEIGHT_DECAY = ("bias", "norm", "gamma")
@@ -76,6 +77,17 @@ def adamw(lr: jax.Array, weight_decay: jax.Array, last_layer_lr: jax.Array, lr_m
         (u + weight_decay * m_wd * p), updates, params, lr_mult, wd_mult, is_last_layer)
 
   return optax.chain(optax.scale_by_adam(b1, b2, eps=1e-8), optax.stateless(scale))
+
+
+def sharded_init(tx: optax.GradientTransformation, params: Any, param_shardings: Any) -> Any:
+  """`tx.init(params)` with every param-shaped part (Adam's moments) sharded as its parameter and the
+  rest (step counts) replicated. Under `jax.jit` alone the zeros optax makes come out replicated, so
+  FSDP would keep a full copy of the moments on every device."""
+  state = tx.init(params)
+  mesh = jax.tree.leaves(param_shardings)[0].mesh
+  shardings = optax.tree_map_params(tx, lambda _, sharding: sharding, state, param_shardings,
+                                    transform_non_params=lambda _: NamedSharding(mesh, P()))
+  return jax.lax.with_sharding_constraint(state, shardings)
 
 
 def clip_by_module_norm(grads: dict, max_norm: float) -> tuple[dict, dict]:

@@ -25,7 +25,8 @@ class DINOHead(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     nlayers = max(self.nlayers, 1)
     widths = [self.hidden_dim] * (nlayers - 1) + [self.bottleneck_dim]
-    names = [("embed", "mlp")] + [(None, "mlp")] * (nlayers - 2) + [("mlp", None)]
+    # "embed" (FSDP's axis) on every kernel's non-"mlp" side, so FSDP shards the heads as well.
+    names = [("embed", "mlp")] * (nlayers - 1) + [("mlp", "embed")]
     if nlayers == 1:
       names = [("embed", None)]
     for i, (width, (n_in, n_out)) in enumerate(zip(widths, names)):
@@ -37,7 +38,7 @@ class DINOHead(nn.Module):
     x = l2_normalize(x)
     # PyTorch's default Linear init for v (the official head re-initialises only the MLP).
     v = self.param("last_layer_v", with_axes(nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
-                                         None, "vocab"),
+                                         "embed", "vocab"),
                    (self.bottleneck_dim, self.out_dim), self.param_dtype)
     g = self.param("last_layer_g", with_axes(nn.initializers.ones, "vocab"), (self.out_dim,),
                    self.param_dtype)

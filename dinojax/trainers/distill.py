@@ -147,14 +147,15 @@ def run(config, workdir: str) -> dict:
   heads = ssl.build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
   check_compatible(config, backbone, heads, t_backbone, t_heads)
   init = ssl.model_init(backbone, heads, crops.global_size)
-  params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
+  params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
   make_tx = ssl.make_optimizer(config, params, backbone.depth)
 
   # ------------------------------------------------------------------------------------------------
   # Sharded init of the whole state (the teacher is not part of it)
   # ------------------------------------------------------------------------------------------------
   # The spare EMA starts as the student.
-  state = jax.jit(functools.partial(ssl.init_state, config, make_tx, ema_key="ema"))(params)
+  state = jax.jit(functools.partial(ssl.init_state, config, make_tx, param_shardings=param_shardings,
+                                    ema_key="ema"))(params)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher)
   logging.info("Params: %.2fM (student), %.1f%% of bytes on one device",

@@ -242,13 +242,13 @@ def target_entropy(t_cls: jax.Array) -> jax.Array:
   return -jnp.sum(t_cls * jnp.log(t_cls + 1e-12), axis=-1).mean()
 
 
-def init_state(config, make_tx, params, ema_key: str) -> dict:
+def init_state(config, make_tx, params, param_shardings, ema_key: str) -> dict:
   """The training state: params, their EMA under `ema_key` (SSL's teacher, distillation's spare
-  student EMA) starting as a copy, AdamW state, the centres and the step."""
+  student EMA) starting as a copy, AdamW state sharded as the params, the centres and the step."""
   return {
       "params": params,
       ema_key: jax.tree.map(jnp.copy, params),
-      "opt": make_tx(0.0, 0.0, 0.0).init(params),
+      "opt": optim.sharded_init(make_tx(0.0, 0.0, 0.0), params, param_shardings),
       "center": {"dino": jnp.zeros((1, config.dino.head.prototypes)),
                  "ibot": jnp.zeros((1, config.ibot.head.prototypes))},
       "step": jnp.zeros((), jnp.int32),
@@ -317,14 +317,15 @@ def run(config, workdir: str) -> dict:
   backbone = build_backbone(config.model)
   heads = build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
   init = model_init(backbone, heads, crops.global_size)
-  params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
+  params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
   make_tx = make_optimizer(config, params, backbone.depth)
 
   # ------------------------------------------------------------------------------------------------
   # Sharded init of the whole state
   # ------------------------------------------------------------------------------------------------
   # The teacher starts as the student.
-  state = jax.jit(functools.partial(init_state, config, make_tx, ema_key="teacher"))(params)
+  state = jax.jit(functools.partial(init_state, config, make_tx, param_shardings=param_shardings,
+                                    ema_key="teacher"))(params)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   logging.info("Params: %.2fM (student), %.1f%% of bytes on one device",
                sum(x.size for x in jax.tree.leaves(params)) / 1e6,

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from dinojax import checkpoint, convert, parallel
+from dinojax import checkpoint, convert, optim, parallel
 from dinojax.data import captions
 from dinojax.data.clip_tokenizer import tokenize
 from dinojax.evaluators.talk2dino import load_models
@@ -84,14 +84,15 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   projection = talk2dino.TextToPatchProjection(backbone.embed_dim, config.projection.hidden_layers,
                                                config.projection.act)
-  params, _ = parallel.init_sharded(
+  params, param_shardings = parallel.init_sharded(
       lambda k: projection.init(k, jnp.zeros((1, text_encoder.embed_dim)))["params"], mesh, rules,
       jax.random.key(config.seed))
   o = config.optim
   tx = optax.adam(o.lr, b1=o.adam_beta1, b2=o.adam_beta2, eps=o.adam_eps)
   logit_scale = math.log(1.0 / config.temperature)
 
-  state = jax.jit(lambda p: {"params": p, "opt": tx.init(p), "step": jnp.zeros((), jnp.int32)})(params)
+  state = jax.jit(lambda p: {"params": p, "opt": optim.sharded_init(tx, p, param_shardings),
+                             "step": jnp.zeros((), jnp.int32)})(params)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen_params)
   logging.info("Trainable ψ: %.3fM params; frozen: %.1fM",

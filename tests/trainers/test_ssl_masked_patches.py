@@ -58,3 +58,24 @@ def test_sharded_gather_stays_on_each_device():
   assert "all-gather(" not in hlo and "all-to-all(" not in hlo and "collective-permute(" not in hlo
   np.testing.assert_allclose(step(patches, masks), jnp.sum(patches * masks[..., None], axis=(0, 1)),
                              rtol=1e-5)
+
+
+def test_fsdp_shards_the_whole_state_heads_and_adam_moments_included():
+  config = _tiny_config()
+  mesh = parallel.make_mesh({"fsdp": 8})
+  rules = parallel.DEFAULT_RULES
+  backbone = ssl.build_backbone(config.model)
+  heads = ssl.build_heads(config.dino.head, config.ibot.head, True, backbone.dtype)
+  params, shardings = parallel.init_sharded(ssl.model_init(backbone, heads, config.crops.global_size),
+                                            mesh, rules, jax.random.key(0))
+  make_tx = ssl.make_optimizer(config, params, backbone.depth)
+  state = jax.jit(lambda p: ssl.init_state(config, make_tx, p, shardings, "teacher"))(params)
+  for name in ("dino_head", "ibot_head"):
+    assert state["params"][name]["last_layer_v"].sharding.spec[0] == "fsdp"
+  # Adam's two moments: each sharded as its parameter, so a device holds ~1/8 of them.
+  mu, nu = state["opt"][0].mu, state["opt"][0].nu
+  for moments in (mu, nu):
+    assert all(jax.tree.leaves(jax.tree.map(lambda m, p: m.sharding.is_equivalent_to(p.sharding, p.ndim),
+                                            moments, params)))
+  for tree in (params, state["teacher"], mu, nu):
+    assert parallel.sharded_fraction(tree) < 0.15
