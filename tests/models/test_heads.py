@@ -31,8 +31,11 @@ def test_dino_head_matches_torch_weight_norm(nlayers):
   np.testing.assert_allclose(out, ref, atol=1e-5)
 
 
-def test_prototypes_carry_the_vocab_axis():
+def test_prototypes_carry_the_vocab_axis_and_every_kernel_the_fsdp_one():
   head = DINOHead(out_dim=64, hidden_dim=32, bottleneck_dim=8)
   specs = nn.get_partition_spec(jax.eval_shape(head.init, jax.random.key(0), np.zeros((1, 16))))
-  assert specs["params"]["last_layer_v"] == jax.sharding.PartitionSpec(None, "vocab")
-  assert specs["params"]["mlp_0"]["kernel"] == jax.sharding.PartitionSpec("embed", "mlp")
+  P = jax.sharding.PartitionSpec
+  assert specs["params"]["last_layer_v"] == P("embed", "vocab")
+  assert specs["params"]["mlp_0"]["kernel"] == P("embed", "mlp")
+  assert specs["params"]["mlp_1"]["kernel"] == P("embed", "mlp")
+  assert specs["params"]["mlp_2"]["kernel"] == P("mlp", "embed")
