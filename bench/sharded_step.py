@@ -32,13 +32,28 @@ def shape_bytes(text: str) -> int:
 
 
 def collectives(hlo: str) -> dict:
-  """{kind: (count, bytes)} over the compiled module's collective ops (async pairs counted once)."""
-  found = collections.defaultdict(lambda: [0, 0])
+  """{kind: (count, bytes)} over the compiled module's collective ops (async pairs counted once).
+  TPU programs write a reduce-scatter as an `all-reduce-scatter` fusion, an all-reduce whose result
+  is dynamic-sliced inside it: those count as reduce-scatters of the slice's bytes."""
+  computations = collections.defaultdict(list)
+  name = ""
   for line in hlo.splitlines():
-    match = re.match(r"\s*(?:ROOT )?%\S+ = (.+?) (" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
-    if match:
-      found[match.group(2)][0] += 1
-      found[match.group(2)][1] += shape_bytes(match.group(1))
+    header = re.match(r"^%?([\w.\-]+) .*\{$", line)
+    name = header.group(1) if header else name
+    computations[name].append(line)
+  found = collections.defaultdict(lambda: [0, 0])
+  for name, lines in computations.items():
+    for line in lines:
+      match = re.match(r"\s*(?:ROOT )?%\S+ = (.+?) (" + "|".join(COLLECTIVES) + r")(-start)?\(", line)
+      if not match:
+        continue
+      kind, result = match.group(2), match.group(1)
+      if kind == "all-reduce" and name.startswith("all-reduce-scatter"):
+        kind = "reduce-scatter"
+        result = next(m.group(1) for m in (re.match(r"\s*ROOT %\S+ = (.+?) dynamic-slice\(", l)
+                                           for l in lines) if m)
+      found[kind][0] += 1
+      found[kind][1] += shape_bytes(result)
   return dict(found)
 
 
