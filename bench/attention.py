@@ -4,7 +4,7 @@ achieved TFLOP/s and error against an fp32 reference, measured in the same run.
   python bench/attention.py                                 # GPU: B=32, heads 16, T in 54..4096, bf16
   python bench/attention.py --batch 1 --heads 2 --lengths 54,261 --dtype float32   # CPU smoke run
   python bench/attention.py --batch 2 --heads 12 --lengths 257,1029 --dtype float32 --impls xla,chunked
-  python bench/attention.py --topology v5e:2x2 --batch 8  # compile for a TPU (libtpu, no TPU needed)
+  python bench/attention.py --topology v5e:2x2 --batch 8 --lengths 54,261,1374   # compile for a TPU
 
 Rows: `pallas` is what `attention="pallas"` runs on this platform (Mosaic GPU on Hopper for bf16,
 Mosaic TPU on TPU); `pallas-triton` is the portable kernel set on GPU; `cudnn` is
@@ -18,7 +18,8 @@ their CPU time says nothing about GPU speed.
 `--topology` compiles `pallas` (the Mosaic TPU kernels) and `xla` for one chip of that TPU slice
 ahead of time, from a host without TPUs, and prints what the compiler reports instead of times:
 whether each compiles, XLA's FLOP count (a Pallas kernel's work is invisible to it) and the
-temporary memory the program needs on the chip.
+temporary memory the program needs on the chip. It needs libtpu installed, not a TPU. libtpu 0.0.42
+crashes (stack overflow) compiling the `xla` reference at T = 4096 with B = 8: use B = 2 there.
 """
 
 import argparse
