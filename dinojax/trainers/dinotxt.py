@@ -182,7 +182,8 @@ def run(config, workdir: str) -> dict:
   # Sharded init of the whole state (the frozen backbone stays outside it)
   # ------------------------------------------------------------------------------------------------
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
-  state = jax.jit(lambda p: {"params": p, "opt": optim.sharded_init(make_tx(0.0, 0.0), p, param_shardings),
+  state = jax.jit(lambda p: {"params": p,
+                             "opt": optim.sharded_init(make_tx(0.0, 0.0), p, param_shardings),
                              "step": jnp.zeros((), jnp.int32)})(params)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   frozen_shardings = jax.tree.map(lambda x: x.sharding, frozen)
