@@ -68,8 +68,8 @@ def compile_for_tpu(devices, cpu_mesh, rules, train_step, state, batch):
   from dinojax import parallel
   mesh = Mesh(np.asarray(devices).reshape(cpu_mesh.devices.shape), cpu_mesh.axis_names,
               axis_types=cpu_mesh.axis_types)
-  on_tpu = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, x.sharding.spec))
   sharding = lambda x: NamedSharding(mesh, x.sharding.spec)
+  on_tpu = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding(x))
   step = getattr(train_step, "__wrapped__", train_step)
   step = jax.jit(step, in_shardings=jax.tree.map(sharding, (state, batch)),
                  out_shardings=(jax.tree.map(sharding, state), None), donate_argnums=0)

@@ -1,5 +1,6 @@
-"""Masked patches are grouped per device: the default mask group, the per-group gather, and a sharded
-step that gathers them without communicating."""
+"""What each device holds and gathers: masked patches grouped per device (the default mask group,
+the per-group gather, a sharded step that gathers them without communicating), and under FSDP a
+shard of the whole training state."""
 
 import pathlib
 
