@@ -1,10 +1,22 @@
-"""Eight fake CPU devices, so sharded code paths run for real on small meshes."""
+"""Eight fake CPU devices, so sharded code paths run for real on small meshes; one persistent
+compilation cache for the session, so the many runs of the same tiny configs (in this process and in
+the training jobs tests start as subprocesses, which inherit the environment) compile each program
+once. Without it, XLA's compiles are most of the suite's time on a CPU."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dinojax-test-xla-cache-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# Only compiles that take long enough to be worth a disk round trip.
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402  (after XLA_FLAGS on purpose)
 import pytest  # noqa: E402

@@ -10,21 +10,12 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import pytest
 
 from dinojax.trainers import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CONFIG = f"{REPO / 'configs/dinotxt_vitl14.py'}:tiny"
 ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compilation_cache(tmp_path_factory):
-  """The runs below share one persistent compilation cache: every run after the first of a shape
-  skips XLA's compile of the inits and steps (most of a tiny run's time on a CPU)."""
-  ENV.update(JAX_COMPILATION_CACHE_DIR=str(tmp_path_factory.mktemp("jax_cache")),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
 
 # A smaller model where only the mechanics are tested (compiles faster).
