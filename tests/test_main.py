@@ -1,21 +1,16 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import jobs
 from dinojax.evaluators import pca
-
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 
 def _run_main(*args, tmp_path, config_arg="vits14_reg,depth=2"):
-  cmd = [sys.executable, "-m", "dinojax.main", "--config",
-         f"{REPO / 'configs/features_pca.py'}:{config_arg}",
-         "--workdir", str(tmp_path), *args]
-  return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+  return jobs.run_main(f"{jobs.REPO / 'configs/features_pca.py'}:{config_arg}", tmp_path, *args,
+                       check=False)
 
 
 def test_main_job_writes_pca_picture(tmp_path):

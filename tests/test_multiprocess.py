@@ -2,29 +2,21 @@
 process with 8 devices, through a kill -9 of both processes and a resume."""
 
 import os
-import pathlib
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dinojax.trainers import loop
+import jobs
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-ARGS = ["--config", f"{REPO / 'configs/dinov2_vits14.py'}:tiny", "--config.model.depth=2",
-        "--config.batch_size=16", "--config.ibot.mask_group=8", "--config.total_steps=6",
-        "--config.eval.every=6", "--config.eval.batch_size=200", "--config.checkpoint.every=3",
-        "--config.log_every=1", "--config.data.threads=1"]
-
-
-def _env(devices):
-  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-          "JAX_PLATFORMS": "cpu"}
+CONFIG = f"{jobs.REPO / 'configs/dinov2_vits14.py'}:tiny"
+OVERRIDES = ["--config.model.depth=2", "--config.batch_size=16", "--config.ibot.mask_group=8",
+             "--config.total_steps=6", "--config.eval.every=6", "--config.eval.batch_size=200",
+             "--config.checkpoint.every=3", "--config.log_every=1", "--config.data.threads=1"]
 
 
 def _free_port():
@@ -36,9 +28,9 @@ def _free_port():
 def _start_pair(workdir, *extra):
   port = _free_port()
   return [subprocess.Popen(
-      [sys.executable, "-m", "dinojax.main", *ARGS, *extra, "--workdir", str(workdir),
-       f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      jobs.main_command(CONFIG, workdir, *OVERRIDES, *extra, f"--coordinator=127.0.0.1:{port}",
+                        "--num_processes=2", f"--process_id={i}"),
+      cwd=jobs.REPO, env=jobs.cpu_env(4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
 
 
@@ -55,9 +47,7 @@ def _final_params(workdir):
 
 
 def test_two_processes_on_a_hybrid_mesh_with_kill_and_resume_equal_one_process(tmp_path):
-  single = subprocess.run([sys.executable, "-m", "dinojax.main", *ARGS, "--workdir", str(tmp_path / "one")],
-                          cwd=REPO, env=_env(8), capture_output=True, text=True, timeout=600)
-  assert single.returncode == 0, single.stderr[-3000:]
+  jobs.run_main(CONFIG, tmp_path / "one", *OVERRIDES)
 
   # Each process stands for a slice: fsdp within it, data across the two over the "DCN".
   hybrid = ["--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.mesh_dcn.data=2"]
@@ -80,8 +70,7 @@ def test_two_processes_on_a_hybrid_mesh_with_kill_and_resume_equal_one_process(t
   # Gloo's cross-process sum adds in another order than one process's all-reduce, and Adam divides
   # each gradient by its own scale, so an element whose gradient is at rounding level may step the
   # other way. A wrong shard or collective would move nearly every element and every loss.
-  losses = [{r["step"]: r["loss"] for r in loop.read_metrics(tmp_path / run) if "loss" in r}
-            for run in ("one", "two")]
+  losses = [jobs.losses(tmp_path / run) for run in ("one", "two")]
   np.testing.assert_allclose([losses[1][s] for s in range(1, 7)], [losses[0][s] for s in range(1, 7)],
                              rtol=2e-5)
   one, two = np.concatenate([a.ravel() for a in one]), np.concatenate([b.ravel() for b in two])

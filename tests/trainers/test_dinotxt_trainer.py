@@ -2,43 +2,23 @@
 gradient, no optimizer state, not checkpointed), evaluates a checkpoint again on its own, resumes
 exactly after a kill, and trains the backbone too when asked (the CLIP-style step, SigLIP loss)."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 
+import jobs
 from dinojax.trainers import loop
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIG = f"{REPO / 'configs/dinotxt_vitl14.py'}:tiny"
-ENV = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-
-
+CONFIG = f"{jobs.REPO / 'configs/dinotxt_vitl14.py'}:tiny"
 # A smaller model where only the mechanics are tested (compiles faster).
 SMALL = ["--config.backbone.model.depth=2", "--config.text.depth=1", "--config.batch_size=32"]
 
 
 def _command(workdir, *overrides):
-  return [sys.executable, "-m", "dinojax.main", "--config", CONFIG, "--workdir", str(workdir),
-          "--config.data.threads=1", *overrides]
+  return jobs.main_command(CONFIG, workdir, "--config.data.threads=1", *overrides)
 
 
 def _run(workdir, *overrides):
-  result = subprocess.run(_command(workdir, *overrides), capture_output=True, text=True, env=ENV,
-                          cwd=REPO, timeout=900)
-  assert result.returncode == 0, result.stderr[-4000:]
-  return result
-
-
-def _final_state(workdir):
-  mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = mgr.latest_step()
-  restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, restored["state"]
+  return jobs.run_main(CONFIG, workdir, "--config.data.threads=1", *overrides)
 
 
 def _rows(workdir, key):
@@ -56,7 +36,7 @@ def test_tiny_run_learns_zero_shot_with_a_frozen_backbone(tmp_path):
   assert "text_to_image_r1" in trained and "image_to_text_r10" in trained
 
   # The backbone is outside the trained params, so it has no optimizer state and no checkpoint.
-  step, state = _final_state(tmp_path)
+  step, state = jobs.final_state(tmp_path)
   assert step == 200 and set(state) == {"params", "opt", "step"}
   assert set(state["params"]) == {"vision_head", "text", "logit_scale"}
   # Adam's count plus two moments per trained param, none for the backbone.
@@ -73,23 +53,18 @@ def test_tiny_run_learns_zero_shot_with_a_frozen_backbone(tmp_path):
     assert again[key] == value, key
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path, kill_after_checkpoint):
+def test_kill_and_resume_matches_uninterrupted(tmp_path):
   overrides = [*SMALL, "--config.total_steps=8", "--config.eval.every=0", "--config.checkpoint.every=3",
                "--config.log_every=1"]
   _run(tmp_path / "straight", *overrides)
-  kill_after_checkpoint(_command(tmp_path / "killed", *overrides), tmp_path / "killed" / "checkpoints" / "3",
-                        ENV)
+  jobs.kill_after_checkpoint(_command(tmp_path / "killed", *overrides),
+                             tmp_path / "killed" / "checkpoints" / "3")
   _run(tmp_path / "killed", *overrides)  # resumes from whatever checkpoint survived
 
-  (step_a, a), (step_b, b) = _final_state(tmp_path / "straight"), _final_state(tmp_path / "killed")
+  (step_a, a), (step_b, b) = jobs.final_state(tmp_path / "straight"), jobs.final_state(tmp_path / "killed")
   assert step_a == step_b == 8
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b)
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  losses_a = {r["step"]: r["loss"] for r in _rows(tmp_path / "straight", "loss")}
-  losses_b = {r["step"]: r["loss"] for r in _rows(tmp_path / "killed", "loss")}
-  assert losses_a[8] == losses_b[8]
+  jobs.assert_same_state(a, b)
+  assert jobs.losses(tmp_path / "straight")[8] == jobs.losses(tmp_path / "killed")[8]
 
 
 def test_unfrozen_backbone_trains_with_the_sigmoid_loss(tmp_path):
@@ -97,5 +72,5 @@ def test_unfrozen_backbone_trains_with_the_sigmoid_loss(tmp_path):
        "--config.log_every=1", "--config.backbone.freeze=False", "--config.loss.kind=sigmoid")
   rows = _rows(tmp_path, "loss")
   assert len(rows) == 3 and all(np.isfinite(r["loss"]) and "logit_bias" in r for r in rows)
-  _, state = _final_state(tmp_path)
+  _, state = jobs.final_state(tmp_path)
   assert set(state["params"]) == {"vision_head", "text", "logit_scale", "logit_bias", "backbone"}

@@ -4,12 +4,9 @@ the student's loss falls, a killed run resumes exactly, and 8 devices give the 1
 
 import copy
 import functools
-import os
-import pathlib
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -19,15 +16,14 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import torch
 
+import jobs
 from dinojax import checkpoint, config_args, convert, parallel
 from dinojax.trainers import distill, loop, ssl
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIG_FILE = REPO / "configs/distill_vitg14_to_vits14.py"
+CONFIG_FILE = jobs.REPO / "configs/distill_vitg14_to_vits14.py"
 # Small enough for CI: 2-block teacher (96 wide) and student (48 wide), 16 images a step.
 SMALL = {"model.depth": 2, "teacher.model.depth": 2, "batch_size": 16, "eval.batch_size": 200,
          "log_every": 1, "data.threads": 1, "total_steps": 24, "checkpoint.every": 8, "eval.every": 0}
@@ -239,7 +235,7 @@ def test_default_config_builds_vits14_and_the_vitg14_teacher_at_full_size():
 
 def test_tiny_teacher_is_the_tiny_ssl_model():
   # So that `--config.teacher.workdir=workdir/ssl_tiny` (the README's SSL run) loads as the teacher.
-  ssl_config = config_args.load_config(f"{REPO}/configs/dinov2_vits14.py:tiny")
+  ssl_config = config_args.load_config(f"{jobs.REPO}/configs/dinov2_vits14.py:tiny")
   config = load_config("tiny")
 
   def shapes(model, dino_head, ibot_head, separate):
@@ -262,33 +258,16 @@ def test_bad_student_argument_is_named():
 # End to end: four runs of the tiny config at once (so both CI cores work): uninterrupted here on 8
 # devices, one killed after its first checkpoint and then resumed, and one on 1 device
 # ---------------------------------------------------------------------------------------------------
-def _command(workdir, **overrides):
-  flags = [f"--config.{k}={v}" for k, v in {**SMALL, **overrides}.items()]
-  return [sys.executable, "-m", "dinojax.main", "--config", f"{CONFIG_FILE}:tiny", "--workdir",
-          str(workdir), *flags]
-
-
 def _start(workdir, devices=8, **overrides):
   workdir.mkdir(parents=True, exist_ok=True)
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_PLATFORMS": "cpu"}
+  flags = [f"--config.{k}={v}" for k, v in {**SMALL, **overrides}.items()]
   with open(workdir / "log.txt", "a") as log:
-    return subprocess.Popen(_command(workdir, **overrides), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=log)
+    return subprocess.Popen(jobs.main_command(f"{CONFIG_FILE}:tiny", workdir, *flags), cwd=jobs.REPO,
+                            env=jobs.cpu_env(devices), stdout=subprocess.DEVNULL, stderr=log)
 
 
 def _finish(proc, workdir):
   assert proc.wait(timeout=900) == 0, (workdir / "log.txt").read_text()[-4000:]
-
-
-def _final_state(workdir):
-  mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  restored = mgr.restore(mgr.latest_step(), args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return mgr.latest_step(), restored["state"]
-
-
-def _losses(workdir):
-  return {r["step"]: r["loss"] for r in loop.read_metrics(workdir) if "loss" in r}
 
 
 @pytest.fixture(scope="module")
@@ -342,7 +321,7 @@ def test_teacher_is_never_updated_and_the_student_learns(runs):
   # The arrays the steps used are still alive (not donated) and bit-identical to what was loaded.
   for used, before in zip(jax.tree.leaves(loaded["params"]), jax.tree.leaves(loaded["copy"])):
     np.testing.assert_array_equal(np.asarray(used), before)
-  step, state = _final_state(workdir)
+  step, state = jobs.final_state(workdir)
   assert step == 24 and set(state) == {"params", "ema", "opt", "center", "step"}  # no teacher
   # The optimizer state holds the student's params only.
   opt_sizes = {x.size for x in jax.tree.leaves(state["opt"]) if x.ndim}
@@ -368,17 +347,14 @@ def test_kill_and_resume_matches_uninterrupted(runs):
   root, *_ = runs
   resumed_from = re.findall(r"Resumed from step (\d+)", (root / "killed" / "log.txt").read_text())
   assert resumed_from and int(resumed_from[-1]) < 24  # the kill came mid-run
-  (step_a, a), (step_b, b) = _final_state(root / "straight"), _final_state(root / "killed")
+  (step_a, a), (step_b, b) = jobs.final_state(root / "straight"), jobs.final_state(root / "killed")
   assert step_a == step_b == 24
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b)
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  assert _losses(root / "straight")[24] == _losses(root / "killed")[24]
+  jobs.assert_same_state(a, b)
+  assert jobs.losses(root / "straight")[24] == jobs.losses(root / "killed")[24]
 
 
 def test_one_device_gives_the_eight_device_losses(runs):
   root, *_ = runs
-  one, eight = _losses(root / "one"), _losses(root / "straight")
+  one, eight = jobs.losses(root / "one"), jobs.losses(root / "straight")
   np.testing.assert_allclose([eight[s] for s in (1, 2, 3)], [one[s] for s in (1, 2, 3)], rtol=2e-5)
   np.testing.assert_allclose([eight[s] for s in range(1, 25)], [one[s] for s in range(1, 25)], rtol=1e-4)

@@ -1,47 +1,24 @@
 """End to end: the tiny SSL config trains, resumes exactly after a kill, and gives the same result on
 one device and on 8 (data- or fsdp-sharded, XLA or Pallas attention)."""
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+import jobs
 from dinojax.trainers import loop
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-CONFIG = f"{REPO / 'configs/dinov2_vits14.py'}:tiny"
+CONFIG = f"{jobs.REPO / 'configs/dinov2_vits14.py'}:tiny"
 SMALL = ["--config.model.depth=2", "--config.batch_size=16", "--config.eval.batch_size=200",
          "--config.log_every=1", "--config.data.threads=1"]
 
 
 def _command(workdir, *overrides):
-  return [sys.executable, "-m", "dinojax.main", "--config", CONFIG, "--workdir", str(workdir),
-          *SMALL, *overrides]
+  return jobs.main_command(CONFIG, workdir, *SMALL, *overrides)
 
 
-def _run(workdir, *overrides, devices=8):
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_PLATFORMS": "cpu"}
-  result = subprocess.run(_command(workdir, *overrides), capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=900)
-  assert result.returncode == 0, result.stderr[-4000:]
-  return result
-
-
-def _final_state(workdir):
-  mgr = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
-  step = mgr.latest_step()
-  restored = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-  return step, restored["state"]
-
-
-def _losses(workdir):
-  return {r["step"]: r["loss"] for r in loop.read_metrics(workdir) if "loss" in r}
+def _run(workdir, *overrides, devices=8, check=True):
+  return jobs.run_main(CONFIG, workdir, *SMALL, *overrides, devices=devices, check=check)
 
 
 def test_student_fits_a_frozen_teacher(tmp_path):
@@ -56,34 +33,40 @@ def test_student_fits_a_frozen_teacher(tmp_path):
     assert np.mean(values[-5:]) < np.mean(values[:5]) - 0.05, (part, values[:5], values[-5:])
 
 
-def test_tiny_run_trains_and_evaluates(tmp_path):
-  _run(tmp_path, "--config.total_steps=20", "--config.eval.every=20", "--config.checkpoint.every=10")
-  losses = _losses(tmp_path)
+TWENTY_STEPS = ["--config.total_steps=20", "--config.eval.every=20", "--config.checkpoint.every=5"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+  """A tiny run, uninterrupted: 20 steps, checkpoints every 5, k-NN at the end."""
+  workdir = tmp_path_factory.mktemp("straight")
+  _run(workdir, *TWENTY_STEPS)
+  return workdir
+
+
+def _knn(workdir):
+  return [r["knn_top1"] for r in loop.read_metrics(workdir) if "knn_top1" in r]
+
+
+def test_tiny_run_trains_and_evaluates(straight_run):
+  losses = jobs.losses(straight_run)
   assert len(losses) == 20 and all(np.isfinite(list(losses.values())))
-  knn = [r["knn_top1"] for r in loop.read_metrics(tmp_path) if "knn_top1" in r]
-  assert knn and knn[-1] > 0.2  # 10 classes: chance is 0.1
-  step, state = _final_state(tmp_path)
+  knn = _knn(straight_run)
+  assert len(knn) == 1 and knn[0] > 0.2  # 10 classes: chance is 0.1
+  step, state = jobs.final_state(straight_run)
   assert step == 20 and int(state["step"]) == 20
   assert set(state) == {"params", "teacher", "opt", "center", "step"}
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path, kill_after_checkpoint):
-  overrides = ["--config.total_steps=12", "--config.eval.every=0", "--config.checkpoint.every=3"]
-  _run(tmp_path / "straight", *overrides)
+def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
+  jobs.kill_after_checkpoint(_command(tmp_path, *TWENTY_STEPS), tmp_path / "checkpoints" / "5")
+  _run(tmp_path, *TWENTY_STEPS)  # resumes from whatever checkpoint survived
 
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-  kill_after_checkpoint(_command(tmp_path / "killed", *overrides), tmp_path / "killed" / "checkpoints" / "3",
-                        env)
-  _run(tmp_path / "killed", *overrides)  # resumes from whatever checkpoint survived
-
-  (step_a, a), (step_b, b) = _final_state(tmp_path / "straight"), _final_state(tmp_path / "killed")
-  assert step_a == step_b == 12
-  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
-  assert len(leaves_a) == len(leaves_b)
-  for x, y in zip(leaves_a, leaves_b):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-  losses_a, losses_b = _losses(tmp_path / "straight"), _losses(tmp_path / "killed")
-  assert losses_a[12] == losses_b[12]
+  (step_a, a), (step_b, b) = jobs.final_state(straight_run), jobs.final_state(tmp_path)
+  assert step_a == step_b == 20
+  jobs.assert_same_state(a, b)
+  assert jobs.losses(straight_run)[20] == jobs.losses(tmp_path)[20]
+  assert _knn(straight_run) == _knn(tmp_path)[-1:]
 
 
 # Mask groups default to each device's batch; pinned so that 1 and 8 devices draw the same masks.
@@ -95,7 +78,7 @@ THREE_STEPS = ["--config.total_steps=3", "--config.eval.every=0", "--config.chec
 def one_device_losses(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("one_device")
   _run(workdir, *THREE_STEPS, devices=1)
-  return _losses(workdir)
+  return jobs.losses(workdir)
 
 
 @pytest.mark.parametrize("overrides", [
@@ -103,20 +86,18 @@ def one_device_losses(tmp_path_factory):
     ["--config.mesh.data=-1", "--config.model.attention=pallas"]], ids=["data8", "fsdp8", "pallas"])
 def test_eight_devices_equal_one_device(tmp_path, overrides, one_device_losses):
   _run(tmp_path, *THREE_STEPS, *overrides, devices=8)
-  eight = _losses(tmp_path)
+  eight = jobs.losses(tmp_path)
   np.testing.assert_allclose([eight[s] for s in (1, 2, 3)], [one_device_losses[s] for s in (1, 2, 3)],
                              rtol=2e-5)
 
 
 def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
   # An absurd learning rate blows the params up within a few steps of warmup.
-  result = subprocess.run(_command(tmp_path, "--config.total_steps=12", "--config.eval.every=0",
-                                   "--config.checkpoint.every=1", "--config.optim.base_lr=1e30"),
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=900)
+  result = _run(tmp_path, "--config.total_steps=12", "--config.eval.every=0", "--config.checkpoint.every=1",
+                "--config.optim.base_lr=1e30", check=False)
   assert result.returncode != 0
   assert "Non-finite loss at step" in result.stderr and "last good checkpoint is step" in result.stderr
-  step, state = _final_state(tmp_path)
+  step, state = jobs.final_state(tmp_path)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
@@ -126,7 +107,6 @@ def test_a_new_phase_starts_from_an_earlier_run(tmp_path):
   _run(tmp_path / "high", "--config.total_steps=1", "--config.eval.every=0", "--config.checkpoint.every=1",
        "--config.crops.global_size=48", "--config.crops.local_size=24", "--config.optim.base_lr=0.0",
        f"--config.init_from={tmp_path / 'low'}")
-  (_, low), (_, high) = _final_state(tmp_path / "low"), _final_state(tmp_path / "high")
+  (_, low), (_, high) = jobs.final_state(tmp_path / "low"), jobs.final_state(tmp_path / "high")
   assert int(high["step"]) == 1
-  for x, y in zip(jax.tree.leaves(low["params"]), jax.tree.leaves(high["params"])):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  jobs.assert_same_state(low["params"], high["params"])

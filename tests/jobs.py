@@ -1,0 +1,73 @@
+"""Training jobs as the end-to-end tests run them: `python -m dinojax.main` in a subprocess on fake CPU
+devices, killed the hard way when a test needs a preemption, and what a run leaves in its workdir.
+Subprocesses inherit this process's environment, so they share the session's compilation cache
+(tests/conftest.py). Test modules import this as `jobs` (pytest puts tests/ on the path)."""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from dinojax.trainers import loop
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def cpu_env(devices: int = 8) -> dict:
+  """This process's environment, with `devices` fake CPU devices."""
+  return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+          "JAX_PLATFORMS": "cpu"}
+
+
+def main_command(config: str, workdir, *overrides: str) -> list[str]:
+  return [sys.executable, "-m", "dinojax.main", "--config", config, "--workdir", str(workdir),
+          *overrides]
+
+
+def run_main(config: str, workdir, *overrides: str, devices: int = 8,
+             check: bool = True) -> subprocess.CompletedProcess:
+  """Runs the job to its end; with `check`, a failure shows the end of its stderr."""
+  result = subprocess.run(main_command(config, workdir, *overrides), capture_output=True, text=True,
+                          env=cpu_env(devices), cwd=REPO, timeout=900)
+  if check:
+    assert result.returncode == 0, result.stderr[-4000:]
+  return result
+
+
+def kill_after_checkpoint(command: list[str], checkpoint_dir: pathlib.Path, devices: int = 8) -> None:
+  """Starts `command`, SIGKILLs it as soon as `checkpoint_dir` appears (or it exits, or 10 minutes
+  pass), as a preempted job dies."""
+  proc = subprocess.Popen(command, cwd=REPO, env=cpu_env(devices), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 600
+  while not checkpoint_dir.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
+def final_state(workdir) -> tuple[int, dict]:
+  """(step, state) of the latest checkpoint in `workdir`, restored as saved."""
+  manager = ocp.CheckpointManager(os.path.join(workdir, "checkpoints"))
+  step = manager.latest_step()
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  return step, restored["state"]
+
+
+def losses(workdir) -> dict[int, float]:
+  """{step: loss} from the run's metrics file."""
+  return {r["step"]: r["loss"] for r in loop.read_metrics(workdir) if "loss" in r}
+
+
+def assert_same_state(a, b) -> None:
+  """Bit-identical pytrees: what an exact resume promises."""
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
