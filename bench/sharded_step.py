@@ -60,8 +60,7 @@ def collectives(hlo: str) -> dict:
 def compile_for_tpu(devices, cpu_mesh, rules, train_step, state, batch):
   """The step the trainer built for `cpu_mesh`, compiled for TPU `devices` laid out the same way:
   every input becomes an abstract array with its sharding's spec on the TPU mesh (nothing is
-  placed), and the model's platform choices (attention) are made for TPU."""
-  from unittest import mock
+  placed), and the model's platform choices (attention) are made for TPU, the mesh's platform."""
   import jax
   import numpy as np
   from jax.sharding import Mesh, NamedSharding
@@ -73,8 +72,7 @@ def compile_for_tpu(devices, cpu_mesh, rules, train_step, state, batch):
   step = getattr(train_step, "__wrapped__", train_step)
   step = jax.jit(step, in_shardings=jax.tree.map(sharding, (state, batch)),
                  out_shardings=(jax.tree.map(sharding, state), None), donate_argnums=0)
-  # Tracing runs in this CPU process; `attention="auto"`/"pallas" pick by the default backend.
-  with mock.patch.object(jax, "default_backend", lambda: "tpu"), parallel.activation_sharding(mesh, rules):
+  with parallel.activation_sharding(mesh, rules):
     return step.lower(*jax.tree.map(on_tpu, (state, batch))).compile()
 
 

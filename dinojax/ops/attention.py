@@ -10,6 +10,8 @@ Implementations, chosen by name (a config value):
            GPU (Hopper wgmma) on GPU for bf16/fp16 (`flash_attention_gpu.py`), and the portable
            kernels otherwise (`flash_attention.py`: Triton on GPU, interpret mode on CPU).
   "auto"   the fastest measured for the platform (see docs/benchmarks.md).
+The platform is the one the program is traced for (`target_platform`): the mesh's, which is another
+machine's when compiling ahead of time for it.
 """
 
 
@@ -21,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 from dinojax.ops.flash_attention import flash_attention
 from dinojax.ops.flash_attention_gpu import flash_attention_gpu
 from dinojax.ops.flash_attention_tpu import flash_attention_tpu
+from dinojax.ops.platform import target_platform
 from dinojax.ops.sharding import divisible_spec
 
 IMPLEMENTATIONS = ("xla", "chunked", "cudnn", "pallas", "auto")
@@ -95,7 +98,7 @@ def _cudnn(q, k, v, causal=False):
 
 def pallas_kernel(q: jax.Array):
   """The flash-attention kernel `attention="pallas"` runs for inputs like `q` on this platform."""
-  platform = jax.default_backend()
+  platform = target_platform()
   if platform == "tpu":
     return flash_attention_tpu
   hopper = platform == "gpu" and getattr(jax.devices()[0], "compute_capability", "") == "9.0"
@@ -121,7 +124,7 @@ def _pallas(q, k, v, causal=False):
 
 
 def _auto(q, k, v, causal=False):
-  implementation = _AUTO.get(jax.default_backend(), "xla")
+  implementation = _AUTO.get(target_platform(), "xla")
   if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
     implementation = "xla"  # cuDNN's fused attention has no fp32 kernel
   return _DISPATCH[implementation](q, k, v, causal)

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from dinojax.ops.platform import target_platform
+
 _NEG_INF = -1e30  # finite, so fully masked rows give exp(-inf - -inf) = nan nowhere
 _TRITON = pltriton.CompilerParams(num_warps=4, num_stages=2)
 
@@ -192,5 +194,5 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, block: int = 64,
   `block` is the query and key tile (rows per program); `interpret` defaults to True on CPU.
   """
   if interpret is None:
-    interpret = jax.default_backend() == "cpu"
+    interpret = target_platform() == "cpu"
   return _flash(q, k, v, block, interpret)

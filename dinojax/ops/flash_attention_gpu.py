@@ -21,6 +21,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from dinojax.ops.flash_attention import differentiable
+from dinojax.ops.platform import target_platform
 
 _NEG_INF = -1e30
 BLOCK = 64  # wgmma's M: the rows of one warpgroup
@@ -249,7 +250,7 @@ def flash_attention_gpu(q: jax.Array, k: jax.Array, v: jax.Array,
   if q.shape[-1] % 64:
     raise ValueError(f"The Mosaic GPU kernels need a head dim that is a multiple of 64, got {q.shape[-1]}.")
   if interpret is None:
-    interpret = jax.default_backend() != "gpu"
+    interpret = target_platform() != "gpu"
   return _flash(q, k, v, BLOCK, _interpreter() if interpret else False)
 
 

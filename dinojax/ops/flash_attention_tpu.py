@@ -24,6 +24,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from dinojax.ops.flash_attention import differentiable
+from dinojax.ops.platform import target_platform
 
 _NEG_INF = -1e30  # finite: a fully masked block must not turn the running max into nan
 _LANES = 128
@@ -192,5 +193,5 @@ def flash_attention_tpu(q: jax.Array, k: jax.Array, v: jax.Array, block: int = 1
   if block % _LANES:
     raise ValueError(f"TPU flash attention needs a block that is a multiple of {_LANES}, got {block}.")
   if interpret is None:
-    interpret = jax.default_backend() != "tpu"
+    interpret = target_platform() != "tpu"
   return _flash(q, k, v, block, pltpu.InterpretParams() if interpret else False)

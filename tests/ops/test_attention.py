@@ -3,7 +3,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dinojax.ops import attention
+from dinojax.ops import attention, platform
+from dinojax.ops.flash_attention import flash_attention
+from dinojax.ops.flash_attention_tpu import flash_attention_tpu
 
 
 def _qkv(t=261, heads=3, d=16, dtype=jnp.float32):
@@ -74,3 +76,21 @@ def test_auto_is_chunked_on_cpu_and_never_fp32_cudnn(monkeypatch):
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # fp32 must not reach cuDNN
   np.testing.assert_allclose(attention.dot_product_attention(q, k, v, "auto"),
                              attention.dot_product_attention(q, k, v, "xla"), atol=1e-6)
+
+
+def test_choices_follow_the_platform_traced_for_not_the_host():
+  """Compiling ahead for a TPU slice from a CPU host (`bench/sharded_step.py --topology`): the mesh in
+  context names the target, and the kernel and the "auto" choice follow it."""
+  from jax._src.mesh import AbstractDevice  # no public constructor; what a TPU mesh's abstract mesh holds
+  q = jax.ShapeDtypeStruct((2, 261, 2, 64), jnp.bfloat16)
+  auto_loops = lambda: "scan" in str(jax.make_jaxpr(
+      lambda q: attention.dot_product_attention(q, q, q, "auto"))(q))  # "chunked" is a lax.map
+  assert platform.target_platform() == "cpu" and auto_loops()
+  tpu = jax.sharding.AbstractMesh((2,), ("data",), abstract_device=AbstractDevice("TPU v5p", None, "tpu"))
+  with jax.sharding.use_abstract_mesh(tpu):
+    assert platform.target_platform() == "tpu"
+    assert attention.pallas_kernel(q) is flash_attention_tpu
+    assert not auto_loops()  # "xla" on TPU
+  with jax.set_mesh(jax.make_mesh((8,), ("data",))):
+    assert platform.target_platform() == "cpu"
+    assert attention.pallas_kernel(q) is flash_attention
