@@ -30,11 +30,12 @@ def main_command(config: str, workdir, *overrides: str) -> list[str]:
           *overrides]
 
 
-def run_main(config: str, workdir, *overrides: str, devices: int = 8,
-             check: bool = True) -> subprocess.CompletedProcess:
-  """Runs the job to its end; with `check`, a failure shows the end of its stderr."""
+def run_main(config: str, workdir, *overrides: str, devices: int = 8, check: bool = True,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+  """Runs the job to its end (in `env`, by default `cpu_env(devices)`); with `check`, a failure
+  shows the end of its stderr."""
   result = subprocess.run(main_command(config, workdir, *overrides), capture_output=True, text=True,
-                          env=cpu_env(devices), cwd=REPO, timeout=900)
+                          env=env or cpu_env(devices), cwd=REPO, timeout=900)
   if check:
     assert result.returncode == 0, result.stderr[-4000:]
   return result

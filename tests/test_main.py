@@ -8,14 +8,17 @@ import jobs
 from dinojax.evaluators import pca
 
 
-def _run_main(*args, tmp_path, config_arg="vits14_reg,depth=2"):
+def _run_main(*args, tmp_path, config_arg="vits14_reg,depth=2", env=None):
   return jobs.run_main(f"{jobs.REPO / 'configs/features_pca.py'}:{config_arg}", tmp_path, *args,
-                       check=False)
+                       check=False, env=env)
 
 
-def test_main_job_writes_pca_picture(tmp_path):
-  result = _run_main("--config.resolution=112", tmp_path=tmp_path)
+def test_main_job_writes_pca_picture_and_caches_its_compiles_in_the_workdir(tmp_path):
+  env = {**jobs.cpu_env(), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  del env["JAX_COMPILATION_CACHE_DIR"]  # the tests' shared cache; a user's run has none
+  result = _run_main("--config.resolution=112", tmp_path=tmp_path, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
+  assert any((tmp_path / "xla_cache").iterdir())
   summary = json.loads((tmp_path / "summary.json").read_text())
   assert summary["grid"] == [8, 12] and summary["embed_dim"] == 384 and summary["random_weights"]
   picture = Image.open(tmp_path / "pca.png")
