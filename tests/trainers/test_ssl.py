@@ -101,12 +101,11 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
-def test_a_new_phase_starts_from_an_earlier_run(tmp_path):
-  _run(tmp_path / "low", "--config.total_steps=4", "--config.eval.every=0", "--config.checkpoint.every=4")
+def test_a_new_phase_starts_from_an_earlier_run(tmp_path, straight_run):
   # Larger crops (the high-resolution phase, in miniature), zero lr: the weights must be the first run's.
-  _run(tmp_path / "high", "--config.total_steps=1", "--config.eval.every=0", "--config.checkpoint.every=1",
+  _run(tmp_path, "--config.total_steps=1", "--config.eval.every=0", "--config.checkpoint.every=1",
        "--config.crops.global_size=48", "--config.crops.local_size=24", "--config.optim.base_lr=0.0",
-       f"--config.init_from={tmp_path / 'low'}")
-  (_, low), (_, high) = jobs.final_state(tmp_path / "low"), jobs.final_state(tmp_path / "high")
+       f"--config.init_from={straight_run}")
+  (_, low), (_, high) = jobs.final_state(straight_run), jobs.final_state(tmp_path)
   assert int(high["step"]) == 1
   jobs.assert_same_state(low["params"], high["params"])
