@@ -97,7 +97,8 @@ def _cudnn(q, k, v, causal=False):
 
 
 def pallas_kernel(q: jax.Array):
-  """The flash-attention kernel `attention="pallas"` runs for inputs like `q` on this platform."""
+  """The flash-attention kernel `attention="pallas"` runs for inputs like `q` on the platform traced
+  for."""
   platform = target_platform()
   if platform == "tpu":
     return flash_attention_tpu
