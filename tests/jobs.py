@@ -42,10 +42,15 @@ def run_main(config: str, workdir, *overrides: str, devices: int = 8, check: boo
 
 
 def kill_after_checkpoint(command: list[str], checkpoint_dir: pathlib.Path, devices: int = 8) -> None:
-  """Starts `command`, SIGKILLs it as soon as `checkpoint_dir` appears (or it exits, or 10 minutes
+  """Starts `command` and kills it at its checkpoint `checkpoint_dir` (`kill_at_checkpoint`)."""
+  kill_at_checkpoint(subprocess.Popen(command, cwd=REPO, env=cpu_env(devices),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                     checkpoint_dir)
+
+
+def kill_at_checkpoint(proc: subprocess.Popen, checkpoint_dir: pathlib.Path) -> None:
+  """SIGKILLs the running job `proc` as soon as `checkpoint_dir` appears (or it exits, or 10 minutes
   pass), as a preempted job dies."""
-  proc = subprocess.Popen(command, cwd=REPO, env=cpu_env(devices), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
   deadline = time.time() + 600
   while not checkpoint_dir.exists() and proc.poll() is None and time.time() < deadline:
     time.sleep(0.05)

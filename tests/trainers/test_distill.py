@@ -5,10 +5,8 @@ the student's loss falls, a killed run resumes exactly, and 8 devices give the 1
 import copy
 import functools
 import re
-import signal
 import subprocess
 import threading
-import time
 import warnings
 
 import flax.linen as nn
@@ -283,11 +281,7 @@ def runs(tmp_path_factory):
   resumed = {}
 
   def kill_after_first_checkpoint_then_resume():
-    first_checkpoint, deadline = root / "killed" / "checkpoints" / "8", time.time() + 600
-    while not first_checkpoint.exists() and killed.poll() is None and time.time() < deadline:
-      time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
+    jobs.kill_at_checkpoint(killed, root / "killed" / "checkpoints" / "8")
     resumed["proc"] = _start(root / "killed", **teacher)
 
   watcher = threading.Thread(target=kill_after_first_checkpoint_then_resume)
