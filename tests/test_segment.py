@@ -148,3 +148,15 @@ def test_class_embeddings_average_the_prompt_set(models):
   np.testing.assert_allclose(ours[1], expected[0] / np.linalg.norm(expected[0]), rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="one '\\{\\}' each"):
     seg.class_embeddings(models, ["cat"], ["a photo"])
+
+
+def test_models_hold_their_params_on_the_device(models):
+  """Checkpoints load as host NumPy arrays (transposed views among them); kept there, every scorer
+  call would copy the whole backbone to the device again."""
+  host = jax.tree.map(lambda x: np.asarray(x).T.copy().T, (models.backbone_params, models.text_params))
+  placed = seg.Talk2DINOModels(models.backbone, host[0], models.text_encoder, host[1],
+                               models.projection, jax.device_get(models.projection_params))
+  for params in (placed.backbone_params, placed.text_params, placed.projection_params):
+    assert all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(params))
+  np.testing.assert_array_equal(placed.backbone_params["params"]["patch_embed"]["kernel"],
+                                host[0]["params"]["patch_embed"]["kernel"])
