@@ -33,7 +33,8 @@ def dinov2(name: str, checkpoint: str | os.PathLike | None = None, seed: int = 0
 
   `checkpoint` is a `.pth` or `.safetensors` file in the official or Hugging Face naming (no download
   happens here); it must match the named architecture, key for key and shape for shape. Without one,
-  params are randomly initialised with `seed`.
+  params are randomly initialised with `seed`. Checkpoint params come back as host NumPy arrays: place
+  them (`jax.device_put`, or `parallel.to_device` with shardings) before calling the model in a loop.
   """
   model = dinov2_model(name, **overrides)
   if checkpoint is not None:
