@@ -68,7 +68,7 @@ vit() {
 }
 
 segment() {
-  XLA_PYTHON_CLIENT_PREALLOCATE=false step segment 100 python3 bench/segment.py --images 8
+  XLA_PYTHON_CLIENT_PREALLOCATE=false step segment 100 python3 bench/segment.py --images 8 --profile /tmp/segment_trace
 }
 
 for name in ${@:-env_info attention ssl segment vit}; do

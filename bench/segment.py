@@ -4,6 +4,7 @@ weights, same steps, measured in the same run.
 
   python bench/segment.py                  # ViT-B/14-reg, 21 classes, 375×500 images, 448 protocol
   python bench/segment.py --images 16      # more images
+  python bench/segment.py --profile DIR    # then trace 2 dinojax images: wall time and top kernels
 
 On a GPU both pipelines run there (PyTorch with TF32 matmuls, XLA's default for fp32).
 
@@ -26,6 +27,7 @@ from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, Dinov2Wit
 from dinojax import convert
 from dinojax.data.clip_tokenizer import tokenize
 from dinojax.evaluators import open_vocab, talk2dino
+import trace_summary  # bench/, beside this script
 
 VOC = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
        "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor", "sky")
@@ -118,6 +120,8 @@ def main():
   parser.add_argument("--images", type=int, default=8)
   parser.add_argument("--height", type=int, default=375)
   parser.add_argument("--width", type=int, default=500)
+  parser.add_argument("--profile", default="", help="trace 2 more dinojax images into this directory and "
+                      "print their wall time and top kernels (device busy < wall: host-bound)")
   args = parser.parse_args()
   # fp32 matmuls in TF32 on both sides, as XLA does on a GPU by default.
   torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -157,6 +161,15 @@ def main():
   print("model | classes | image | windows/img | dinojax img/s | pytorch img/s | ratio | label agreement")
   print(f"ViT-B/14-reg + CLIP B/16 text | {len(VOC)} | {args.height}×{args.width} | {windows} | "
         f"{args.images / t_jax:.3f} | {args.images / t_torch:.3f} | {t_torch / t_jax:.2f} | {agree:.4f}")
+  if args.profile:
+    jax.profiler.start_trace(args.profile, create_perfetto_trace=True)
+    start = time.perf_counter()
+    for image in images[:2]:
+      run_dinojax(image)
+    wall = time.perf_counter() - start
+    jax.profiler.stop_trace()
+    print(f"\nProfile of {min(2, len(images))} dinojax images, {1e3 * wall:.1f} ms wall:")
+    print(trace_summary.summarise(args.profile))
 
 
 if __name__ == "__main__":
