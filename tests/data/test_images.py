@@ -30,5 +30,11 @@ def test_resize_to_patch_multiple_and_normalize():
   assert out.shape[0] % 14 == 0 and out.shape[1] % 14 == 0 and out.shape[0] == 224
   normed = images.normalize(np.full((2, 2, 3), 255, np.uint8))
   np.testing.assert_allclose(normed[0, 0], (1 - images.IMAGENET_MEAN) / images.IMAGENET_STD, rtol=1e-6)
+  # The lookup gives exactly the arithmetic's values, at every level and channel.
+  pixels = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+  expected = (pixels.astype(np.float32) / 255.0 - images.IMAGENET_MEAN) / images.IMAGENET_STD
+  np.testing.assert_array_equal(images.normalize(pixels), expected)
+  with pytest.raises(ValueError, match="uint8 RGB"):
+    images.normalize(pixels.astype(np.float32))
   with pytest.raises(ValueError, match="image, got shape"):
     images.to_rgb(np.zeros((4, 4, 2)))
