@@ -36,6 +36,21 @@ class ImageFolder:
     return {"image": self.paths[i], "label": self.labels[i]}
 
 
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+  """(images 1797×8×8 in 0..16, labels), as `sklearn.datasets.load_digits` gives them. Read straight
+  from the CSV that ships inside scikit-learn: importing `sklearn.datasets` takes ~2 s, paid by every
+  tiny job and test process; an install without the file falls back to the loader."""
+  import importlib.util
+  path = os.path.join(importlib.util.find_spec("sklearn").submodule_search_locations[0],
+                      "datasets", "data", "digits.csv.gz")
+  if not os.path.isfile(path):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    return digits.images, digits.target
+  table = np.loadtxt(path, delimiter=",")
+  return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
 class Digits:
   """scikit-learn's handwritten digits (1,797 real 8×8 scans, 10 classes; ships with the package),
   upsampled to `size` px RGB: the offline set of the tiny configs. `split` is "train" (first 80 % of a
@@ -44,18 +59,17 @@ class Digits:
   num_classes = 10
 
   def __init__(self, split: str = "train", size: int = 32):
-    from sklearn.datasets import load_digits
     from PIL import Image
     if split not in ("train", "heldout"):
       raise ValueError(f"Digits split must be 'train' or 'heldout', got {split!r}.")
-    digits = load_digits()
-    order = np.random.default_rng(0).permutation(len(digits.images))
+    images, targets = _load_digits()
+    order = np.random.default_rng(0).permutation(len(images))
     cut = int(0.8 * len(order))
     order = order[:cut] if split == "train" else order[cut:]
-    gray = (digits.images[order] * (255 / 16)).astype(np.uint8)
+    gray = (images[order] * (255 / 16)).astype(np.uint8)
     self.images = np.stack([np.asarray(Image.fromarray(g).resize((size, size), Image.BICUBIC))
                             for g in gray])[..., None].repeat(3, axis=-1)
-    self.labels = digits.target[order].astype(np.int32)
+    self.labels = targets[order].astype(np.int32)
 
   def __len__(self):
     return len(self.labels)

@@ -57,6 +57,19 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
   assert skipped.count >= 2
 
 
+def test_digits_are_scikit_learns_split_80_20():
+  from sklearn.datasets import load_digits
+  digits = load_digits()
+  train, heldout = sources.Digits("train", size=8), sources.Digits("heldout", size=8)
+  assert (len(train), len(heldout)) == (1437, 360)
+  order = np.random.default_rng(0).permutation(len(digits.target))
+  labels = np.concatenate([train.labels, heldout.labels])
+  np.testing.assert_array_equal(labels, digits.target[order])
+  images = np.concatenate([train.images, heldout.images])  # at 8 px, the scans themselves
+  np.testing.assert_array_equal(images[..., 0], (digits.images[order] * (255 / 16)).astype(np.uint8))
+  assert images.shape[-1] == 3 and (images[..., 0] == images[..., 2]).all()
+
+
 def test_sources_errors(tmp_path):
   with pytest.raises(FileNotFoundError, match="Image folder not found"):
     sources.ImageFolder(str(tmp_path / "nope"))
