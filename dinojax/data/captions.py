@@ -137,7 +137,7 @@ def caption_dataset(source, global_batch: int, image_size: int, seed: int,
     return {"image": image_lib.normalize(view), "tokens": np.asarray(tokenize(caption), np.int32),
             "label": np.int32(example["label"])}
 
-  ds = grain.MapDataset.range(len(stream)).seed(seed).random_map(pair)
+  ds = grain.MapDataset.range(pipeline.ENDLESS).seed(seed).random_map(pair)
   ds = ds.batch(global_batch // process_count)[process_index::process_count]
   return ds.to_iter_dataset(pipeline.read_options(num_threads)), skipped
 

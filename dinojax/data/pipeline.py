@@ -60,6 +60,12 @@ def readable_example(stream: grain.MapDataset, index: int, epoch: int, skipped: 
                    "is the data source readable at all?")
 
 
+# Elements of an endless run. Not `len` of a `repeat(None)` (sys.maxsize): grain counts batches in
+# floating point, and a batch of 1 (one image per device) rounds that count up to 2^63, which
+# overflows.
+ENDLESS = 2**62
+
+
 def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: int, seed: int,
                 mask_ratio=(0.1, 0.5), mask_probability: float = 0.5, mask_group: int = 0,
                 process_index: int = 0, process_count: int = 1, num_threads: int = 2,
@@ -97,7 +103,7 @@ def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: in
   def concat(groups):
     return {k: np.concatenate([g[k] for g in groups]) for k in groups[0]}
 
-  ds = grain.MapDataset.range(len(stream)).seed(seed).random_map(crops).batch(mask_group)
+  ds = grain.MapDataset.range(ENDLESS).seed(seed).random_map(crops).batch(mask_group)
   if masks:
     ds = ds.random_map(add_masks)
   ds = ds.batch(local_batch // mask_group, batch_fn=concat)[process_index::process_count]

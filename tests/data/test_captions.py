@@ -49,6 +49,9 @@ def test_hosts_split_the_global_batch():
                                               process_count=2)[0])) for i in range(2)]
   for k in whole:
     np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
+  one = next(iter(captions.caption_dataset(source, 2, 32, 0, tokenize, process_index=1,
+                                           process_count=2)[0]))  # one pair per host
+  np.testing.assert_array_equal(one["tokens"], whole["tokens"][1:2])
 
 
 def test_jsonl_pairs_with_a_corrupt_image(tmp_path):

@@ -36,6 +36,18 @@ def test_ssl_batches_resume_exactly_from_iterator_state():
       np.testing.assert_array_equal(got[k], want[k])
 
 
+def test_one_image_per_mask_group_or_host():
+  # One image per device (mask groups of 1), or per host: batches of 1 in an endless run.
+  ds, _ = pipeline.ssl_dataset(sources.Digits("train"), 2, SMALL, 4, seed=0, mask_group=1)
+  grouped, _ = pipeline.ssl_dataset(sources.Digits("train"), 2, SMALL, 4, seed=0)
+  one, two = next(iter(ds)), next(iter(grouped))
+  assert one["masks"].shape == (2, 2, 64)
+  np.testing.assert_array_equal(one["global_crops"], two["global_crops"])  # same images, same crops
+  ds, _ = pipeline.ssl_dataset(sources.Digits("train"), 2, SMALL, 4, seed=0, process_index=1,
+                               process_count=2)
+  assert next(iter(ds))["local_crops"].shape == (1, 3, 16, 16, 3)
+
+
 def test_hosts_read_disjoint_data():
   seen = []
   for host in range(2):
