@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import tempfile
+import time
 
 DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1, "f64": 8,
                "s64": 8, "u64": 8}
@@ -120,13 +121,15 @@ def main():
   def compile_first_step(config, workdir, mesh, rules, state, train_step, data_iter, batch_shardings,
                          *unused, **unused_kw):
     batch = loop.global_batch(next(data_iter), batch_shardings)
+    start = time.perf_counter()
     if tpu is not None:
       compiled["step"] = compile_for_tpu(tpu.devices, mesh, rules, train_step, state, batch)
-      return state, {}
-    with parallel.activation_sharding(mesh, rules):
-      # Some trainers close over frozen state in a lambda around their jitted step.
-      step = train_step if hasattr(train_step, "lower") else jax.jit(train_step)
-      compiled["step"] = step.lower(state, batch).compile()
+    else:
+      with parallel.activation_sharding(mesh, rules):
+        # Some trainers close over frozen state in a lambda around their jitted step.
+        step = train_step if hasattr(train_step, "lower") else jax.jit(train_step)
+        compiled["step"] = step.lower(state, batch).compile()
+    compiled["seconds"] = time.perf_counter() - start
     return state, {}
 
   loop.train = compile_first_step
@@ -141,7 +144,12 @@ def main():
   model = step_flops(config) / jax.device_count() if config.job == "ssl" else None
   device = tpu.devices[0] if tpu is not None else jax.devices()[0]
   print(f"device: {device.device_kind} x{jax.device_count()}, mesh {args.mesh}, config {args.config}, "
-        f"batch {config.batch_size}, attention {config.model.get('attention', 'n/a')}")
+        f"batch {config.batch_size}, attention {config.model.get('attention', 'n/a')}, "
+        f"scan_blocks {config.model.get('scan_blocks', 'n/a')}")
+  print(f"trace + lower + compile: {compiled['seconds']:.1f} s")
+  if config.get("model", {}).get("scan_blocks"):
+    print("scan_blocks: XLA counts a loop body once, so the FLOPs, bytes and collectives below count "
+          "the blocks' scan bodies once, not once per block.")
   print("per device | compiled GFLOP | model GFLOP | compiled / model | GB accessed | peak GiB")
   memory = step.memory_analysis()
   # Live at once: arguments (donated state reused for the outputs) + temporaries.

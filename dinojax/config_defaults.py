@@ -17,7 +17,7 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
       variant="vit_large", patch_size=16, img_size=224, drop_path_rate=0.3, drop_path_uniform=True,
       init_values=1e-5, ffn="mlp", qkv_bias=True, proj_bias=True, ffn_bias=True,
       num_register_tokens=0, interpolate_antialias=False, interpolate_offset=0.1,
-      attention="xla", remat=False, dtype="bfloat16"))
+      attention="xla", remat=False, scan_blocks=False, dtype="bfloat16"))
 
   c.dino = ml_collections.ConfigDict(dict(loss_weight=1.0, koleo_weight=0.1, student_temp=0.1))
   c.dino.head = ml_collections.ConfigDict(dict(prototypes=65536, bottleneck_dim=256, nlayers=3,

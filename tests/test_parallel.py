@@ -22,8 +22,8 @@ def test_mesh_shape_resolution_and_errors():
     parallel.mesh_shape({"data": -1, "model": 3}, 8)
 
 
-def _forward(mesh_axes, devices):
-  model = ViT(**TINY)
+def _forward(mesh_axes, devices, **kwargs):
+  model = ViT(**TINY, **kwargs)
   mesh = parallel.make_mesh(mesh_axes, devices)
   images = jax.random.normal(jax.random.key(1), (8, 56, 42, 3))
   params, _ = parallel.init_sharded(model.init, mesh, parallel.DEFAULT_RULES, jax.random.key(0),
@@ -34,10 +34,12 @@ def _forward(mesh_axes, devices):
   return params, out
 
 
-@pytest.mark.parametrize("mesh_axes", [{"fsdp": 2, "model": 4}, {"data": 8}, {"data": 2, "fsdp": 4}])
-def test_sharded_forward_equals_one_device(mesh_axes):
+@pytest.mark.parametrize("mesh_axes,scan_blocks", [({"fsdp": 2, "model": 4}, False), ({"data": 8}, False),
+                                                   ({"data": 2, "fsdp": 4}, False),
+                                                   ({"fsdp": 2, "model": 4}, True)])
+def test_sharded_forward_equals_one_device(mesh_axes, scan_blocks):
   _, ref = _forward({"data": 1}, jax.devices()[:1])
-  params, out = _forward(mesh_axes, jax.devices())
+  params, out = _forward(mesh_axes, jax.devices(), scan_blocks=scan_blocks)
   for key in ("x_norm_clstoken", "x_norm_patchtokens", "x_norm_regtokens"):
     np.testing.assert_allclose(out[key], ref[key], atol=1e-5)
   if mesh_axes.get("model", 1) > 1:

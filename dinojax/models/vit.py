@@ -246,22 +246,27 @@ class Block(nn.Module):
   def _ffn_branch(self, x):
     return self.ls2(self.mlp(self.norm2(x)))
 
-  def _residual(self, x, branch, train):
-    if not train or self.drop_path == 0.0:
+  def _residual(self, x, branch, rng):
+    if rng is None:
       return x + branch(x)
     groups = parallel.batch_shards()
-    return stochastic_depth_residual(x, branch, self.drop_path, self.make_rng("drop_path"),
+    return stochastic_depth_residual(x, branch, self.drop_path, rng,
                                      groups if x.shape[0] % groups == 0 else 1)
 
-  def __call__(self, x: jax.Array, train: bool = False, logits: str | None = None):
+  def __call__(self, x: jax.Array, train: bool = False, logits: str | None = None,
+               drop_rng: jax.Array | None = None):
     """Returns (tokens, attention logits or None); `logits` ("all" or "cls", see `Attention`) needs
-    eval mode (no drop path)."""
+    eval mode (no drop path). Stochastic depth draws from `drop_rng` when given (the ViT passes each
+    block its own key, so that scanned and unrolled blocks draw alike), else the `drop_path` stream."""
     if logits:
       out, scores = self.attn(self.norm1(x), logits)
       x = x + self.ls1(out)
       return x + self._ffn_branch(x), scores
-    x = self._residual(x, self._attn_branch, train)
-    return self._residual(x, self._ffn_branch, train), None
+    rngs = (None, None)
+    if train and self.drop_path > 0.0:
+      rngs = jax.random.split(drop_rng if drop_rng is not None else self.make_rng("drop_path"))
+    x = self._residual(x, self._attn_branch, rngs[0])
+    return self._residual(x, self._ffn_branch, rngs[1]), None
 
 
 class ViT(nn.Module):
@@ -291,6 +296,7 @@ class ViT(nn.Module):
   interpolate_antialias: bool = False
   attention: str = "xla"
   remat: bool = False
+  scan_blocks: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -312,14 +318,17 @@ class ViT(nn.Module):
     self.mask_token = self.param("mask_token", with_axes(nn.initializers.zeros, None, "embed"), (1, d),
                                  self.param_dtype)
     rates = drop_path_rates(self.drop_path_rate, self.depth, self.drop_path_uniform)
+    if self.scan_blocks and len(set(rates)) > 1:
+      raise ValueError("scan_blocks needs the same stochastic-depth rate in every block "
+                       "(drop_path_uniform=True, or drop_path_rate=0).")
     block_cls = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block
-    self.blocks = [
-        block_cls(self.num_heads, ffn_hidden_dim(d, self.mlp_ratio, self.ffn), self.ffn, self.qkv_bias,
-                  self.proj_bias, self.ffn_bias, self.init_values, rates[i], self.attention, self.dtype,
-                  self.param_dtype)
-        for i in range(self.depth)
-    ]
+    self.blocks = [self._block(block_cls, rates[i]) for i in range(self.depth)]
     self.norm = layer_norm("norm", self.dtype, self.param_dtype)
+
+  def _block(self, block_cls, rate, **kwargs):
+    return block_cls(self.num_heads, ffn_hidden_dim(self.embed_dim, self.mlp_ratio, self.ffn), self.ffn,
+                     self.qkv_bias, self.proj_bias, self.ffn_bias, self.init_values, rate,
+                     self.attention, self.dtype, self.param_dtype, **kwargs)
 
   def interpolate_pos_encoding(self, h: int, w: int) -> jax.Array:
     """Position embedding (1, 1 + h*w, D) for an h×w patch grid."""
@@ -355,13 +364,54 @@ class ViT(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
   def _run_blocks(self, x, train, take=(), logits=None):
+    """Tokens after the last block, the outputs of the blocks in `take`, and the last block's
+    attention logits (with `logits`)."""
+    key = self.make_rng("drop_path") if train and self.drop_path_rate > 0 else None
+    if self.scan_blocks and not self.is_initializing():  # init creates the params block by block
+      return self._scan_blocks(x, train, take, logits, key)
     taken, scores = [], None
     for i, block in enumerate(self.blocks):
       last = i == len(self.blocks) - 1
-      x, scores = block(x, train, logits if last else None)
+      rng = None if key is None else jax.random.fold_in(key, i)
+      x, scores = block(x, train, logits if last else None, rng)
       x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
       if i in take:
         taken.append(x)
+    return x, taken, scores
+
+  def _scan_blocks(self, x, train, take, logits, key):
+    """`_run_blocks` as `lax.scan`s over the blocks' params, stacked on the fly (the params tree
+    keeps one `blocks_i` per block, as checkpoints have it): XLA compiles one block instead of
+    `depth` of them. The blocks between two whose outputs are taken form one scan; the last block
+    runs on its own when its attention logits are asked for."""
+    block = self._block(Block, self.drop_path_rate, parent=None)  # the same in every block
+    params = nn.unbox(self.variables["params"])
+    constrain = lambda x: nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+
+    def body(x, block_params_and_index):
+      block_params, i = block_params_and_index
+      rng = None if key is None else jax.random.fold_in(key, i)
+      return constrain(block.apply({"params": block_params}, x, train, None, rng)[0]), None
+
+    if self.remat:
+      body = jax.checkpoint(body, prevent_cse=False)
+
+    def run(x, first, stop):  # blocks first, ..., stop - 1
+      if stop <= first:
+        return x
+      stacked = jax.tree.map(lambda *p: jnp.stack(p), *(params[f"blocks_{i}"] for i in range(first, stop)))
+      return jax.lax.scan(body, x, (stacked, jnp.arange(first, stop)))[0]
+
+    taken, scores, first, last = [], None, 0, self.depth - 1
+    for i in sorted({*take, last}):
+      if logits and i == last:
+        x, scores = block.apply({"params": params[f"blocks_{last}"]}, run(x, first, last), train, logits)
+        x = constrain(x)
+      else:
+        x = run(x, first, i + 1)
+      if i in take:
+        taken.append(x)
+      first = i + 1
     return x, taken, scores
 
   def __call__(self, images: jax.Array, masks: jax.Array | None = None, *, train: bool = False,

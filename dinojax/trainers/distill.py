@@ -42,14 +42,15 @@ def load_teacher(config, mesh, rules):
   From `config.teacher.workdir`, a dinojax SSL run (the EMA teacher of its checkpoint at
   `teacher.step`, 0: the latest; architecture from `teacher.model` and the teacher's head configs);
   or `config.teacher.checkpoint`, an official DINOv2 training checkpoint (architecture read from its
-  shapes, with `teacher.model`'s attention, remat, dtype and, if set, num_heads); or, with
+  shapes, with `teacher.model`'s attention, remat, scan_blocks, dtype and, if set, num_heads); or, with
   `teacher.random_init` only, a random init (for tests and CPU demos). `source` says which, and is
   saved with every checkpoint so a resume cannot switch teachers silently.
   """
   t = config.teacher
   size = config.crops.global_size
   # What a checkpoint's shapes cannot tell (heads: 64-dim unless `teacher.model.num_heads` is set).
-  model_overrides = {k: t.model[k] for k in ("attention", "remat", "num_heads") if k in t.model}
+  model_overrides = {k: t.model[k] for k in ("attention", "remat", "scan_blocks", "num_heads")
+                     if k in t.model}
   model_overrides["dtype"] = jnp.dtype(t.model.get("dtype", "float32"))
 
   if t.checkpoint:

@@ -1,3 +1,5 @@
+from functools import partial
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -177,6 +179,50 @@ def test_stochastic_depth_expected_update_is_the_full_residual():
   # Each sample is kept with probability 4/8 and then scaled by 8/4: mean update = residual, up to
   # sampling noise (std of the keep frequency ≈ 0.008, so 0.05 is a > 5-sigma bound).
   np.testing.assert_allclose(outs.mean(0) - x, residual(x), rtol=0.05, atol=1e-4)
+
+
+@pytest.mark.parametrize("remat", [False, True], ids=["plain", "remat"])
+def test_scanned_blocks_equal_unrolled(remat):
+  """Same params tree, same outputs, gradients and stochastic-depth draws: scanning is only how XLA
+  compiles the blocks."""
+  kwargs = dict(TINY, depth=4, num_register_tokens=4, drop_path_rate=0.5, drop_path_uniform=True,
+                remat=remat)
+  unrolled, scanned = ViT(**kwargs), ViT(**kwargs, scan_blocks=True)
+  params, x = _init(unrolled)
+  assert jax.tree.structure(nn.unbox(scanned.init(jax.random.key(0), x))) == jax.tree.structure(params)
+  rngs = {"drop_path": jax.random.key(3)}
+
+  def loss(model, params):
+    out = model.apply(params, x, train=True, rngs=rngs)
+    return jnp.sum(out["x_norm_patchtokens"] ** 2) + jnp.sum(out["x_norm_clstoken"])
+
+  (want, want_grads), (got, got_grads) = (jax.value_and_grad(partial(loss, m))(params)
+                                          for m in (unrolled, scanned))
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+  # Inference paths: taken layers split the scan; the last block's logits come from its own call.
+  for kw in (dict(return_attention=True), dict(return_cls_attention=True)):
+    want, got = unrolled.apply(params, x, **kw), scanned.apply(params, x, **kw)
+    for key in want:
+      if want[key] is not None:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5)
+  for n in (1, [0, 2], [3]):
+    want = unrolled.apply(params, x, n, return_class_token=True, method=ViT.get_intermediate_layers)
+    got = scanned.apply(params, x, n, return_class_token=True, method=ViT.get_intermediate_layers)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_scanned_blocks_compile_one_block_and_need_one_drop_rate():
+  x = jnp.zeros((1, 56, 56, 3))
+  dots = {}
+  for name, model in (("scanned", ViT(**TINY, scan_blocks=True)), ("one block", ViT(**TINY | {"depth": 1}))):
+    hlo = jax.jit(model.apply).lower(nn.unbox(model.init(jax.random.key(0), x)), x).as_text()
+    dots[name] = hlo.count("dot_general")
+  assert TINY["depth"] > 1 and dots["scanned"] == dots["one block"]
+  with pytest.raises(ValueError, match="scan_blocks needs the same stochastic-depth rate"):
+    ViT(**TINY, drop_path_rate=0.2, scan_blocks=True).init(jax.random.key(0), x)
 
 
 def test_bf16_compute_keeps_fp32_params():

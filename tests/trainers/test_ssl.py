@@ -1,5 +1,5 @@
 """End to end: the tiny SSL config trains, resumes exactly after a kill, and gives the same result on
-one device and on 8 (data- or fsdp-sharded, XLA or Pallas attention)."""
+one device and on 8 (data- or fsdp-sharded, XLA or Pallas attention, blocks unrolled or scanned)."""
 
 import jax
 import numpy as np
@@ -82,8 +82,8 @@ def one_device_losses(tmp_path_factory):
 
 
 @pytest.mark.parametrize("overrides", [
-    ["--config.mesh.data=-1"], ["--config.mesh.data=1", "--config.mesh.fsdp=-1"],
-    ["--config.mesh.data=-1", "--config.model.attention=pallas"]], ids=["data8", "fsdp8", "pallas"])
+    ["--config.mesh.data=-1"], ["--config.mesh.data=1", "--config.mesh.fsdp=-1", "--config.model.scan_blocks=True"],
+    ["--config.mesh.data=-1", "--config.model.attention=pallas"]], ids=["data8", "fsdp8_scan", "pallas"])
 def test_eight_devices_equal_one_device(tmp_path, overrides, one_device_losses):
   _run(tmp_path, *THREE_STEPS, *overrides, devices=8)
   eight = jobs.losses(tmp_path)
