@@ -38,7 +38,7 @@ def _forward(mesh_axes, devices, **kwargs):
                                                    ({"data": 2, "fsdp": 4}, False),
                                                    ({"fsdp": 2, "model": 4}, True)])
 def test_sharded_forward_equals_one_device(mesh_axes, scan_blocks):
-  _, ref = _forward({"data": 1}, jax.devices()[:1])
+  _, ref = _forward({"data": 1}, jax.devices()[:1], scan_blocks=scan_blocks)
   params, out = _forward(mesh_axes, jax.devices(), scan_blocks=scan_blocks)
   for key in ("x_norm_clstoken", "x_norm_patchtokens", "x_norm_regtokens"):
     np.testing.assert_allclose(out[key], ref[key], atol=1e-5)

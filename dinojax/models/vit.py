@@ -35,7 +35,9 @@ def with_axes(init: Callable, *names: str | None) -> Callable:
   return nn.with_logical_partitioning(init, names)
 
 
-_dense_init = nn.initializers.truncated_normal(0.02)
+# The official `trunc_normal_(std=0.02)` keeps PyTorch's absolute bounds ±2, i.e. ±100σ: in effect
+# N(0, 0.02²). (Flax's `truncated_normal(0.02)` cuts at ±2σ, a standard deviation of 0.0176.)
+_dense_init = nn.initializers.normal(0.02)
 
 
 def ffn_hidden_dim(embed_dim: int, mlp_ratio: float, ffn: str) -> int:
@@ -113,7 +115,10 @@ class PatchEmbed(nn.Module):
                                                                          in_axis=(0, 1, 2), out_axis=3),
                                         None, None, None, "embed"),
                         (p, p, c, self.embed_dim), self.param_dtype)
-    bias = self.param("bias", with_axes(nn.initializers.zeros, "embed"), (self.embed_dim,), self.param_dtype)
+    # PyTorch's default Conv2d init: kaiming_uniform(a=√5) for the kernel, U(±1/√fan_in) for the bias.
+    bound = (p * p * c) ** -0.5
+    bias_init = lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound)
+    bias = self.param("bias", with_axes(bias_init, "embed"), (self.embed_dim,), self.param_dtype)
     patches = images.reshape(b, h // p, p, w // p, p, c).astype(self.dtype)
     out = jnp.einsum("byixjc,ijcd->byxd", patches, kernel.astype(self.dtype))
     return out + bias.astype(self.dtype)
@@ -317,18 +322,35 @@ class ViT(nn.Module):
           (1, self.num_register_tokens, d), self.param_dtype)
     self.mask_token = self.param("mask_token", with_axes(nn.initializers.zeros, None, "embed"), (1, d),
                                  self.param_dtype)
-    rates = drop_path_rates(self.drop_path_rate, self.depth, self.drop_path_uniform)
-    if self.scan_blocks and len(set(rates)) > 1:
+    self.drop_rates = drop_path_rates(self.drop_path_rate, self.depth, self.drop_path_uniform)
+    if self.scan_blocks and len(set(self.drop_rates)) > 1:
       raise ValueError("scan_blocks needs the same stochastic-depth rate in every block "
                        "(drop_path_uniform=True, or drop_path_rate=0).")
-    block_cls = nn.remat(Block, static_argnums=(2, 3)) if self.remat else Block
-    self.blocks = [self._block(block_cls, rates[i]) for i in range(self.depth)]
+    self.block_params = self._init_block_params()
     self.norm = layer_norm("norm", self.dtype, self.param_dtype)
 
-  def _block(self, block_cls, rate, **kwargs):
-    return block_cls(self.num_heads, ffn_hidden_dim(self.embed_dim, self.mlp_ratio, self.ffn), self.ffn,
-                     self.qkv_bias, self.proj_bias, self.ffn_bias, self.init_values, rate,
-                     self.attention, self.dtype, self.param_dtype, **kwargs)
+  def _block(self, rate: float) -> "Block":
+    """An unbound `Block`, applied to each block's params (`block_params`)."""
+    return Block(self.num_heads, ffn_hidden_dim(self.embed_dim, self.mlp_ratio, self.ffn), self.ffn,
+                 self.qkv_bias, self.proj_bias, self.ffn_bias, self.init_values, rate, self.attention,
+                 self.dtype, self.param_dtype, parent=None)
+
+  def _init_block_params(self) -> list:
+    """Each block's params as one `blocks_i` param (the tree a `Block` submodule would hold), all
+    initialised by one vmapped init: XLA compiles one block's initialisers, not `depth` of them
+    (ViT-L with its heads: 41 s → 17 s on a CPU)."""
+    stacked = []
+
+    def init(i):
+      def init_fn(rng):
+        if not stacked:
+          block, x = self._block(0.0), jnp.zeros((1, 1, self.embed_dim))
+          keys = jax.random.split(rng, self.depth)
+          stacked.append(jax.vmap(lambda key: block.init(key, x)["params"])(keys))
+        return jax.tree.map(lambda p: p[i], stacked[0])
+      return init_fn
+
+    return [self.param(f"blocks_{i}", init(i)) for i in range(self.depth)]
 
   def interpolate_pos_encoding(self, h: int, w: int) -> jax.Array:
     """Position embedding (1, 1 + h*w, D) for an h×w patch grid."""
@@ -365,48 +387,42 @@ class ViT(nn.Module):
 
   def _run_blocks(self, x, train, take=(), logits=None):
     """Tokens after the last block, the outputs of the blocks in `take`, and the last block's
-    attention logits (with `logits`)."""
+    attention logits (with `logits`).
+
+    The blocks run one after another in the program, or with `scan_blocks` as `lax.scan`s over
+    their params stacked on the fly, so that XLA compiles one block instead of `depth` of them
+    (the official ViT-L SSL step on 8 CPU devices: 172 s → 74 s); the params tree is the same. The
+    blocks between two whose outputs are taken form one scan; the last block runs on its own when
+    its attention logits are asked for. Stochastic depth keys are per block, folded from one key,
+    so both ways draw alike.
+    """
     key = self.make_rng("drop_path") if train and self.drop_path_rate > 0 else None
-    if self.scan_blocks and not self.is_initializing():  # init creates the params block by block
-      return self._scan_blocks(x, train, take, logits, key)
-    taken, scores = [], None
-    for i, block in enumerate(self.blocks):
-      last = i == len(self.blocks) - 1
-      rng = None if key is None else jax.random.fold_in(key, i)
-      x, scores = block(x, train, logits if last else None, rng)
-      x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
-      if i in take:
-        taken.append(x)
-    return x, taken, scores
 
-  def _scan_blocks(self, x, train, take, logits, key):
-    """`_run_blocks` as `lax.scan`s over the blocks' params, stacked on the fly (the params tree
-    keeps one `blocks_i` per block, as checkpoints have it): XLA compiles one block instead of
-    `depth` of them. The blocks between two whose outputs are taken form one scan; the last block
-    runs on its own when its attention logits are asked for."""
-    block = self._block(Block, self.drop_path_rate, parent=None)  # the same in every block
-    params = nn.unbox(self.variables["params"])
-    constrain = lambda x: nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+    def block_fn(i, block_logits=None):
+      block = self._block(self.drop_rates[i])
 
-    def body(x, block_params_and_index):
-      block_params, i = block_params_and_index
-      rng = None if key is None else jax.random.fold_in(key, i)
-      return constrain(block.apply({"params": block_params}, x, train, None, rng)[0]), None
+      def apply(x, params, index):
+        rng = None if key is None else jax.random.fold_in(key, index)
+        x, scores = block.apply({"params": params}, x, train, block_logits, rng)
+        return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), scores
 
-    if self.remat:
-      body = jax.checkpoint(body, prevent_cse=False)
+      return jax.checkpoint(apply, prevent_cse=not self.scan_blocks) if self.remat else apply
 
     def run(x, first, stop):  # blocks first, ..., stop - 1
       if stop <= first:
         return x
-      stacked = jax.tree.map(lambda *p: jnp.stack(p), *(params[f"blocks_{i}"] for i in range(first, stop)))
-      return jax.lax.scan(body, x, (stacked, jnp.arange(first, stop)))[0]
+      if not self.scan_blocks:
+        for i in range(first, stop):
+          x, _ = block_fn(i)(x, self.block_params[i], i)
+        return x
+      stacked = jax.tree.map(lambda *p: jnp.stack(p), *self.block_params[first:stop])
+      body = block_fn(first)  # every block has the same drop rate when scanned
+      return jax.lax.scan(lambda x, p_i: (body(x, *p_i)[0], None), x, (stacked, jnp.arange(first, stop)))[0]
 
     taken, scores, first, last = [], None, 0, self.depth - 1
     for i in sorted({*take, last}):
       if logits and i == last:
-        x, scores = block.apply({"params": params[f"blocks_{last}"]}, run(x, first, last), train, logits)
-        x = constrain(x)
+        x, scores = block_fn(last, logits)(run(x, first, last), self.block_params[last], last)
       else:
         x = run(x, first, i + 1)
       if i in take:

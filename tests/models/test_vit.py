@@ -29,6 +29,19 @@ def test_forward_features_dict(registers):
   assert out["masks"] is None
 
 
+def test_init_is_the_official_one():
+  model = ViT(embed_dim=384, depth=2, num_heads=6, patch_size=14, img_size=224)
+  params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3))))["params"]
+  # trunc_normal_(std=0.02) with PyTorch's absolute bounds ±2 (±100σ): std 0.02, not flax's ±2σ 0.0176.
+  for w in (params["blocks_1"]["mlp"]["fc1"]["kernel"], params["pos_embed"]):
+    assert float(np.std(w)) == pytest.approx(0.02, rel=0.02)
+  np.testing.assert_array_equal(params["blocks_0"]["attn"]["qkv"]["bias"], 0.0)
+  # The patch embedding keeps PyTorch's Conv2d init: U(±1/√fan_in), kernel and bias alike.
+  bound = 1 / np.sqrt(14 * 14 * 3)
+  for w in (params["patch_embed"]["kernel"], params["patch_embed"]["bias"]):
+    assert float(np.abs(w).max()) <= bound and float(np.abs(w).max()) > 0.9 * bound
+
+
 def test_official_variant_sizes():
   assert VARIANTS["vit_small"] == dict(embed_dim=384, depth=12, num_heads=6)
   assert VARIANTS["vit_large"] == dict(embed_dim=1024, depth=24, num_heads=16)
@@ -190,6 +203,9 @@ def test_scanned_blocks_equal_unrolled(remat):
   unrolled, scanned = ViT(**kwargs), ViT(**kwargs, scan_blocks=True)
   params, x = _init(unrolled)
   assert jax.tree.structure(nn.unbox(scanned.init(jax.random.key(0), x))) == jax.tree.structure(params)
+  # One vmapped init draws every block's params, each block its own.
+  kernels = [params["params"][f"blocks_{i}"]["attn"]["qkv"]["kernel"] for i in range(4)]
+  assert all(not np.allclose(kernels[0], k) for k in kernels[1:])
   rngs = {"drop_path": jax.random.key(3)}
 
   def loss(model, params):
