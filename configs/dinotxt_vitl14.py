@@ -32,6 +32,7 @@ def get_config(arg=None):
   # empty name, the ViT described by `backbone.model` (random weights unless `checkpoint`).
   c.backbone = ml_collections.ConfigDict(dict(
       name="vitl14_reg", checkpoint="", freeze=True, attention="xla", dtype="bfloat16",
+      remat=False, scan_blocks=False,  # as model.* in the DINOv2 configs; remat only acts unfrozen
       model=ml_collections.ConfigDict()))
   c.image_size = 224  # vision_model_train_img_size
   c.embed_dim = 2048  # joint space: 1024 (CLS) + 1024 (mean of patches)

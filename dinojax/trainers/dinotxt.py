@@ -74,7 +74,8 @@ def build_tokenizer(config, workdir: str, train_source) -> Tokenizer:
 def build_backbone(config):
   """The frozen DINOv2 ViT: a released architecture by hub name, or the one `backbone.model` describes."""
   b = config.backbone
-  overrides = dict(attention=b.attention, dtype=jnp.dtype(b.dtype))
+  overrides = dict(attention=b.attention, dtype=jnp.dtype(b.dtype), remat=b.remat,
+                   scan_blocks=b.scan_blocks)
   if b.name:
     return hub.dinov2_model(b.name, **overrides)
   if not b.model:

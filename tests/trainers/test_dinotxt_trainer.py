@@ -6,7 +6,8 @@ import jax
 import numpy as np
 
 import jobs
-from dinojax.trainers import loop
+from dinojax import config_args
+from dinojax.trainers import dinotxt, loop
 
 CONFIG = f"{jobs.REPO / 'configs/dinotxt_vitl14.py'}:tiny"
 # A smaller model where only the mechanics are tested (compiles faster).
@@ -67,9 +68,19 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
   assert jobs.losses(tmp_path / "straight")[8] == jobs.losses(tmp_path / "killed")[8]
 
 
+def test_backbone_takes_remat_and_scan_blocks_from_the_config():
+  config = config_args.load_config(jobs.REPO / "configs/dinotxt_vitl14.py")
+  assert not dinotxt.build_backbone(config).scan_blocks
+  config.backbone.update(remat=True, scan_blocks=True)
+  backbone = dinotxt.build_backbone(config)
+  assert backbone.remat and backbone.scan_blocks and backbone.depth == 24
+
+
 def test_unfrozen_backbone_trains_with_the_sigmoid_loss(tmp_path):
+  # Scanned, rematerialised blocks: the layout a trained ViT-L/g backbone compiles fastest in.
   _run(tmp_path, *SMALL, "--config.total_steps=3", "--config.eval.every=0", "--config.checkpoint.every=3",
-       "--config.log_every=1", "--config.backbone.freeze=False", "--config.loss.kind=sigmoid")
+       "--config.log_every=1", "--config.backbone.freeze=False", "--config.loss.kind=sigmoid",
+       "--config.backbone.scan_blocks=True", "--config.backbone.remat=True")
   rows = _rows(tmp_path, "loss")
   assert len(rows) == 3 and all(np.isfinite(r["loss"]) and "logit_bias" in r for r in rows)
   _, state = jobs.final_state(tmp_path)
