@@ -4,6 +4,7 @@ the training jobs tests start as subprocesses, which inherit the environment) co
 once. Without it, XLA's compiles are most of the suite's time on a CPU."""
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -25,3 +26,11 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def _eight_devices():
   assert jax.device_count() == 8, "tests expect 8 fake CPU devices; was jax imported before conftest?"
+
+
+def pytest_sessionfinish():
+  # Free this process's compiled programs while an xdist controller still waits for it: left to the
+  # collections after it reports back, they outlast xdist's 5 s shutdown grace and the worker is
+  # interrupted (a KeyboardInterrupt traceback after the results).
+  jax.clear_caches()
+  gc.collect()
