@@ -4,6 +4,7 @@
 #
 #   bash bench/gpu_checks.sh                        # env attention ssl segment vit
 #   bash bench/gpu_checks.sh attention ssl          # a subset, in that order
+#   bash bench/gpu_checks.sh ssl ssl_scan           # the step unrolled, then scanned with remat
 #   LENGTHS=257,261 IMPLS=pallas,cudnn bash bench/gpu_checks.sh attention ssl_pallas
 #   SSL_ARGS="--set model.drop_path_rate=0.0" bash bench/gpu_checks.sh ssl   # extra ssl_step.py args
 #
@@ -48,18 +49,23 @@ attention() {  # LENGTHS and IMPLS override the DINOv2 lengths and every impleme
 }
 
 ssl() {  # the device's step time alone (--data cached); batch 32 if 64 fails (out of memory)
-  local attention=${SSL_ATTENTION:-cudnn}
+  local attention=${SSL_ATTENTION:-cudnn} extra
+  read -r -a extra <<< "${SSL_ARGS:-}"
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 step ssl 240 python3 bench/ssl_step.py \
-    --config configs/dinov2_vitl14.py --batch 64 --steps 20 --data cached --attention "$attention" --profile_steps 3 ${SSL_ARGS:-}
+    --config configs/dinov2_vitl14.py --batch 64 --steps 20 --data cached --attention "$attention" --profile_steps 3 "${extra[@]}"
   local rc=$?
   if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 step ssl 160 python3 bench/ssl_step.py \
-      --config configs/dinov2_vitl14.py --batch 32 --steps 20 --data cached --attention "$attention" ${SSL_ARGS:-}
+      --config configs/dinov2_vitl14.py --batch 32 --steps 20 --data cached --attention "$attention" "${extra[@]}"
   fi
 }
 
 ssl_pallas() {
   SSL_ATTENTION=pallas ssl
+}
+
+ssl_scan() {  # blocks scanned with remat (3x faster compiles at ViT-L): what it costs per step
+  SSL_ARGS="--set model.scan_blocks=True --set model.remat=True ${SSL_ARGS:-}" ssl
 }
 
 vit() {
@@ -71,7 +77,9 @@ segment() {
   XLA_PYTHON_CLIENT_PREALLOCATE=false step segment 100 python3 bench/segment.py --images 8 --profile /tmp/segment_trace
 }
 
-for name in ${@:-env_info attention ssl segment vit}; do
+names=("$@")
+[ $# -gt 0 ] || names=(env_info attention ssl segment vit)
+for name in "${names[@]}"; do
   [ "$name" = env ] && name=env_info
   "$name"
 done

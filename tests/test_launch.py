@@ -5,7 +5,8 @@ import subprocess
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SCRIPTS = sorted((REPO / "launch").glob("*.sh")) + sorted((REPO / "launch").glob("*.sbatch"))
+SCRIPTS = [*sorted((REPO / "launch").glob("*.sh")), *sorted((REPO / "launch").glob("*.sbatch")),
+           *sorted((REPO / "bench").glob("*.sh"))]
 ENV = {"PATH": "/usr/bin:/bin"}
 
 
