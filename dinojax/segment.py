@@ -10,6 +10,7 @@ sliding-window core `dinojax.evaluators.open_vocab`; dataset mIoU is the `talk2d
 
 import numpy as np
 
+from dinojax.data.images import load_image
 from dinojax.evaluators.talk2dino import (DEFAULT_TEMPLATES, TEMPLATES, Talk2DINOModels,  # noqa: F401
                                           class_embeddings, load_models, segment, segment_many)
 
@@ -42,13 +43,17 @@ def main(argv=None):
   classes = [c.strip() for c in args.classes.split(",") if c.strip()]
   if not classes:
     parser.error("--classes names no class")
+  try:  # before the models load, so a wrong path fails at once
+    image = load_image(args.image)
+  except (FileNotFoundError, ValueError) as e:
+    parser.error(f"--image: {e}")
   missing = [n for n in ("backbone_checkpoint", "clip_checkpoint", "projection") if not getattr(args, n)]
   if missing:
     print(f"warning: no {', '.join(missing)} given: those parts are randomly initialised, so the mask "
           "shows the pipeline, not real segmentation.")
   models = load_models(args.backbone, args.backbone_checkpoint, args.clip_checkpoint, args.projection,
                        args.projection_config)
-  labels, _ = segment(args.image, classes, models, background_threshold=args.background_threshold,
+  labels, _ = segment(image, classes, models, background_threshold=args.background_threshold,
                       short_side=args.short_side, window=args.window, stride=args.stride,
                       pamr=args.pamr, templates=args.templates)
   Image.fromarray(colour_mask(labels, len(classes))).save(args.out)

@@ -136,6 +136,12 @@ def test_cli_writes_a_mask(tmp_path):
   assert "randomly initialised" in result.stdout and Image.open(out).size == (451, 300)
   bad = subprocess.run(cmd[:6] + [" , "] + cmd[7:], capture_output=True, text=True, timeout=600)
   assert bad.returncode == 2 and "names no class" in bad.stderr
+  mask = out.read_bytes()
+  (tmp_path / "broken.jpg").write_bytes(b"not a JPEG")
+  bad = subprocess.run(cmd[:4] + [str(tmp_path / "broken.jpg")] + cmd[5:], capture_output=True, text=True,
+                       timeout=600)
+  assert bad.returncode == 2 and "Cannot read image" in bad.stderr, bad.stderr[-3000:]
+  assert out.read_bytes() == mask  # the earlier mask is left as it was
 
 
 def test_class_embeddings_average_the_prompt_set(models):
