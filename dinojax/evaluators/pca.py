@@ -60,6 +60,7 @@ def render(image: np.ndarray, colours: np.ndarray) -> Image.Image:
 def run(config, workdir: str) -> dict:
   """Extracts a ViT's patch features for one image and writes `pca.png` and `features.npz`."""
   os.makedirs(workdir, exist_ok=True)
+  raw = image_lib.load_image(config.image)  # before the checkpoint loads: a wrong path fails at once
   mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
   rules = tuple(tuple(r) for r in config.sharding_rules)
   model, params = hub.dinov2(config.model.name, checkpoint=config.checkpoint, seed=config.seed,
@@ -70,8 +71,7 @@ def run(config, workdir: str) -> dict:
   abstract = jax.eval_shape(model.init, jax.random.key(0), images)
   params = parallel.to_device(params, parallel.logical_to_shardings(abstract, mesh, rules))
 
-  image = image_lib.resize_to_patch_multiple(image_lib.load_image(config.image), config.resolution,
-                                             model.patch_size)
+  image = image_lib.resize_to_patch_multiple(raw, config.resolution, model.patch_size)
   batch = jnp.asarray(image_lib.normalize(image)[None])
   with parallel.activation_sharding(mesh, rules):
     features = jax.jit(model.apply)(params, batch)
