@@ -28,11 +28,13 @@ def get_config(arg=None):
   c.seed = 11  # the official run's
   c.eval_only = False  # restore the latest checkpoint of --workdir, evaluate, stop
 
-  # Frozen DINOv2: a released backbone by hub name (+ its converted checkpoint file), or, with an
-  # empty name, the ViT described by `backbone.model` (random weights unless `checkpoint`).
+  # Frozen DINOv2: a released backbone by hub name (+ its converted checkpoint file), the backbone
+  # of a dinojax SSL or distillation run (`workdir`, at `workdir_step`, 0: the latest; its
+  # architecture from the run's config.json), or, with an empty name, the ViT described by
+  # `backbone.model` (random weights unless `checkpoint`).
   c.backbone = ml_collections.ConfigDict(dict(
-      name="vitl14_reg", checkpoint="", freeze=True, attention="xla", dtype="bfloat16",
-      remat=False, scan_blocks=False,  # as model.* in the DINOv2 configs; remat only acts unfrozen
+      name="vitl14_reg", checkpoint="", workdir="", workdir_step=0, freeze=True, attention="xla",
+      dtype="bfloat16", remat=False, scan_blocks=False,  # as model.* in the DINOv2 configs; remat only acts unfrozen
       model=ml_collections.ConfigDict()))
   c.image_size = 224  # vision_model_train_img_size
   c.embed_dim = 2048  # joint space: 1024 (CLS) + 1024 (mean of patches)

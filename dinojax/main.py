@@ -16,6 +16,7 @@ JOBS = {
     "curate": "dinojax.curation.pipeline",
     "dinotxt": "dinojax.trainers.dinotxt",
     "distill": "dinojax.trainers.distill",
+    "linear_eval": "dinojax.evaluators.linear",
     "pca_features": "dinojax.evaluators.pca",
     "ssl": "dinojax.trainers.ssl",
     "talk2dino": "dinojax.trainers.talk2dino",
@@ -52,6 +53,16 @@ def use_compilation_cache(workdir: str) -> None:
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
 
 
+def write_config(config, workdir: str) -> None:
+  """WORKDIR/config.json, the job's whole config as it starts: later jobs read it (a linear
+  evaluation or dino.txt rebuilds an SSL run's backbone from its `model`)."""
+  import jax
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=1))
+
+
 class _QuietLibraries(std_logging.Filter):
   """Keeps the libraries' INFO chatter (orbax logs every checkpoint step) out of the run's log."""
 
@@ -72,6 +83,7 @@ def main(argv):
     raise app.UsageError(f"Unknown job {config.job!r}; choose one of {sorted(JOBS)}.")
   init_distributed()
   use_compilation_cache(_WORKDIR.value)
+  write_config(config, _WORKDIR.value)
   logging.info("Config:\n%s", config)
   importlib.import_module(JOBS[config.job]).run(config, _WORKDIR.value)
 

@@ -8,7 +8,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, UnidentifiedImageError
 
-from dinojax.data import images as image_lib
+from dinojax.data import augment, images as image_lib
 from dinojax.data.masking import BlockMasking, sample_masks
 from dinojax.data.multi_crop import MultiCrop
 
@@ -107,6 +107,31 @@ def ssl_dataset(source, global_batch: int, multi_crop: MultiCrop, patch_size: in
   if masks:
     ds = ds.random_map(add_masks)
   ds = ds.batch(local_batch // mask_group, batch_fn=concat)[process_index::process_count]
+  return ds.to_iter_dataset(read_options(num_threads)), skipped
+
+
+def classification_dataset(source, global_batch: int, size: int, seed: int,
+                           scale: tuple[float, float] = (0.08, 1.0), process_index: int = 0,
+                           process_count: int = 1, num_threads: int = 2):
+  """This host's part of every global batch of labelled training images, {"image" (b, size, size, 3),
+  "label" (b,)}: DINOv2's classification train transform (random resized crop, bicubic, of `scale`
+  of the area; horizontal flip with p = 0.5; ImageNet normalisation), as its linear evaluation
+  trains on. Endless, deterministic and host-independent as `ssl_dataset`, unreadable images
+  counted and replaced the same way. Returns (IterDataset, SkipCounter)."""
+  if global_batch % process_count:
+    raise ValueError(f"Global batch {global_batch} does not split over {process_count} processes.")
+  skipped = SkipCounter()
+  stream = grain.MapDataset.source(source).seed(seed).shuffle().repeat(None)
+  epoch = len(source)
+
+  def crop(index, rng):
+    example, image = readable_example(stream, index, epoch, skipped)
+    view = augment.random_resized_crop(Image.fromarray(image), size, scale, rng)
+    view = augment.horizontal_flip(view, rng)
+    return {"image": image_lib.normalize(np.asarray(view)), "label": np.int32(example["label"])}
+
+  ds = grain.MapDataset.range(ENDLESS).seed(seed).random_map(crop)
+  ds = ds.batch(global_batch // process_count)[process_index::process_count]
   return ds.to_iter_dataset(read_options(num_threads)), skipped
 
 

@@ -8,8 +8,10 @@ gradient, no optimizer state and no checkpoint (it is re-read from its source on
 `backbone.freeze=False` trains it too (a full CLIP-style step, for comparison).
 """
 
+import json
 import os
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,15 +73,40 @@ def build_tokenizer(config, workdir: str, train_source) -> Tokenizer:
   return Tokenizer(model.encode, model.vocab_size, model.eos_id, model.pad_id, f"sentencepiece:{path}")
 
 
+# The state entry of a dinojax run that holds the backbone to reuse: SSL's EMA teacher, distillation's
+# EMA of the student (the one it exports).
+RUN_BACKBONE = {"ssl": "teacher", "distill": "ema"}
+
+
+def read_run_config(workdir: str) -> dict:
+  """The config a dinojax SSL or distillation run recorded in WORKDIR/config.json."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"backbone.workdir={workdir!r} has no config.json: not a dinojax run, or "
+                            "one started before runs recorded their config.")
+  with open(path) as f:
+    run = json.load(f)
+  if run.get("job") not in RUN_BACKBONE:
+    raise ValueError(f"backbone.workdir={workdir!r} is a {run.get('job')!r} run; a backbone comes from "
+                     f"one of {sorted(RUN_BACKBONE)}.")
+  return run
+
+
 def build_backbone(config):
-  """The frozen DINOv2 ViT: a released architecture by hub name, or the one `backbone.model` describes."""
+  """The frozen DINOv2 ViT: the backbone of a dinojax run (`backbone.workdir`, its architecture from
+  the run's config), a released architecture by hub name, or the one `backbone.model` describes."""
   b = config.backbone
   overrides = dict(attention=b.attention, dtype=jnp.dtype(b.dtype), remat=b.remat,
                    scan_blocks=b.scan_blocks)
+  if b.workdir:
+    model = read_run_config(b.workdir)["model"]
+    # The run's checkpoint holds its blocks stacked or not, as it trained them.
+    return build_vit({**model, **overrides, "scan_blocks": model.get("scan_blocks", False)})
   if b.name:
     return hub.dinov2_model(b.name, **overrides)
   if not b.model:
-    raise ValueError("Set backbone.name (e.g. 'vitl14_reg') or describe the ViT in backbone.model.")
+    raise ValueError("Set backbone.name (e.g. 'vitl14_reg'), backbone.workdir (a dinojax SSL run) or "
+                     "describe the ViT in backbone.model.")
   return build_vit({**b.model.to_dict(), **overrides})
 
 
@@ -95,18 +122,31 @@ def build_models(config, backbone, tokenizer: Tokenizer) -> tuple[VisionHead, Te
 
 
 def init_backbone(config, backbone, mesh, rules):
-  """(params, description) of the frozen backbone, placed on the mesh: a converted checkpoint, or
-  random weights from the seed (said loudly: a random backbone only suits tests and the tiny run)."""
+  """(params, description) of the frozen backbone, placed on the mesh: a dinojax run's (at
+  `backbone.workdir_step`, 0: its latest checkpoint), a converted checkpoint, or random weights from
+  the seed (said loudly: a random backbone only suits tests and the tiny run)."""
+  b = config.backbone
   images = jnp.zeros((1, config.image_size, config.image_size, 3))
   init = lambda rng: backbone.init(rng, images)["params"]
-  if config.backbone.checkpoint:
+  if b.workdir and b.checkpoint:
+    raise ValueError("Set one of backbone.workdir and backbone.checkpoint, not both.")
+  if b.workdir:
+    key = RUN_BACKBONE[read_run_config(b.workdir)["job"]]
+    directory = os.path.join(b.workdir, "checkpoints")
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    target = checkpoint.abstract_like(nn.unbox(abstract), parallel.logical_to_shardings(abstract, mesh, rules))
+    step = b.workdir_step or None
+    restored = checkpoint.restore_subtree(directory, {key: {"backbone": target}}, step)
+    step = step or checkpoint.latest_step(checkpoint.manager(directory, None))
+    return restored[key]["backbone"], f"workdir:{os.path.abspath(b.workdir)}@{step}"
+  if b.checkpoint:
     from dinojax import convert
-    state_dict = convert.to_official_naming(convert.load_state_dict(config.backbone.checkpoint))
+    state_dict = convert.to_official_naming(convert.load_state_dict(b.checkpoint))
     params = convert.state_dict_to_params(state_dict, backbone)["params"]
     shardings = parallel.logical_to_shardings(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
-    return parallel.to_device(params, shardings), f"checkpoint:{config.backbone.checkpoint}"
-  logging.warning("backbone.checkpoint is empty: the frozen backbone has RANDOM weights (seed %d).",
-                  config.seed)
+    return parallel.to_device(params, shardings), f"checkpoint:{b.checkpoint}"
+  logging.warning("No backbone.checkpoint or backbone.workdir: the frozen backbone has RANDOM weights "
+                  "(seed %d).", config.seed)
   params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed + 2))
   return params, f"random:{config.seed + 2}"
 
