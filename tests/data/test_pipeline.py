@@ -69,6 +69,25 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path):
   assert skipped.count >= 2
 
 
+def test_classification_batches_are_labelled_crops_split_over_hosts_and_skip_bad_images(tmp_path):
+  for label in ("a", "b"):
+    (tmp_path / label).mkdir()
+    for i in range(3):
+      Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(tmp_path / label / f"{i}.png")
+  (tmp_path / "b" / "broken.jpg").write_bytes(b"not an image")
+  source = sources.ImageFolder(str(tmp_path))
+  ds, skipped = pipeline.classification_dataset(source, 8, 16, seed=0, num_threads=1)
+  whole = next(iter(ds))
+  assert whole["image"].shape == (8, 16, 16, 3) and whole["image"].dtype == np.float32
+  assert whole["label"].dtype == np.int32 and set(whole["label"]) <= {0, 1} and skipped.count >= 1
+  np.testing.assert_array_equal(next(iter(ds))["image"], whole["image"])  # a function of the seed
+  # Global batch k is the same images, however many hosts read it.
+  halves = [next(iter(pipeline.classification_dataset(source, 8, 16, 0, process_index=h,
+                                                      process_count=2)[0])) for h in range(2)]
+  np.testing.assert_array_equal(np.concatenate([h["label"] for h in halves]), whole["label"])
+  np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), whole["image"])
+
+
 def test_digits_are_scikit_learns_split_80_20():
   from sklearn.datasets import load_digits
   digits = load_digits()
