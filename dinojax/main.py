@@ -16,6 +16,7 @@ JOBS = {
     "curate": "dinojax.curation.pipeline",
     "dinotxt": "dinojax.trainers.dinotxt",
     "distill": "dinojax.trainers.distill",
+    "knn_eval": "dinojax.evaluators.knn",
     "linear_eval": "dinojax.evaluators.linear",
     "pca_features": "dinojax.evaluators.pca",
     "ssl": "dinojax.trainers.ssl",

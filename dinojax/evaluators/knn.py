@@ -1,35 +1,118 @@
-"""Weighted k-NN classification on frozen features (DINO's protocol: cosine similarity, top k
-neighbours vote with weight exp(sim / T))."""
+"""Weighted k-NN classification on frozen features, DINO's protocol (the official
+`dinov2/eval/knn.py`): L2-normalised CLS features compared by cosine similarity, the k nearest
+training images vote for their class with weight exp(similarity / T).
+
+Used during pretraining (`trainers/ssl.py`, k = 20) and as the `knn_eval` job on any backbone:
+
+  python -m dinojax.main --config configs/knn_eval.py:vitl14_reg --workdir workdir/knn_l14 \
+      --config.backbone.checkpoint=dinov2_vitl14_reg4_pretrain.pth
+"""
+
+import json
+import os
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from dinojax import parallel
+from dinojax.data import pipeline, sources
+from dinojax.trainers import loop
 
 
-def knn_predict(train_features: jax.Array, train_labels: jax.Array, test_features: jax.Array,
-                num_classes: int, k: int = 20, temperature: float = 0.07) -> jax.Array:
-  """Class scores (num_test, num_classes) for L2-normalised features."""
-  k = min(k, train_features.shape[0])
-  similarity = test_features @ train_features.T
-  top_sim, top_idx = jax.lax.top_k(similarity, k)
-  votes = jax.nn.one_hot(train_labels[top_idx], num_classes) * jnp.exp(top_sim / temperature)[..., None]
-  return votes.sum(axis=1)
+def knn_votes(train_features: jax.Array, train_labels: jax.Array, test_features: jax.Array,
+              num_classes: int, ks: Sequence[int], temperature: float) -> dict:
+  """{k: class scores (num_test, num_classes)} for L2-normalised features: the similarity-weighted
+  votes of the k nearest training images, for every k from one search of the largest."""
+  k_max = min(max(ks), train_features.shape[0])
+  top_sim, top_idx = jax.lax.top_k(test_features @ train_features.T, k_max)
+  weights, labels = jnp.exp(top_sim / temperature), train_labels[top_idx]
+  rows = jnp.arange(test_features.shape[0])[:, None]
+  zeros = jnp.zeros((test_features.shape[0], num_classes), weights.dtype)
+  return {k: zeros.at[rows, labels[:, :k]].add(weights[:, :k]) for k in ks}
 
 
 def _normalize(x):
   return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def knn_accuracy(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
-                 test_labels: np.ndarray, num_classes: int, k: int = 20, temperature: float = 0.07,
-                 chunk: int = 1024) -> float:
-  """Top-1 accuracy (in [0, 1]) of weighted k-NN, test set processed in chunks."""
+def knn_accuracies(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+                   test_labels: np.ndarray, num_classes: int, ks: Sequence[int] = (20,),
+                   temperature: float = 0.07, chunk: int = 1024) -> dict:
+  """{k: {"top1", "top5"}} (fractions) of weighted k-NN, the test set in chunks (top-5 is top-C
+  with fewer than 5 classes)."""
   train = jnp.asarray(_normalize(train_features))
   labels = jnp.asarray(train_labels)
-  predict = jax.jit(knn_predict, static_argnums=(3, 4))
-  correct = 0
+  top = min(5, num_classes)
+  score = jax.jit(lambda feats, true: {
+      k: (s.argmax(-1) == true, (jax.lax.top_k(s, top)[1] == true[:, None]).any(-1))
+      for k, s in knn_votes(train, labels, feats, num_classes, ks, temperature).items()})
+  hits = {k: np.zeros(2) for k in ks}
   for start in range(0, len(test_features), chunk):
     feats = jnp.asarray(_normalize(test_features[start:start + chunk]))
-    scores = predict(train, labels, feats, num_classes, k, temperature)
-    correct += int((np.asarray(scores.argmax(-1)) == test_labels[start:start + chunk]).sum())
-  return correct / max(len(test_features), 1)
+    for k, (top1, top5) in score(feats, jnp.asarray(test_labels[start:start + chunk])).items():
+      hits[k] += (int(top1.sum()), int(top5.sum()))
+  count = max(len(test_features), 1)
+  return {k: {"top1": h[0] / count, "top5": h[1] / count} for k, h in hits.items()}
+
+
+def extract_features(embed, params, source, batch_size: int, image_size: int, mesh, rules):
+  """(features, labels) of every image of `source` under the evaluation transform, `embed(params,
+  images)` run on the mesh; every host embeds its slice and ends with the whole set, in order."""
+  shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
+               "label": parallel.batch_sharding(mesh, rules, 1),
+               "valid": parallel.batch_sharding(mesh, rules, 1)}
+  feats, labels = [], []
+  for local in pipeline.eval_dataset(source, batch_size // jax.process_count(), image_size,
+                                     jax.process_index(), jax.process_count()):
+    batch = loop.global_batch(local, shardings)
+    out, label, valid = (multihost_utils.process_allgather(x, tiled=True) for x in
+                         (embed(params, batch["image"]), batch["label"], batch["valid"]))
+    feats.append(np.asarray(out, np.float32)[valid])
+    labels.append(label[valid])
+  return np.concatenate(feats), np.concatenate(labels)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The `knn_eval` job
+# ---------------------------------------------------------------------------------------------------
+def run(config, workdir: str) -> dict:
+  """k-NN top-1/top-5 of a frozen backbone's CLS features for every `knn.k`, logged and written to
+  WORKDIR/results_eval_knn.json."""
+  # The frozen-backbone sources the evaluation jobs share; imported here, as dino.txt's trainer
+  # imports the SSL trainer, which imports this module.
+  from dinojax.trainers import dinotxt
+  os.makedirs(workdir, exist_ok=True)
+  if not len(config.knn.k) or min(config.knn.k) < 1:
+    raise ValueError(f"knn.k={tuple(config.knn.k)} must list positive neighbour counts.")
+  mesh, rules = loop.make_mesh(config)
+  train_source = sources.make_source(config.data.source, config.data.train_split)
+  val_source = sources.make_source(config.data.source, config.data.val_split)
+
+  backbone = dinotxt.build_backbone(config)
+  if config.image_size % backbone.patch_size:
+    raise ValueError(f"image_size={config.image_size} is not a multiple of the backbone's patch size "
+                     f"{backbone.patch_size}.")
+  params, backbone_source = dinotxt.init_backbone(config, backbone, mesh, rules)
+  embed = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
+  with parallel.activation_sharding(mesh, rules):
+    train = extract_features(embed, params, train_source, config.batch_size, config.image_size, mesh, rules)
+    val = extract_features(embed, params, val_source, config.batch_size, config.image_size, mesh, rules)
+  if not len(val[0]):
+    raise ValueError(f"The validation split {config.data.val_split!r} of {config.data.source!r} is empty.")
+  results = knn_accuracies(*train, *val, train_source.num_classes, tuple(config.knn.k),
+                           config.knn.temperature)
+  metrics = {f"knn_{k}_{name}": v for k, r in results.items() for name, v in r.items()}
+  loop.log_metrics(0, metrics)
+  loop.MetricWriter(workdir).write(0, metrics)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results_eval_knn.json"), "w") as f:
+      json.dump({"backbone": backbone_source, "train_images": len(train[0]),
+                 "validation_images": len(val[0]), "temperature": config.knn.temperature,
+                 "accuracy": {str(k): r for k, r in results.items()}}, f, indent=1)
+  logging.info("k-NN (%s): %s", backbone_source,
+               ", ".join(f"k={k}: {100 * r['top1']:.2f}%" for k, r in results.items()))
+  return metrics

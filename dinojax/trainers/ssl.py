@@ -10,10 +10,8 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 from dinojax import checkpoint, optim, parallel
 from dinojax.data import masking, pipeline, sources
@@ -258,23 +256,7 @@ def init_state(config, make_tx, params, param_shardings, ema_key: str) -> dict:
 def knn_evaluator(config, mesh, rules, backbone: ViT):
   """`knn_eval(backbone_params) -> top-1`: k-NN accuracy of the backbone's CLS features on
   `config.eval.*` (sources read on first use)."""
-  extract = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
-  eval_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
-                    "label": parallel.batch_sharding(mesh, rules, 1),
-                    "valid": parallel.batch_sharding(mesh, rules, 1)}
-
-  def features(params, source):
-    """Every host embeds its slice; all hosts end with the whole set (in the same order)."""
-    feats, labels = [], []
-    for local in pipeline.eval_dataset(source, config.eval.batch_size // jax.process_count(),
-                                       config.crops.global_size, jax.process_index(), jax.process_count()):
-      batch = loop.global_batch(local, eval_shardings)
-      out, label, valid = (multihost_utils.process_allgather(x, tiled=True) for x in
-                           (extract(params, batch["image"]), batch["label"], batch["valid"]))
-      feats.append(np.asarray(out, np.float32)[valid])
-      labels.append(label[valid])
-    return np.concatenate(feats), np.concatenate(labels)
-
+  embed = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
   eval_sources = None
 
   def knn_eval(params):
@@ -282,10 +264,11 @@ def knn_evaluator(config, mesh, rules, backbone: ViT):
     if eval_sources is None:
       eval_sources = (sources.make_source(config.eval.source, config.eval.train_split),
                       sources.make_source(config.eval.source, config.eval.heldout_split))
-    train_feats, train_labels = features(params, eval_sources[0])
-    test_feats, test_labels = features(params, eval_sources[1])
-    return knn.knn_accuracy(train_feats, train_labels, test_feats, test_labels,
-                            eval_sources[0].num_classes, config.eval.knn_k, config.eval.knn_temperature)
+    train, test = (knn.extract_features(embed, params, source, config.eval.batch_size,
+                                        config.crops.global_size, mesh, rules) for source in eval_sources)
+    k = config.eval.knn_k
+    return knn.knn_accuracies(*train, *test, eval_sources[0].num_classes, (k,),
+                              config.eval.knn_temperature)[k]["top1"]
 
   return knn_eval
 

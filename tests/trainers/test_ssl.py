@@ -1,5 +1,8 @@
 """End to end: the tiny SSL config trains, resumes exactly after a kill, and gives the same result on
-one device and on 8 (data- or fsdp-sharded, XLA or Pallas attention, blocks unrolled or scanned)."""
+one device and on 8 (data- or fsdp-sharded, XLA or Pallas attention, blocks unrolled or scanned);
+the k-NN job on its teacher repeats the run's own evaluation."""
+
+import json
 
 import jax
 import numpy as np
@@ -56,6 +59,16 @@ def test_tiny_run_trains_and_evaluates(straight_run):
   step, state = jobs.final_state(straight_run)
   assert step == 20 and int(state["step"]) == 20
   assert set(state) == {"params", "teacher", "opt", "center", "step"}
+
+
+def test_knn_job_on_the_run_gives_the_runs_own_evaluation(tmp_path, straight_run):
+  # The knn_eval job rebuilds the teacher from the run's config.json and checkpoint, and evaluates
+  # it as the trainer did (k = 20, T = 0.07, digits held out).
+  jobs.run_main(f"{jobs.REPO / 'configs/knn_eval.py'}:tiny", tmp_path,
+                f"--config.backbone.workdir={straight_run}")
+  results = json.loads((tmp_path / "results_eval_knn.json").read_text())
+  assert results["backbone"].endswith("@20") and results["validation_images"] == 360
+  assert results["accuracy"]["20"]["top1"] == pytest.approx(_knn(straight_run)[-1], abs=1.5 / 360)
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):

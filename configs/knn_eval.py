@@ -1,0 +1,51 @@
+"""k-NN evaluation of a frozen DINOv2 backbone on ImageNet-1k with the official settings
+(`dinov2/eval/knn.py`): CLS features of the evaluation crop (resize 256, centre 224), cosine
+similarity, k = 10, 20, 100, 200 neighbours voting with weight exp(similarity / 0.07).
+
+  python -m dinojax.main --config configs/knn_eval.py:vitl14_reg --workdir workdir/knn_l14 \
+      --config.backbone.checkpoint=dinov2_vitl14_reg4_pretrain.pth
+  python -m dinojax.main --config configs/knn_eval.py:tiny --workdir workdir/knn_tiny \
+      --config.backbone.workdir=workdir/ssl_tiny          # the teacher of the README's run
+
+The argument names the released backbone (default `vitl14_reg`); `backbone.*` is the section of the
+linear evaluation (a released checkpoint, a dinojax run's `workdir`, or random weights).
+`:tiny` runs in seconds on a CPU on the offline digits.
+"""
+
+import ml_collections
+
+from dinojax import parallel
+from dinojax.config_args import parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, backbone="vitl14_reg", tiny=False)
+  c = ml_collections.ConfigDict()
+  c.job = "knn_eval"
+  c.seed = 0
+  c.backbone = ml_collections.ConfigDict(dict(
+      name=arg.backbone, checkpoint="", workdir="", workdir_step=0, attention="auto",
+      dtype="bfloat16", remat=False, scan_blocks=False, model=ml_collections.ConfigDict()))
+  c.image_size = 224
+  c.data = ml_collections.ConfigDict(dict(source="tfds:imagenet2012", train_split="train",
+                                          val_split="validation"))
+  c.knn = ml_collections.ConfigDict(dict(k=(10, 20, 100, 200), temperature=0.07))
+  c.batch_size = 256  # global, for feature extraction
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
+  c.sharding_rules = parallel.DEFAULT_RULES
+  if arg.tiny:
+    return tiny(c)
+  return c
+
+
+def tiny(c):
+  """Seconds on 2 CPU cores: 32-px digits, the tiny SSL model's architecture (random weights unless
+  `backbone.workdir` names a run), k = 20 as the SSL run's own evaluation."""
+  c.backbone.update(name="", dtype="float32", model=ml_collections.ConfigDict(dict(
+      embed_dim=96, depth=4, num_heads=3, patch_size=4, img_size=32, init_values=1.0,
+      num_register_tokens=0, dtype="float32")))
+  c.image_size = 32
+  c.data.update(source="digits", train_split="train", val_split="heldout")
+  c.knn.k = (10, 20)
+  c.batch_size = 128
+  return c

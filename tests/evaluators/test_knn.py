@@ -1,0 +1,57 @@
+"""Weighted k-NN against a NumPy reference, and the `knn_eval` job's errors (the job itself runs on
+an SSL run in tests/trainers/test_ssl.py)."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jobs
+from dinojax import config_args
+from dinojax.evaluators import knn
+
+CONFIG = f"{jobs.REPO / 'configs/knn_eval.py'}:tiny"
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_votes_are_the_similarity_weighted_labels_of_the_nearest_neighbours():
+  rng = np.random.default_rng(0)
+  train, test = _unit(rng.normal(size=(30, 6))), _unit(rng.normal(size=(7, 6)))
+  labels, classes, temperature = rng.integers(0, 4, 30), 4, 0.07
+  votes = knn.knn_votes(jnp.asarray(train), jnp.asarray(labels), jnp.asarray(test), classes, (1, 5, 30),
+                        temperature)
+  sims = test @ train.T
+  for k in (1, 5, 30):
+    expected = np.zeros((7, classes))
+    for i in range(7):
+      for j in np.argsort(-sims[i])[:k]:
+        expected[i, labels[j]] += np.exp(sims[i, j] / temperature)
+    np.testing.assert_allclose(np.asarray(votes[k]), expected, rtol=1e-4)
+
+
+def test_accuracies_for_several_k_in_chunks():
+  # Two tight clusters; test points sit in them, so k=1 is always right, and k larger than the
+  # training set (8) takes every image, where the nearer cluster still wins by its weights.
+  rng = np.random.default_rng(1)
+  centres = np.eye(3)[:2]
+  train = np.concatenate([c + 0.01 * rng.normal(size=(4, 3)) for c in centres])
+  labels = np.repeat([0, 1], 4)
+  test = np.concatenate([c + 0.01 * rng.normal(size=(5, 3)) for c in centres])
+  truth = np.repeat([0, 1], 5)
+  out = knn.knn_accuracies(train, labels, test, truth, num_classes=2, ks=(1, 20), chunk=3)
+  assert out == {1: {"top1": 1.0, "top5": 1.0}, 20: {"top1": 1.0, "top5": 1.0}}
+  wrong = knn.knn_accuracies(train, labels, test, 1 - truth, num_classes=2, ks=(1,))
+  assert wrong[1]["top1"] == 0.0 and wrong[1]["top5"] == 1.0  # top-"5" of 2 classes holds both
+
+
+@pytest.mark.parametrize("overrides, error, message", [
+    ({"knn.k": ()}, ValueError, "must list positive neighbour counts"),
+    ({"image_size": 30}, ValueError, "image_size=30 is not a multiple of the backbone's patch size 4"),
+    ({"backbone.workdir": "/nonexistent/run"}, FileNotFoundError, "has no config.json"),
+])
+def test_bad_settings_are_named(tmp_path, overrides, error, message):
+  config = config_args.override(config_args.load_config(CONFIG), overrides)
+  with pytest.raises(error, match=message):
+    knn.run(config, str(tmp_path))
