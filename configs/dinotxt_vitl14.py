@@ -17,6 +17,7 @@ import ml_collections
 
 from dinojax import parallel
 from dinojax.config_args import parse_arg
+from dinojax.config_defaults import frozen_backbone
 from dinojax.data import captions
 from dinojax.evaluators import zero_shot
 
@@ -28,14 +29,9 @@ def get_config(arg=None):
   c.seed = 11  # the official run's
   c.eval_only = False  # restore the latest checkpoint of --workdir, evaluate, stop
 
-  # Frozen DINOv2: a released backbone by hub name (+ its converted checkpoint file), the backbone
-  # of a dinojax SSL or distillation run (`workdir`, at `workdir_step`, 0: the latest; its
-  # architecture from the run's config.json), or, with an empty name, the ViT described by
-  # `backbone.model` (random weights unless `checkpoint`).
-  c.backbone = ml_collections.ConfigDict(dict(
-      name="vitl14_reg", checkpoint="", workdir="", workdir_step=0, freeze=True, attention="xla",
-      dtype="bfloat16", remat=False, scan_blocks=False,  # as model.* in the DINOv2 configs; remat only acts unfrozen
-      model=ml_collections.ConfigDict()))
+  # The frozen DINOv2 (config_defaults.frozen_backbone); `freeze=False` trains it too.
+  c.backbone = frozen_backbone("vitl14_reg", attention="xla")
+  c.backbone.freeze = True
   c.image_size = 224  # vision_model_train_img_size
   c.embed_dim = 2048  # joint space: 1024 (CLS) + 1024 (mean of patches)
   c.vision = ml_collections.ConfigDict(dict(

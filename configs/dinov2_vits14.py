@@ -5,7 +5,7 @@ from-scratch counterpart for smaller budgets. `:tiny` gives the CPU config of th
 on the offline digits set, a few hundred steps, with k-NN evaluation.
 """
 
-from dinojax.config_defaults import dinov2_ssl
+from dinojax.config_defaults import TINY_VIT, dinov2_ssl
 from dinojax.config_args import parse_arg
 
 
@@ -21,10 +21,7 @@ def get_config(arg=None):
 
 def tiny(c):
   """Minutes on 2 CPU cores: 32 px digits, 4-px patches, 4 blocks, 2 local crops of 16 px."""
-  # LayerScale 1e-5 leaves the CLS token nearly image-independent for thousands of steps; a run of
-  # minutes needs 1.0 (the value the released checkpoints load with) to see features form.
-  c.model.update(variant=None, embed_dim=96, depth=4, num_heads=3, patch_size=4, img_size=32,
-                 drop_path_rate=0.0, init_values=1.0, dtype="float32")
+  c.model.update(variant=None, drop_path_rate=0.0, **TINY_VIT)
   # 128 prototypes: 1,437 training digits cannot spread over 512 clusters in a few epochs.
   c.dino.head.update(prototypes=128, bottleneck_dim=64, hidden_dim=256)
   c.ibot.head.update(prototypes=128, bottleneck_dim=64, hidden_dim=256)

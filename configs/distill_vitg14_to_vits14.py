@@ -25,7 +25,7 @@ import math
 import ml_collections
 
 from dinojax.config_args import parse_arg
-from dinojax.config_defaults import dinov2_lvd_recipe, dinov2_ssl
+from dinojax.config_defaults import TINY_VIT, dinov2_lvd_recipe, dinov2_ssl
 
 STUDENTS = {"vits14": "vit_small", "vitb14": "vit_base", "vitl14": "vit_large"}
 
@@ -66,8 +66,7 @@ def tiny(c):
   """Minutes on 2 CPU cores: digits at 32 px, a 48-wide student of 4 blocks learning from the
   96-wide teacher of `dinov2_vits14.py:tiny` (same 4-px patches, 128 prototypes, shared head)."""
   c.teacher.model = ml_collections.ConfigDict(dict(
-      variant=None, embed_dim=96, depth=4, num_heads=3, patch_size=4, img_size=32, ffn="mlp",
-      init_values=1.0, drop_path_rate=0.0, attention="xla", dtype="float32"))
+      variant=None, ffn="mlp", drop_path_rate=0.0, attention="xla", **TINY_VIT))
   head = dict(prototypes=128, bottleneck_dim=64, nlayers=3, hidden_dim=256)
   c.teacher.update(random_init=True, separate_head=False, warmup_temp=0.04, temp=0.04)
   c.teacher.dino_head.update(head)

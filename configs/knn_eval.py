@@ -16,6 +16,7 @@ import ml_collections
 
 from dinojax import parallel
 from dinojax.config_args import parse_arg
+from dinojax.config_defaults import TINY_VIT, frozen_backbone
 
 
 def get_config(arg=None):
@@ -23,9 +24,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.job = "knn_eval"
   c.seed = 0
-  c.backbone = ml_collections.ConfigDict(dict(
-      name=arg.backbone, checkpoint="", workdir="", workdir_step=0, attention="auto",
-      dtype="bfloat16", remat=False, scan_blocks=False, model=ml_collections.ConfigDict()))
+  c.backbone = frozen_backbone(arg.backbone)
   c.image_size = 224
   c.data = ml_collections.ConfigDict(dict(source="tfds:imagenet2012", train_split="train",
                                           val_split="validation"))
@@ -41,9 +40,7 @@ def get_config(arg=None):
 def tiny(c):
   """Seconds on 2 CPU cores: 32-px digits, the tiny SSL model's architecture (random weights unless
   `backbone.workdir` names a run), k = 20 as the SSL run's own evaluation."""
-  c.backbone.update(name="", dtype="float32", model=ml_collections.ConfigDict(dict(
-      embed_dim=96, depth=4, num_heads=3, patch_size=4, img_size=32, init_values=1.0,
-      num_register_tokens=0, dtype="float32")))
+  c.backbone.update(name="", dtype="float32", model=ml_collections.ConfigDict(TINY_VIT))
   c.image_size = 32
   c.data.update(source="digits", train_split="train", val_split="heldout")
   c.knn.k = (10, 20)

@@ -16,7 +16,7 @@ import ml_collections
 
 from dinojax import parallel
 from dinojax.config_args import parse_arg
-from dinojax.config_defaults import OFFICIAL_EPOCH_LENGTH
+from dinojax.config_defaults import OFFICIAL_EPOCH_LENGTH, TINY_VIT, frozen_backbone
 
 # The official grid of base learning rates (scaled by the global batch / 256).
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
@@ -28,12 +28,7 @@ def get_config(arg=None):
   c.job = "linear_eval"
   c.seed = 0
 
-  # The frozen backbone, as in the dino.txt configs: a released one by hub name (+ `checkpoint`), a
-  # dinojax SSL or distillation run (`workdir`, at `workdir_step`, 0: the latest), or, with an empty
-  # name, the ViT described by `model`. dtype: the official evaluation runs it under autocast.
-  c.backbone = ml_collections.ConfigDict(dict(
-      name=arg.backbone, checkpoint="", workdir="", workdir_step=0, attention="auto",
-      dtype="bfloat16", remat=False, scan_blocks=False, model=ml_collections.ConfigDict()))
+  c.backbone = frozen_backbone(arg.backbone)  # see config_defaults.frozen_backbone
   c.image_size = 224
 
   c.data = ml_collections.ConfigDict(dict(source="tfds:imagenet2012", train_split="train",
@@ -60,9 +55,7 @@ def get_config(arg=None):
 def tiny(c):
   """Minutes on 2 CPU cores: 32-px digits, a random 4-block ViT with 4-px patches (the tiny SSL
   model), 300 steps."""
-  c.backbone.update(name="", dtype="float32", model=ml_collections.ConfigDict(dict(
-      embed_dim=96, depth=4, num_heads=3, patch_size=4, img_size=32, init_values=1.0,
-      num_register_tokens=0, dtype="float32")))
+  c.backbone.update(name="", dtype="float32", model=ml_collections.ConfigDict(TINY_VIT))
   c.image_size = 32
   c.data.update(source="digits", train_split="train", val_split="heldout", threads=2)
   c.linear.crop_scale = (0.6, 1.0)  # a tenth of an 8×8 digit is a stroke fragment

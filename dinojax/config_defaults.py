@@ -63,6 +63,26 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
 
 
 
+def frozen_backbone(name: str, attention: str = "auto") -> ml_collections.ConfigDict:
+  """The `backbone` section of the jobs that read a frozen DINOv2 (k-NN and linear evaluation,
+  dino.txt): a released backbone by hub `name` with its converted `checkpoint`; the backbone of a
+  dinojax SSL or distillation run (`workdir`, at `workdir_step`, 0: the latest; its architecture from
+  the run's config.json); or, with an empty name, the ViT `model` describes (random weights unless
+  `checkpoint`). bfloat16 as the official evaluations' autocast; remat and scan_blocks as `model.*`
+  in the DINOv2 configs (they matter only where the backbone trains)."""
+  return ml_collections.ConfigDict(dict(
+      name=name, checkpoint="", workdir="", workdir_step=0, attention=attention, dtype="bfloat16",
+      remat=False, scan_blocks=False, model=ml_collections.ConfigDict()))
+
+
+# The ViT of the tiny CPU configs (`dinov2_vits14.py:tiny`, the teacher of the tiny distillation, the
+# evaluations of its runs): 32-px images, 4-px patches, 4 blocks of width 96. LayerScale 1.0 (the
+# value the released checkpoints load with): 1e-5 leaves the CLS token nearly image-independent for
+# thousands of steps, and a run of minutes must see features form.
+TINY_VIT = dict(embed_dim=96, depth=4, num_heads=3, patch_size=4, img_size=32, init_values=1.0,
+                dtype="float32")
+
+
 def dinov2_lvd_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """What `vitl14.yaml` and `vitg14.yaml` change from the defaults: SwiGLU /14 backbones with drop
   path 0.4, separate 131072-prototype heads, Sinkhorn-Knopp, 500 epochs at lr 2e-4, 98-px locals."""
