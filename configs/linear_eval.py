@@ -53,8 +53,8 @@ def get_config(arg=None):
 
 
 def tiny(c):
-  """Minutes on 2 CPU cores: 32-px digits, a random 4-block ViT with 4-px patches (the tiny SSL
-  model), 300 steps."""
+  """Under a minute on 2 CPU cores: 32-px digits, the tiny SSL model's architecture (random weights
+  unless `backbone.workdir` names a run), 300 steps."""
   c.backbone.update(name="", dtype="float32", model=ml_collections.ConfigDict(TINY_VIT))
   c.image_size = 32
   c.data.update(source="digits", train_split="train", val_split="heldout", threads=2)
