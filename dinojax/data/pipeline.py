@@ -147,21 +147,29 @@ def eval_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def eval_dataset(source, batch_size: int, size: int, process_index: int = 0, process_count: int = 1,
-                 extra=None):
+                 extra=None, skipped: SkipCounter | None = None):
   """One pass, in order, of {"image" (b, size, size, 3), "label" (b,), "valid" (b,)}: the evaluation
   transform (`eval_crop`, ImageNet normalisation). `extra(example) -> dict` adds fields (e.g.
   caption tokens). Every host yields the same number of batches (collectives stay in step);
-  padding rows have valid=False."""
+  padding rows have valid=False, and so do unreadable images (counted in `skipped` and logged):
+  an evaluation reports on the images it could read, rather than stopping a run."""
+  if not len(source):
+    raise ValueError("The evaluation source has no images.")
+  skipped = skipped or SkipCounter()
 
   def transform(example):
-    crop = eval_crop(decode_image(example["image"]), size)
-    return {"image": image_lib.normalize(crop), "label": np.int32(example["label"]), "valid": True,
-            **(extra(example) if extra else {})}
+    image = _decoded_or_none(example, skipped)
+    if image is None:
+      return None
+    return {"image": image_lib.normalize(eval_crop(image, size)), "label": np.int32(example["label"]),
+            "valid": True, **(extra(example) if extra else {})}
 
+  padding = {"image": np.zeros((size, size, 3), np.float32), "label": np.int32(0), "valid": False,
+             **(extra(source[0]) if extra else {})}
   ds = grain.MapDataset.source(source)[process_index::process_count].map(transform)
   per_host = -(-len(source) // process_count)
-  padding = {**ds[0], "valid": False}
   for start in range(0, per_host, batch_size):
     items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+    items = [padding if item is None else item for item in items]
     items += [padding] * (batch_size - len(items))
     yield {k: np.stack([it[k] for it in items]) for k in padding}

@@ -101,8 +101,9 @@ def run(config, workdir: str) -> dict:
   with parallel.activation_sharding(mesh, rules):
     train = extract_features(embed, params, train_source, config.batch_size, config.image_size, mesh, rules)
     val = extract_features(embed, params, val_source, config.batch_size, config.image_size, mesh, rules)
-  if not len(val[0]):
-    raise ValueError(f"The validation split {config.data.val_split!r} of {config.data.source!r} is empty.")
+  for split, (feats, _) in ((config.data.train_split, train), (config.data.val_split, val)):
+    if not len(feats):
+      raise ValueError(f"No readable image in split {split!r} of {config.data.source!r}.")
   results = knn_accuracies(*train, *val, train_source.num_classes, tuple(config.knn.k),
                            config.knn.temperature)
   metrics = {f"knn_{k}_{name}": v for k, r in results.items() for name, v in r.items()}

@@ -245,7 +245,7 @@ def run(config, workdir: str) -> dict:
       totals = hits if totals is None else jax.tree.map(np.add, totals, hits)
       seen += int(jax.device_get(batch["valid"].sum()))
     if not seen:
-      raise ValueError(f"The validation split {config.data.val_split!r} of {config.data.source!r} is empty.")
+      raise ValueError(f"No readable image in split {config.data.val_split!r} of {config.data.source!r}.")
     accuracies = {classifier_name(p, lr): {"top1": float(totals[p.name][0][i]) / seen,
                                            f"top{top_k}": float(totals[p.name][1][i]) / seen}
                   for p in probes for i, lr in enumerate(lrs)}

@@ -115,3 +115,15 @@ def test_eval_dataset_pads_last_batch():
   batches = list(pipeline.eval_dataset(source, 100, 32))
   assert sum(int(b["valid"].sum()) for b in batches) == len(source)
   assert batches[-1]["image"].shape == (100, 32, 32, 3)
+
+
+def test_eval_dataset_leaves_out_unreadable_images_and_names_an_empty_source(tmp_path):
+  for i in range(3):
+    Image.fromarray(np.full((20, 30, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+  (tmp_path / "0_broken.jpg").write_bytes(b"not an image")  # sorts second
+  skipped = pipeline.SkipCounter()
+  (batch,) = pipeline.eval_dataset(sources.ImageFolder(str(tmp_path)), 6, 16, skipped=skipped)
+  assert batch["valid"].tolist() == [True, False, True, True, False, False] and skipped.count == 1
+  assert batch["image"].shape == (6, 16, 16, 3) and not batch["image"][1].any()
+  with pytest.raises(ValueError, match="has no images"):
+    next(pipeline.eval_dataset([], 2, 16))
