@@ -99,9 +99,7 @@ def build_backbone(config):
   overrides = dict(attention=b.attention, dtype=jnp.dtype(b.dtype), remat=b.remat,
                    scan_blocks=b.scan_blocks)
   if b.workdir:
-    model = read_run_config(b.workdir)["model"]
-    # The run's checkpoint holds its blocks stacked or not, as it trained them.
-    return build_vit({**model, **overrides, "scan_blocks": model.get("scan_blocks", False)})
+    return build_vit({**read_run_config(b.workdir)["model"], **overrides})
   if b.name:
     return hub.dinov2_model(b.name, **overrides)
   if not b.model:
