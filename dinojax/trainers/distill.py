@@ -26,10 +26,8 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from absl import logging
-from jax.experimental import multihost_utils
 
 from dinojax import checkpoint, convert, parallel
 from dinojax.losses import dino
@@ -107,15 +105,6 @@ def check_compatible(config, student, student_heads: ssl.Heads, teacher, teacher
     if s_head.out_dim != t_head.out_dim:
       raise ValueError(f"{name}.head.prototypes={s_head.out_dim} but the teacher's {name} head has "
                        f"{t_head.out_dim} prototypes; the student predicts the teacher's.")
-
-
-def export(params, path: str) -> None:
-  """Writes a backbone's params in the official naming (`convert.params_to_state_dict`), gathered
-  from the mesh; process 0 writes."""
-  params = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), params)
-  if jax.process_index() == 0:
-    convert.save_state_dict(convert.params_to_state_dict(params), path)
-    logging.info("Wrote the student's EMA backbone to %s.", path)
 
 
 def run(config, workdir: str) -> dict:
@@ -238,7 +227,7 @@ def run(config, workdir: str) -> dict:
       config, workdir, mesh, rules, state, lambda state, batch: jitted_step(state, teacher, batch),
       data_iter, batch_shardings, ckpt, skipped, start, num_steps,
       evaluate=lambda state: {"knn_top1": knn_eval(state["ema"]["backbone"])}, run_meta=run_meta)
-  export(state["ema"]["backbone"], os.path.join(workdir, "student_ema.safetensors"))
+  loop.export_backbone(state["ema"]["backbone"], os.path.join(workdir, "student_ema.safetensors"))
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)
   return {**summary, "steps": num_steps, "skipped_images": skipped.count, "teacher": teacher_source}

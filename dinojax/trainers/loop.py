@@ -10,9 +10,10 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from dinojax import checkpoint, parallel
+from dinojax import checkpoint, convert, parallel
 
 
 class MetricWriter:
@@ -175,3 +176,13 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
     bar.close()
     ckpt.wait_until_finished()
   return state, summary
+
+
+def export_backbone(params, path: str) -> None:
+  """Writes a backbone's params in the official naming (`convert.params_to_state_dict`: what a
+  PyTorch `DinoVisionTransformer` loads, and `convert.from_checkpoint` reads back), gathered from the
+  mesh; process 0 writes."""
+  params = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), params)
+  if jax.process_index() == 0:
+    convert.save_state_dict(convert.params_to_state_dict(params), path)
+    logging.info("Wrote the backbone to %s.", path)

@@ -1,7 +1,8 @@
 """DINOv2 self-supervised pretraining (Oquab et al., 2023): DINO + iBOT + KoLeo, EMA teacher.
 
 Reads top to bottom: mesh, data, model and optimizer, sharded init, the update step, checkpoint and
-resume, k-NN evaluation, the loop. Everything numeric comes from the config (`configs/dinov2_*.py`).
+resume, k-NN evaluation, the loop, the export of the teacher's backbone (official naming, for
+PyTorch). Everything numeric comes from the config (`configs/dinov2_*.py`).
 """
 
 import functools
@@ -389,11 +390,13 @@ def run(config, workdir: str) -> dict:
   knn_eval = knn_evaluator(config, mesh, rules, backbone)
 
   # ------------------------------------------------------------------------------------------------
-  # The loop
+  # The loop, then the export of the EMA teacher's backbone
   # ------------------------------------------------------------------------------------------------
-  _, summary = loop.train(config, workdir, mesh, rules, state, train_step, data_iter, batch_shardings,
-                          ckpt, skipped, start, num_steps,
-                          evaluate=lambda state: {"knn_top1": knn_eval(state["teacher"]["backbone"])})
+  state, summary = loop.train(config, workdir, mesh, rules, state, train_step, data_iter,
+                              batch_shardings, ckpt, skipped, start, num_steps,
+                              evaluate=lambda state: {"knn_top1": knn_eval(state["teacher"]["backbone"])})
+  # The model a run produces, as the official `teacher_checkpoint.pth`'s backbone, for PyTorch.
+  loop.export_backbone(state["teacher"]["backbone"], os.path.join(workdir, "teacher_backbone.safetensors"))
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)
   return {**summary, "steps": num_steps, "skipped_images": skipped.count}

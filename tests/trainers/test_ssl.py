@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import jobs
+from dinojax import convert
 from dinojax.trainers import loop
 
 CONFIG = f"{jobs.REPO / 'configs/dinov2_vits14.py'}:tiny"
@@ -59,6 +60,9 @@ def test_tiny_run_trains_and_evaluates(straight_run):
   step, state = jobs.final_state(straight_run)
   assert step == 20 and int(state["step"]) == 20
   assert set(state) == {"params", "teacher", "opt", "center", "step"}
+  # The exported model is the EMA teacher's backbone, in the official naming (96 wide, 3 heads).
+  _, exported = convert.from_checkpoint(straight_run / "teacher_backbone.safetensors", num_heads=3)
+  jobs.assert_same_state(state["teacher"]["backbone"], exported["params"])
 
 
 def test_knn_job_on_the_run_gives_the_runs_own_evaluation(tmp_path, straight_run):
