@@ -45,7 +45,8 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
       if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
         obj = obj[wrapper]
         break
-    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in obj.items()}
+    # detach: a file saved from live parameters holds tensors that require grad.
+    return {k: (v.float() if v.is_floating_point() else v).detach().numpy() for k, v in obj.items()}
   raise ValueError(f"Unsupported checkpoint format {path!r}; expected .pth, .pt, .bin or .safetensors.")
 
 

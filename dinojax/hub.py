@@ -1,5 +1,6 @@
-"""One-line loaders for the released DINOv2 backbones, mirroring `torch.hub.load("facebookresearch/
-dinov2", "dinov2_vits14_reg")`: the same architectures and interpolation settings, our params."""
+"""One-line loaders for the released DINOv2 backbones and ImageNet classifiers, mirroring
+`torch.hub.load("facebookresearch/dinov2", "dinov2_vits14_reg")` (and `"dinov2_vits14_reg_lc"`): the
+same architectures and interpolation settings, our params."""
 
 import os
 
@@ -8,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from dinojax import convert
+from dinojax.models.classifier import LinearClassifier, head_from_state_dict
 from dinojax.models.vit import VARIANTS, ViT
 
 _ARCHS = {"vits14": "vit_small", "vitb14": "vit_base", "vitl14": "vit_large", "vitg14": "vit_giant2"}
@@ -42,3 +44,24 @@ def dinov2(name: str, checkpoint: str | os.PathLike | None = None, seed: int = 0
     return model, convert.state_dict_to_params(sd, model)
   images = jnp.zeros((1, model.patch_size, model.patch_size, model.in_chans), jnp.float32)
   return model, jax.jit(lambda k: nn.unbox(model.init(k, images)))(jax.random.key(seed))
+
+
+def dinov2_classifier(name: str, checkpoint: str | os.PathLike | None = None,
+                      head: str | os.PathLike | None = None, blocks: int = 4, avgpool: bool = True,
+                      seed: int = 0, **overrides) -> tuple[LinearClassifier, dict]:
+  """(model, params) for a released DINOv2 ImageNet classifier, mirroring `torch.hub.load(...,
+  "dinov2_vitl14_reg_lc")`: the backbone (`checkpoint`, as `dinov2`) and its linear `head`, a
+  `.pth`/`.safetensors` file with `weight` and `bias` (the released
+  `dinov2_vitl14_reg4_linear4_head.pth`, or the best classifier a linear evaluation wrote).
+  `blocks=4` reads the class tokens of the last 4 blocks (`linear4` heads), `blocks=1` the last
+  (`linear` heads); both then the mean patch token. Without `head`, a random one from `seed`.
+  `model.apply(params, images)` gives (B, classes) logits."""
+  backbone, backbone_params = dinov2(name, checkpoint, seed, **overrides)
+  in_features = (blocks + avgpool) * backbone.embed_dim
+  if head is None:
+    head_params = {"kernel": 0.01 * jax.random.normal(jax.random.key(seed + 1), (in_features, 1000)),
+                   "bias": jnp.zeros(1000)}
+  else:
+    head_params = head_from_state_dict(convert.load_state_dict(head), in_features)
+  model = LinearClassifier(backbone, blocks, avgpool, head_params["bias"].shape[0])
+  return model, {"params": {"backbone": backbone_params["params"], "head": head_params}}

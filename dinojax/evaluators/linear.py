@@ -28,8 +28,9 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dinojax import checkpoint, parallel
+from dinojax import checkpoint, convert, parallel
 from dinojax.data import pipeline, sources
+from dinojax.models import classifier
 from dinojax.trainers import dinotxt, loop
 
 
@@ -47,13 +48,7 @@ class Probe:
     return f"{self.blocks}_blocks_avgpool_{self.avgpool}"
 
   def features(self, outputs) -> jax.Array:
-    """fp32 (B, dim) from `outputs`, the last blocks' (patch tokens, class token) pairs as
-    `ViT.get_intermediate_layers(..., return_class_token=True)` gives them."""
-    last = outputs[-self.blocks:]
-    parts = [cls for _, cls in last]
-    if self.avgpool:
-      parts.append(last[-1][0].mean(axis=1))
-    return jnp.concatenate(parts, axis=-1).astype(jnp.float32)
+    return classifier.linear_input(outputs, self.blocks, self.avgpool)
 
 
 def make_probes(n_last_blocks, avgpool) -> tuple[Probe, ...]:
@@ -231,6 +226,7 @@ def run(config, workdir: str) -> dict:
   # Evaluation: every classifier on the validation split, the best by top-1
   # ------------------------------------------------------------------------------------------------
   top_k = min(5, num_classes)
+  grid = {classifier_name(p, lr): (p, i) for p in probes for i, lr in enumerate(lrs)}
   eval_shardings = {**batch_shardings, "valid": parallel.batch_sharding(mesh, rules, 1)}
   count = jax.jit(lambda bp, classifiers, batch: correct_counts(
       classifiers, features(bp, batch["image"]), batch["label"], batch["valid"], top_k),
@@ -246,11 +242,13 @@ def run(config, workdir: str) -> dict:
       seen += int(jax.device_get(batch["valid"].sum()))
     if not seen:
       raise ValueError(f"No readable image in split {config.data.val_split!r} of {config.data.source!r}.")
-    accuracies = {classifier_name(p, lr): {"top1": float(totals[p.name][0][i]) / seen,
-                                           f"top{top_k}": float(totals[p.name][1][i]) / seen}
-                  for p in probes for i, lr in enumerate(lrs)}
+    accuracies = {name: {"top1": float(totals[p.name][0][i]) / seen,
+                         f"top{top_k}": float(totals[p.name][1][i]) / seen}
+                  for name, (p, i) in grid.items()}
     name, top1 = best_classifier(accuracies)
     write_results(workdir, int(state["step"]), name, accuracies, seen, backbone_source)
+    probe, i = grid[name]
+    write_head(workdir, jax.tree.map(lambda x: x[i], state["params"][probe.name]))
     logging.info("Best classifier: %s, top-1 %.2f%%", name, 100 * top1)
     return {"linear_top1": top1, f"linear_top{top_k}": accuracies[name][f"top{top_k}"]}
 
@@ -275,3 +273,12 @@ def write_results(workdir: str, step: int, best: str, accuracies: dict, images: 
              "classifiers": accuracies}
   with open(os.path.join(workdir, "results_eval_linear.json"), "w") as f:
     json.dump(results, f, indent=1)
+
+
+def write_head(workdir: str, head: dict) -> None:
+  """WORKDIR/best_linear_head.safetensors (process 0): the best classifier as a PyTorch `nn.Linear`
+  state dict, the layout of the released heads (`hub.dinov2_classifier(..., head=...)` with the
+  blocks and avgpool of its name loads it)."""
+  if jax.process_index() == 0:
+    convert.save_state_dict(classifier.head_to_state_dict(jax.device_get(head)),
+                            os.path.join(workdir, "best_linear_head.safetensors"))

@@ -13,11 +13,13 @@ import pytest
 import torch
 
 import jobs
-from dinojax import checkpoint, config_args, parallel
+from dinojax import checkpoint, config_args, convert, parallel
 from dinojax.evaluators import linear
+from dinojax.models import classifier
 from dinojax.trainers import dinotxt, loop, ssl
 
 CONFIG = f"{jobs.REPO / 'configs/linear_eval.py'}:tiny"
+LRS = config_args.load_config(CONFIG).linear.learning_rates
 
 
 def test_probe_inputs_are_the_official_linear_inputs():
@@ -33,8 +35,7 @@ def test_probe_inputs_are_the_official_linear_inputs():
 def test_names_and_scaled_learning_rates_are_the_official_ones():
   assert linear.classifier_name(linear.Probe(4, True), 0.0025) == "classifier_4_blocks_avgpool_True_lr_0_00250"
   assert linear.classifier_name(linear.Probe(1, False), 4e-5) == "classifier_1_blocks_avgpool_False_lr_0_00004"
-  official = config_args.load_config(jobs.REPO / "configs/linear_eval.py").linear.learning_rates
-  small = linear.scaled_learning_rates(official, 64)  # 2.5e-6, 5e-6, ...
+  small = linear.scaled_learning_rates(LRS, 64)  # the official grid at batch 64: 2.5e-6, 5e-6, ...
   names = {linear.classifier_name(linear.Probe(1, False), lr) for lr in small}
   assert len(names) == len(small) and "classifier_1_blocks_avgpool_False_lr_2_50e-06" in names
   np.testing.assert_allclose(linear.scaled_learning_rates([1e-3, 0.1], 1024), [4e-3, 0.4])
@@ -186,6 +187,14 @@ def test_tiny_run_trains_the_grid_and_reports_the_best_classifier(straight_run):
   assert json.loads((straight_run / "config.json").read_text())["job"] == "linear_eval"
   step, state = jobs.final_state(straight_run)
   assert step == 60 and set(state) == {"params", "opt", "step"}
+  # The best classifier, written as a PyTorch nn.Linear (the released heads' layout).
+  probe, i = next((p, i) for p in linear.make_probes((1, 4), (False, True))
+                  for i, lr in enumerate(linear.scaled_learning_rates(LRS, 64))
+                  if linear.classifier_name(p, lr) == best["name"])
+  head = classifier.head_from_state_dict(convert.load_state_dict(straight_run / "best_linear_head.safetensors"),
+                                         (probe.blocks + probe.avgpool) * 96)
+  np.testing.assert_array_equal(head["kernel"], state["params"][probe.name]["kernel"][i])
+  np.testing.assert_array_equal(head["bias"], state["params"][probe.name]["bias"][i])
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
