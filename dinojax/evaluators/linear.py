@@ -144,6 +144,8 @@ def run(config, workdir: str) -> dict:
   if not probes or not len(config.linear.learning_rates):
     raise ValueError("linear.n_last_blocks, linear.avgpool and linear.learning_rates must each list "
                      "at least one value.")
+  if min(p.blocks for p in probes) < 1:
+    raise ValueError(f"linear.n_last_blocks={tuple(config.linear.n_last_blocks)} must be block counts ≥ 1.")
 
   # ------------------------------------------------------------------------------------------------
   # Mesh

@@ -152,6 +152,7 @@ def test_a_workdir_that_is_not_a_backbone_run_is_named(tmp_path):
     ({"linear.n_last_blocks": (8,)}, "asks for 8 blocks; the backbone has 4"),
     ({"image_size": 30}, "image_size=30 is not a multiple of the backbone's patch size 4"),
     ({"linear.learning_rates": ()}, "must each list at least one value"),
+    ({"linear.n_last_blocks": (0, 4)}, r"n_last_blocks=\(0, 4\) must be block counts ≥ 1"),
 ])
 def test_bad_settings_are_named(tmp_path, overrides, message):
   with pytest.raises(ValueError, match=message):
