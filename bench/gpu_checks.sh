@@ -5,6 +5,7 @@
 #   bash bench/gpu_checks.sh                        # env attention ssl segment vit
 #   bash bench/gpu_checks.sh attention ssl          # a subset, in that order
 #   bash bench/gpu_checks.sh ssl ssl_scan           # the step unrolled, then scanned with remat
+#   bash bench/gpu_checks.sh linear                 # the linear evaluation job at ViT-L size
 #   LENGTHS=257,261 IMPLS=pallas,cudnn bash bench/gpu_checks.sh attention ssl_pallas
 #   SSL_ARGS="--set model.drop_path_rate=0.0" bash bench/gpu_checks.sh ssl   # extra ssl_step.py args
 #
@@ -68,6 +69,12 @@ ssl_scan() {  # blocks scanned with remat (3x faster compiles at ViT-L): what it
   SSL_ARGS="--set model.scan_blocks=True --set model.remat=True ${SSL_ARGS:-}" ssl
 }
 
+linear() {  # the linear evaluation at ViT-L/14 size (random backbone, digits at 224): compiles, fits, img/s
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 step linear 300 python3 -m dinojax.main \
+    --config configs/linear_eval.py:vitl14_reg --workdir /tmp/linear_l14 --config.data.source=digits \
+    --config.data.val_split=heldout --config.total_steps=40 --config.eval.every=40 \
+    --config.checkpoint.every=40 --config.log_every=10
+}
 vit() {
   XLA_PYTHON_CLIENT_PREALLOCATE=false step vit 120 python3 bench/vit_forward.py --dtype bfloat16 \
     --batch 64 --models vits14,vitb14,vitl14
