@@ -131,12 +131,13 @@ def init_backbone(config, backbone, mesh, rules):
   if b.workdir:
     key = RUN_BACKBONE[read_run_config(b.workdir)["job"]]
     directory = os.path.join(b.workdir, "checkpoints")
+    if not os.path.isdir(directory):
+      raise FileNotFoundError(f"backbone.workdir={b.workdir!r} has no checkpoints/ yet.")
+    step = b.workdir_step or checkpoint.latest_step(checkpoint.manager(directory, None))
     abstract = jax.eval_shape(init, jax.random.key(0))
     target = checkpoint.abstract_like(nn.unbox(abstract), parallel.logical_to_shardings(abstract, mesh, rules))
-    step = b.workdir_step or None
-    restored = checkpoint.restore_subtree(directory, {key: {"backbone": target}}, step)
-    step = step or checkpoint.latest_step(checkpoint.manager(directory, None))
-    return restored[key]["backbone"], f"workdir:{os.path.abspath(b.workdir)}@{step}"
+    params = checkpoint.restore_subtree(directory, {key: {"backbone": target}}, step)[key]["backbone"]
+    return params, f"workdir:{os.path.abspath(b.workdir)}@{step}"
   if b.checkpoint:
     from dinojax import convert
     state_dict = convert.to_official_naming(convert.load_state_dict(b.checkpoint))

@@ -146,6 +146,11 @@ def test_a_workdir_that_is_not_a_backbone_run_is_named(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"job": "talk2dino", "model": {}}))
   with pytest.raises(ValueError, match="is a 'talk2dino' run"):
     dinotxt.build_backbone(config)
+  # An SSL run that has not written a checkpoint yet.
+  (tmp_path / "config.json").write_text(json.dumps({"job": "ssl", "model": config.backbone.model.to_dict()}))
+  mesh, rules = loop.make_mesh(config)
+  with pytest.raises(FileNotFoundError, match="has no checkpoints/ yet"):
+    dinotxt.init_backbone(config, dinotxt.build_backbone(config), mesh, rules)
 
 
 @pytest.mark.parametrize("overrides, message", [
