@@ -47,13 +47,15 @@ def knn_accuracies(train_features: np.ndarray, train_labels: np.ndarray, test_fe
   train = jnp.asarray(_normalize(train_features))
   labels = jnp.asarray(train_labels)
   top = min(5, num_classes)
-  score = jax.jit(lambda feats, true: {
+  # The training set is an argument, not a closed-over constant: ImageNet's is gigabytes.
+  score = jax.jit(lambda train, labels, feats, true: {
       k: (s.argmax(-1) == true, (jax.lax.top_k(s, top)[1] == true[:, None]).any(-1))
       for k, s in knn_votes(train, labels, feats, num_classes, ks, temperature).items()})
   hits = {k: np.zeros(2) for k in ks}
   for start in range(0, len(test_features), chunk):
     feats = jnp.asarray(_normalize(test_features[start:start + chunk]))
-    for k, (top1, top5) in score(feats, jnp.asarray(test_labels[start:start + chunk])).items():
+    true = jnp.asarray(test_labels[start:start + chunk])
+    for k, (top1, top5) in score(train, labels, feats, true).items():
       hits[k] += (int(top1.sum()), int(top5.sum()))
   count = max(len(test_features), 1)
   return {k: {"top1": h[0] / count, "top5": h[1] / count} for k, h in hits.items()}

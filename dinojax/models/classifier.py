@@ -55,4 +55,5 @@ def head_from_state_dict(sd: dict, in_features: int) -> dict:
 
 def head_to_state_dict(head: dict) -> dict:
   """The inverse of `head_from_state_dict`: `nn.Linear`'s `weight` and `bias`."""
-  return {"weight": np.asarray(head["kernel"], np.float32).T.copy(), "bias": np.asarray(head["bias"], np.float32)}
+  return {"weight": np.asarray(head["kernel"], np.float32).T.copy(),
+          "bias": np.asarray(head["bias"], np.float32)}

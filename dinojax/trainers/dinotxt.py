@@ -135,7 +135,8 @@ def init_backbone(config, backbone, mesh, rules):
       raise FileNotFoundError(f"backbone.workdir={b.workdir!r} has no checkpoints/ yet.")
     step = b.workdir_step or checkpoint.latest_step(checkpoint.manager(directory, None))
     abstract = jax.eval_shape(init, jax.random.key(0))
-    target = checkpoint.abstract_like(nn.unbox(abstract), parallel.logical_to_shardings(abstract, mesh, rules))
+    shardings = parallel.logical_to_shardings(abstract, mesh, rules)
+    target = checkpoint.abstract_like(nn.unbox(abstract), shardings)
     params = checkpoint.restore_subtree(directory, {key: {"backbone": target}}, step)[key]["backbone"]
     return params, f"workdir:{os.path.abspath(b.workdir)}@{step}"
   if b.checkpoint:
