@@ -70,6 +70,11 @@ def classifier_name(probe: Probe, lr: float) -> str:
   return f"classifier_{probe.name}_lr_{text}".replace(".", "_")
 
 
+def classifier_grid(probes, lrs) -> dict:
+  """{classifier name: (probe, index of its learning rate)}, in the official order."""
+  return {classifier_name(p, lr): (p, i) for p in probes for i, lr in enumerate(lrs)}
+
+
 def init_classifiers(rng, dims: dict, num_lrs: int, num_classes: int) -> dict:
   """{probe name: {"kernel" (lrs, dim, classes), "bias" (lrs, classes)}}: a linear layer per (probe,
   learning rate), weights N(0, 0.01²) and biases 0 (the official init)."""
@@ -228,7 +233,7 @@ def run(config, workdir: str) -> dict:
   # Evaluation: every classifier on the validation split, the best by top-1
   # ------------------------------------------------------------------------------------------------
   top_k = min(5, num_classes)
-  grid = {classifier_name(p, lr): (p, i) for p in probes for i, lr in enumerate(lrs)}
+  grid = classifier_grid(probes, lrs)
   eval_shardings = {**batch_shardings, "valid": parallel.batch_sharding(mesh, rules, 1)}
   count = jax.jit(lambda bp, classifiers, batch: correct_counts(
       classifiers, features(bp, batch["image"]), batch["label"], batch["valid"], top_k),

@@ -194,9 +194,8 @@ def test_tiny_run_trains_the_grid_and_reports_the_best_classifier(straight_run):
   step, state = jobs.final_state(straight_run)
   assert step == 60 and set(state) == {"params", "opt", "step"}
   # The best classifier, written as a PyTorch nn.Linear (the released heads' layout).
-  probe, i = next((p, i) for p in linear.make_probes((1, 4), (False, True))
-                  for i, lr in enumerate(linear.scaled_learning_rates(LRS, 64))
-                  if linear.classifier_name(p, lr) == best["name"])
+  probe, i = linear.classifier_grid(linear.make_probes((1, 4), (False, True)),
+                                    linear.scaled_learning_rates(LRS, 64))[best["name"]]
   head = classifier.head_from_state_dict(convert.load_state_dict(straight_run / "best_linear_head.safetensors"),
                                          (probe.blocks + probe.avgpool) * 96)
   np.testing.assert_array_equal(head["kernel"], state["params"][probe.name]["kernel"][i])
