@@ -140,16 +140,17 @@ def read_options(num_threads: int) -> grain.ReadOptions:
   return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(4, num_threads))
 
 
-def eval_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """The evaluation transform's geometry: resize (bicubic) the short side to size·256/224, then
-  centre-crop size×size. uint8 in, uint8 out."""
-  return image_lib.resize_center_crop(image, size, round(size * 256 / 224))
+def eval_crop(image: np.ndarray, size: int, resize: int | None = None) -> np.ndarray:
+  """The evaluation transform's geometry: resize (bicubic) the short side to `resize` (default
+  size·256/224, the official k-NN and linear evaluations), then centre-crop size×size. uint8 in,
+  uint8 out."""
+  return image_lib.resize_center_crop(image, size, resize or round(size * 256 / 224))
 
 
 def eval_dataset(source, batch_size: int, size: int, process_index: int = 0, process_count: int = 1,
-                 extra=None, skipped: SkipCounter | None = None):
+                 extra=None, skipped: SkipCounter | None = None, resize: int | None = None):
   """One pass, in order, of {"image" (b, size, size, 3), "label" (b,), "valid" (b,)}: the evaluation
-  transform (`eval_crop`, ImageNet normalisation). `extra(example) -> dict` adds fields (e.g.
+  transform (`eval_crop` to `resize`, ImageNet normalisation). `extra(example) -> dict` adds fields (e.g.
   caption tokens). Every host yields the same number of batches (collectives stay in step);
   padding rows have valid=False, and so do unreadable images (counted in `skipped` and logged):
   an evaluation reports on the images it could read, rather than stopping a run."""
@@ -161,8 +162,8 @@ def eval_dataset(source, batch_size: int, size: int, process_index: int = 0, pro
     image = _decoded_or_none(example, skipped)
     if image is None:
       return None
-    return {"image": image_lib.normalize(eval_crop(image, size)), "label": np.int32(example["label"]),
-            "valid": True, **(extra(example) if extra else {})}
+    return {"image": image_lib.normalize(eval_crop(image, size, resize)),
+            "label": np.int32(example["label"]), "valid": True, **(extra(example) if extra else {})}
 
   padding = {"image": np.zeros((size, size, 3), np.float32), "label": np.int32(0), "valid": False,
              **(extra(source[0]) if extra else {})}

@@ -61,15 +61,17 @@ def knn_accuracies(train_features: np.ndarray, train_labels: np.ndarray, test_fe
   return {k: {"top1": h[0] / count, "top5": h[1] / count} for k, h in hits.items()}
 
 
-def extract_features(embed, params, source, batch_size: int, image_size: int, mesh, rules):
-  """(features, labels) of every image of `source` under the evaluation transform, `embed(params,
-  images)` run on the mesh; every host embeds its slice and ends with the whole set, in order."""
+def extract_features(embed, params, source, batch_size: int, image_size: int, mesh, rules,
+                     resize: int | None = None):
+  """(features, labels) of every image of `source` under the evaluation transform (`resize`: see
+  `pipeline.eval_crop`), `embed(params, images)` run on the mesh; every host embeds its slice and
+  ends with the whole set, in order."""
   shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
                "label": parallel.batch_sharding(mesh, rules, 1),
                "valid": parallel.batch_sharding(mesh, rules, 1)}
   feats, labels = [], []
   for local in pipeline.eval_dataset(source, batch_size // jax.process_count(), image_size,
-                                     jax.process_index(), jax.process_count()):
+                                     jax.process_index(), jax.process_count(), resize=resize):
     batch = loop.global_batch(local, shardings)
     out, label, valid = (multihost_utils.process_allgather(x, tiled=True) for x in
                          (embed(params, batch["image"]), batch["label"], batch["valid"]))

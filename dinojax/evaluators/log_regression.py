@@ -1,0 +1,312 @@
+"""Logistic-regression evaluation of frozen features, the DINOv2 paper's protocol for its linear
+results on other classification benchmarks (§7.1, Table 10; the official
+`dinov2/eval/log_regression.py`, which fits cuML's `LogisticRegression`):
+
+- features: the backbone's CLS token after the final norm, not L2-normalised, of the evaluation crop
+  (resize the short side to 224, centre-crop 224);
+- the classifier: multinomial logistic regression (binary with two classes), an L2 penalty on the
+  weights but not the bias, i.e. scikit-learn's objective C·Σᵢ CE + ½‖W‖², solved by L-BFGS (memory
+  5, up to 50 line-search steps, 1000 iterations, tolerance 1e-12) in float64;
+- C: 45 values 10^linspace(-6, 5), each fitted on the training split and scored on the fine-tuning
+  split (a held-out random 10 % of the training split unless the dataset has one); the best C by
+  top-1 is fitted again on both and scored on the test (validation) split.
+
+  python -m dinojax.main --config configs/log_regression_eval.py:vitl14_reg --workdir workdir/logreg \
+      --config.backbone.checkpoint=dinov2_vitl14_reg4_pretrain.pth \
+      --config.data.source=tfds:food101 --config.data.val_split=validation
+
+Resumable: the extracted features are kept in WORKDIR (`features_<split>.npz`) and each fitted C's
+score in `log_regression_sweep.json`, so a run stopped mid-sweep continues at the next C.
+"""
+
+import json
+import math
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dinojax import convert, parallel
+from dinojax.data import sources
+from dinojax.evaluators import knn
+from dinojax.trainers import loop
+
+METRICS = ("mean_accuracy", "mean_per_class_accuracy")
+
+
+def c_values(powers) -> np.ndarray:
+  """The sweep 10^linspace(start, stop, num) (official: (-6, 5, 45)), in float32 as the official
+  computes it."""
+  start, stop, num = powers
+  return (np.float32(10) ** np.linspace(start, stop, int(num), dtype=np.float32)).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The classifier and its solver
+# ---------------------------------------------------------------------------------------------------
+def logistic_objective(params: dict, features: jax.Array, labels: jax.Array, weights: jax.Array,
+                       inverse_c: float | jax.Array) -> jax.Array:
+  """The mean cross-entropy plus ‖W‖²/(2·C·n): scikit-learn's and cuML's objective divided by n
+  (same minimiser). One output column is binary logistic regression (labels 0/1); `weights` zero out
+  padding rows."""
+  logits = features @ params["w"] + params["b"]
+  if logits.shape[1] == 1:
+    z = logits[:, 0]
+    losses = jax.nn.softplus(z) - labels * z
+  else:
+    losses = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]
+  n = jnp.sum(weights)
+  return jnp.sum(weights * losses) / n + 0.5 * inverse_c / n * jnp.sum(params["w"] ** 2)
+
+
+def _lbfgs(features, labels, weights, inverse_c, outputs, max_iter, tol, memory, linesearch_steps):
+  """L-BFGS from zero weights until `max_iter` iterations or cuML's stopping rules: ‖∇f‖ ≤
+  tol·max(f, tol), or |Δf| ≤ 0.01·tol·max(f, tol)."""
+  params = {"w": jnp.zeros((features.shape[1], outputs), features.dtype),
+            "b": jnp.zeros((outputs,), features.dtype)}
+  objective = lambda p: logistic_objective(p, features, labels, weights, inverse_c)
+  solver = optax.lbfgs(memory_size=memory,
+                       linesearch=optax.scale_by_zoom_linesearch(max_linesearch_steps=linesearch_steps))
+  value_and_grad = optax.value_and_grad_from_state(objective)
+
+  def step(carry):
+    params, state, value, _ = carry
+    new_value, grad = value_and_grad(params, state=state)
+    updates, state = solver.update(grad, state, params, value=new_value, grad=grad, value_fn=objective)
+    return optax.apply_updates(params, updates), state, new_value, value
+
+  def running(carry):
+    _, state, value, previous = carry
+    iteration = optax.tree.get(state, "count")
+    scale = tol * jnp.maximum(value, tol)
+    moving = (optax.tree.norm(optax.tree.get(state, "grad")) > scale) & (
+        jnp.abs(previous - value) > 0.01 * scale)
+    return (iteration == 0) | ((iteration < max_iter) & moving & jnp.isfinite(value))
+
+  inf = jnp.asarray(jnp.inf, features.dtype)
+  params, state, _, _ = jax.lax.while_loop(running, step, (params, solver.init(params), inf, inf))
+  return params, optax.tree.get(state, "count"), objective(params)
+
+
+_lbfgs_jit = jax.jit(_lbfgs, static_argnames=("outputs", "memory", "linesearch_steps"))
+
+
+def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_outputs: int, c: float, *,
+                            max_iter: int = 1000, tol: float = 1e-12, memory: int = 5,
+                            linesearch_steps: int = 50, dtype: str = "float64",
+                            sharding: NamedSharding | None = None) -> tuple[dict, int]:
+  """({"w" (d, K), "b" (K,)}, iterations) minimising `logistic_objective` for labels in [0, K)
+  (K = `num_outputs`; 2 classes: one output, binary). With `sharding` (rows over devices, e.g.
+  `parallel.batch_sharding`), the rows are padded to split evenly and the sums run across devices."""
+  if c <= 0:
+    raise ValueError(f"C={c:g} must be positive.")
+  outputs = 1 if num_outputs == 2 else num_outputs
+  rows = len(features)
+  shards = 1 if sharding is None else math.prod(sharding.mesh.shape[a] for a in _row_axes(sharding))
+  padded = -(-rows // shards) * shards
+  host = {"features": np.zeros((padded, features.shape[1]), dtype),
+          "labels": np.zeros((padded,), np.int32), "weights": np.zeros((padded,), dtype)}
+  host["features"][:rows], host["labels"][:rows], host["weights"][:rows] = features, labels, 1
+  with jax.enable_x64(dtype == "float64"):
+    if sharding is None:
+      arrays = {k: jnp.asarray(v) for k, v in host.items()}
+    else:
+      arrays = {k: jax.make_array_from_callback(
+          v.shape, NamedSharding(sharding.mesh, P(_row_axes(sharding), *[None] * (v.ndim - 1))),
+          lambda index, v=v: v[index])
+          for k, v in host.items()}
+    labels_in = arrays["labels"].astype(arrays["features"].dtype) if outputs == 1 else arrays["labels"]
+    params, iterations, value = _lbfgs_jit(arrays["features"], labels_in, arrays["weights"],
+                                           jnp.asarray(1.0 / c, dtype), outputs, max_iter, tol,
+                                           memory, linesearch_steps)
+    params, iterations, value = jax.device_get((params, iterations, value))
+  if not np.isfinite(value):
+    raise FloatingPointError(f"The logistic regression for C={c:g} diverged (objective {value}).")
+  return params, int(iterations)
+
+
+def _row_axes(sharding: NamedSharding) -> tuple[str, ...]:
+  """The mesh axes `sharding` splits rows over."""
+  axes = sharding.spec[0] if len(sharding.spec) else None
+  return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
+def class_scores(params: dict, features: np.ndarray) -> np.ndarray:
+  """(n, K) scores ordered as the predicted probabilities (binary: logits 0 and z)."""
+  logits = features.astype(params["w"].dtype) @ params["w"] + params["b"]
+  if logits.shape[1] == 1:
+    logits = np.concatenate([np.zeros_like(logits), logits], axis=1)
+  return logits
+
+
+def accuracies(scores: np.ndarray, labels: np.ndarray, metric: str = "mean_accuracy") -> dict:
+  """{"top-1", "top-5"} (fractions; top-5 is top-K with fewer classes) of scores (n, K) against labels
+  in [0, K). "mean_per_class_accuracy" averages each class's recall (the official metric for
+  Aircraft, Pets, Flowers and Caltech-101) over the classes that occur or are predicted, as
+  torchmetrics' macro average."""
+  if metric not in METRICS:
+    raise ValueError(f"Unknown metric {metric!r}; choose one of {METRICS}.")
+  k = min(5, scores.shape[1])
+  ranked = np.argsort(-scores, axis=1, kind="stable")
+  hits = {"top-1": ranked[:, 0] == labels, "top-5": (ranked[:, :k] == labels[:, None]).any(1)}
+  if metric == "mean_accuracy":
+    return {name: float(h.mean()) for name, h in hits.items()}
+  num_classes = scores.shape[1]
+  out = {}
+  for name, h in hits.items():
+    true = np.bincount(labels, minlength=num_classes)
+    correct = np.bincount(labels, weights=h, minlength=num_classes)
+    predicted = np.bincount(ranked[:, 0], minlength=num_classes) if name == "top-1" else true
+    counted = (true > 0) | (predicted > 0)
+    out[name] = float(np.sum(correct[counted] / np.maximum(true[counted], 1)) / max(counted.sum(), 1))
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The `log_regression_eval` job
+# ---------------------------------------------------------------------------------------------------
+def run(config, workdir: str) -> dict:
+  """The C sweep and the final fit (see the module docstring); results in
+  WORKDIR/results_eval_log_regression.json and the classifier in best_log_regression_head.safetensors."""
+  from dinojax.trainers import dinotxt  # the frozen-backbone sources (see knn.run)
+  os.makedirs(workdir, exist_ok=True)
+  settings = config.log_regression
+  if settings.metric not in METRICS:
+    raise ValueError(f"log_regression.metric={settings.metric!r}; choose one of {METRICS}.")
+  if settings.dtype not in ("float32", "float64"):
+    raise ValueError(f"log_regression.dtype={settings.dtype!r}; choose float32 or float64.")
+  cs = c_values(settings.c_powers)
+  if not len(cs):
+    raise ValueError(f"log_regression.c_powers={tuple(settings.c_powers)} gives no C to try.")
+
+  # ------------------------------------------------------------------------------------------------
+  # Mesh and the frozen backbone's features (kept in WORKDIR: a resumed run skips the extraction)
+  # ------------------------------------------------------------------------------------------------
+  mesh, rules = loop.make_mesh(config)
+  backbone = dinotxt.build_backbone(config)
+  if config.image_size % backbone.patch_size:
+    raise ValueError(f"image_size={config.image_size} is not a multiple of the backbone's patch size "
+                     f"{backbone.patch_size}.")
+  params, backbone_source = dinotxt.init_backbone(config, backbone, mesh, rules)
+  embed = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
+  resize = config.data.resize_size or config.image_size
+  identity = {"backbone": backbone_source, "image_size": config.image_size, "resize_size": resize}
+
+  def features_of(split: str) -> tuple[np.ndarray, np.ndarray]:
+    path = os.path.join(workdir, f"features_{split.replace('/', '_')}.npz")
+    if os.path.exists(path):
+      cached = np.load(path)
+      if json.loads(str(cached["identity"])) != identity:
+        raise ValueError(f"{path} holds features of {str(cached['identity'])}, not of {identity}; "
+                         "use another workdir.")
+      return cached["features"], cached["labels"]
+    source = sources.make_source(config.data.source, split)
+    with parallel.activation_sharding(mesh, rules):
+      feats, labels = knn.extract_features(embed, params, source, config.batch_size, config.image_size,
+                                           mesh, rules, resize=resize)
+    if not len(feats):
+      raise ValueError(f"No readable image in split {split!r} of {config.data.source!r}.")
+    if jax.process_index() == 0:
+      np.savez(path + ".tmp.npz", features=feats, labels=labels, identity=json.dumps(identity))
+      os.replace(path + ".tmp.npz", path)
+    return feats, labels
+
+  train, test = features_of(config.data.train_split), features_of(config.data.val_split)
+  if config.data.finetune_split:
+    finetune = features_of(config.data.finetune_split)
+  elif settings.finetune_on_val:
+    finetune = test
+  else:  # a random tenth of the training split chooses C
+    order = np.random.default_rng(config.seed).permutation(len(train[0]))
+    held = len(order) // 10
+    if not held:
+      raise ValueError(f"{len(order)} training images leave no tenth to choose C on; set "
+                       "data.finetune_split or log_regression.finetune_on_val.")
+    finetune = tuple(x[order[:held]] for x in train)
+    train = tuple(x[order[held:]] for x in train)
+
+  sharding = parallel.batch_sharding(mesh, rules, 2)
+
+  def fit(data, c: float) -> tuple[dict, np.ndarray, int]:
+    """(head, the classes its outputs stand for, iterations) on `data`: its classes are those its
+    images have, numbered as cuML and scikit-learn number them."""
+    classes = np.unique(data[1])
+    if len(classes) < 2:
+      raise ValueError(f"The training images have {len(classes)} class; logistic regression needs two.")
+    head, iterations = fit_logistic_regression(
+        data[0], np.searchsorted(classes, data[1]), len(classes), c, max_iter=settings.max_iter,
+        tol=settings.tol, dtype=settings.dtype, sharding=sharding)
+    return head, classes, iterations
+
+  def score(head, classes, data) -> dict:
+    """Accuracies over all of `data`'s images; a class the classifier never saw counts as a miss."""
+    scores = np.full((len(data[1]), int(max(classes.max(), data[1].max())) + 1), -np.inf)
+    scores[:, classes] = class_scores(head, data[0])
+    return accuracies(scores, data[1], settings.metric)
+
+  # ------------------------------------------------------------------------------------------------
+  # The C sweep (each C's score kept as it finishes, with what it depends on)
+  # ------------------------------------------------------------------------------------------------
+  sweep_path = os.path.join(workdir, "log_regression_sweep.json")
+  sweep_identity = {**identity, "seed": config.seed, "finetune_split": config.data.finetune_split,
+                    **{k: settings[k] for k in ("metric", "max_iter", "tol", "dtype", "finetune_on_val")}}
+  sweep = {}
+  if os.path.exists(sweep_path):
+    with open(sweep_path) as f:
+      saved = json.load(f)
+    if saved["identity"] != sweep_identity:
+      raise ValueError(f"{sweep_path} is a sweep over {saved['identity']}, not {sweep_identity}; "
+                       "use another workdir.")
+    sweep = saved["accuracy"]
+  keys = [f"{c:.6g}" for c in cs]
+  for i, (key, c) in enumerate(zip(keys, cs)):
+    if key in sweep:
+      continue
+    start = time.perf_counter()
+    head, classes, iterations = fit(train, c)
+    sweep[key] = score(head, classes, finetune)
+    logging.info("C %d/%d = %s: top-1 %.2f%% on %d images (%d iterations, %.1f s)", i + 1, len(cs), key,
+                 100 * sweep[key]["top-1"], len(finetune[0]), iterations, time.perf_counter() - start)
+    if jax.process_index() == 0:
+      with open(sweep_path + ".tmp", "w") as f:
+        json.dump({"identity": sweep_identity, "accuracy": sweep}, f, indent=1)
+      os.replace(sweep_path + ".tmp", sweep_path)
+  best = int(np.argmax([sweep[k]["top-1"] for k in keys]))  # the first of equals, as official
+
+  # ------------------------------------------------------------------------------------------------
+  # The final classifier: the best C on train + fine-tuning images, scored on the test split
+  # ------------------------------------------------------------------------------------------------
+  if not settings.finetune_on_val:
+    train = tuple(np.concatenate([a, b]) for a, b in zip(train, finetune))
+  head, classes, iterations = fit(train, cs[best])
+  result = score(head, classes, test)
+  metrics = {"log_regression_top1": result["top-1"], "log_regression_top5": result["top-5"],
+             "log_regression_best_c": float(cs[best])}
+  loop.log_metrics(0, metrics)
+  loop.MetricWriter(workdir).write(0, metrics)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "results_eval_log_regression.json"), "w") as f:
+      json.dump({"backbone": backbone_source, "metric": settings.metric, "best_C": float(cs[best]),
+                 **result, "train_images": len(train[0]), "finetune_images": len(finetune[0]),
+                 "test_images": len(test[0]), "iterations": iterations, "sweep": sweep}, f, indent=1)
+    write_head(workdir, head, classes)
+  logging.info("Logistic regression (%s): top-1 %.2f%%, top-5 %.2f%% on %d images, C = %s",
+               backbone_source, 100 * result["top-1"], 100 * result["top-5"], len(test[0]), keys[best])
+  return metrics
+
+
+def write_head(workdir: str, head: dict, classes: np.ndarray) -> None:
+  """WORKDIR/best_log_regression_head.safetensors: the classifier as an `nn.Linear` state dict
+  (`weight` (K, d), `bias` (K,)) and the `classes` its rows stand for. A binary head (one output z)
+  becomes the two rows ∓z/2, whose softmax is its sigmoid."""
+  w, b = head["w"].T, head["b"]
+  if len(w) == 1:
+    w, b = np.concatenate([-w, w]) / 2, np.concatenate([-b, b]) / 2
+  convert.save_state_dict({"weight": w.astype(np.float32), "bias": b.astype(np.float32),
+                           "classes": classes.astype(np.int64)},
+                          os.path.join(workdir, "best_log_regression_head.safetensors"))
