@@ -1,6 +1,6 @@
-"""One-line loaders for the released DINOv2 backbones and ImageNet classifiers, mirroring
-`torch.hub.load("facebookresearch/dinov2", "dinov2_vits14_reg")` (and `"dinov2_vits14_reg_lc"`): the
-same architectures and interpolation settings, our params."""
+"""One-line loaders for the released DINOv2 backbones, ImageNet classifiers and semantic
+segmentation heads, mirroring `torch.hub.load("facebookresearch/dinov2", "dinov2_vits14_reg")` (and
+`"dinov2_vits14_reg_lc"`): the same architectures and interpolation settings, our params."""
 
 import os
 
@@ -10,6 +10,8 @@ import jax.numpy as jnp
 
 from dinojax import convert
 from dinojax.models.classifier import LinearClassifier, head_from_state_dict
+from dinojax.models.segmenter import LinearSegmenter
+from dinojax.models.segmenter import head_from_state_dict as segmenter_head_from_state_dict
 from dinojax.models.vit import VARIANTS, ViT
 
 _ARCHS = {"vits14": "vit_small", "vitb14": "vit_base", "vitl14": "vit_large", "vitg14": "vit_giant2"}
@@ -64,4 +66,26 @@ def dinov2_classifier(name: str, checkpoint: str | os.PathLike | None = None,
   else:
     head_params = head_from_state_dict(convert.load_state_dict(head), in_features)
   model = LinearClassifier(backbone, blocks, avgpool, head_params["bias"].shape[0])
+  return model, {"params": {"backbone": backbone_params["params"], "head": head_params}}
+
+
+def dinov2_segmenter(name: str, checkpoint: str | os.PathLike | None = None,
+                     head: str | os.PathLike | None = None, layers: int = 1, num_classes: int = 150,
+                     seed: int = 0, **overrides) -> tuple[LinearSegmenter, dict]:
+  """(model, params) for a released DINOv2 semantic segmentation model: the backbone (`checkpoint`,
+  as `dinov2`) and its `BNHead`, `head` a released head file (`dinov2_vits14_ade20k_linear_head.pth`,
+  `dinov2_vitl14_voc2012_ms_head.pth`, ...; the blocks it reads and its classes come from its shapes).
+  Without `head`, a random one reading the last `layers` blocks into `num_classes`.
+  `model.apply(params, images)` gives (B, h, w, classes) patch logits of ImageNet-normalised images;
+  `evaluators.linear_segmentation` runs the paper's sliding-window protocol around it."""
+  backbone, backbone_params = dinov2(name, checkpoint, seed, **overrides)
+  if head is None:
+    model = LinearSegmenter(backbone, layers, num_classes)
+    images = jnp.zeros((1, backbone.patch_size, backbone.patch_size, backbone.in_chans), jnp.float32)
+    head_params = jax.jit(model.init)(jax.random.key(seed + 1), images)["params"]["head"]
+  else:
+    layers, head_params = segmenter_head_from_state_dict(convert.load_state_dict(head), backbone.embed_dim)
+    model = LinearSegmenter(backbone, layers, head_params["conv_seg"]["bias"].shape[0])
+  if model.layers > backbone.depth:
+    raise ValueError(f"The head reads the last {model.layers} blocks; the backbone has {backbone.depth}.")
   return model, {"params": {"backbone": backbone_params["params"], "head": head_params}}

@@ -18,6 +18,7 @@ JOBS = {
     "distill": "dinojax.trainers.distill",
     "knn_eval": "dinojax.evaluators.knn",
     "linear_eval": "dinojax.evaluators.linear",
+    "linear_segmentation_eval": "dinojax.evaluators.linear_segmentation",
     "log_regression_eval": "dinojax.evaluators.log_regression",
     "pca_features": "dinojax.evaluators.pca",
     "ssl": "dinojax.trainers.ssl",

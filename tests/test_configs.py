@@ -15,7 +15,8 @@ VARIANTS = {"dinov2_vitl14.py": [None, "high_res"], "dinov2_vits14.py": [None, "
             "distill_vitg14_to_vits14.py": [None, "tiny", "student=vitb14"],
             "talk2dino_vitb14reg.py": [None, "tiny"], "linear_eval.py": [None, "tiny", "vitg14"],
             "knn_eval.py": [None, "tiny"], "log_regression_eval.py": [None, "tiny", "vitg14"],
-            "talk2dino_eval.py": [None, "custom,tiny", "ade20k,backbone=vitl14_reg"]}
+            "talk2dino_eval.py": [None, "custom,tiny", "ade20k,backbone=vitl14_reg"],
+            "linear_segmentation_eval.py": [None, "tiny", "voc,backbone=vits14,ms", "ms,tiny"]}
 
 
 def load(path, arg):

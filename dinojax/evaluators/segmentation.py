@@ -52,19 +52,14 @@ def _image_confusion(labels: np.ndarray, predictions: np.ndarray, num_classes: i
   return np.asarray(confusion_matrix(labels, predictions, num_classes), np.int64)
 
 
-def evaluate_open_vocab(source, benchmark, score_windows, query_to_class: Sequence[int], *,
-                        background_threshold: float | None = None, max_images: int = 0,
-                        batch_size: int = 8, sharding=None, progress: bool = True,
-                        **window_kwargs) -> dict:
-  """mIoU (and per-class IoU) of `score_windows` over `source` (a `data.segmentation` source) in the
-  training-free protocol: sliding windows (`window_kwargs`: short_side, window, stride), scores of
-  synonyms reduced to their class, background where no class beats `background_threshold` (only for
-  benchmarks with a background class), confusion matrices summed over the images of every host.
-  """
+def dataset_miou(source, benchmark, predict, *, max_images: int = 0, progress: bool = True) -> dict:
+  """mIoU (and per-class IoU) over `source` (a `data.segmentation` source, its first `max_images`;
+  0: all): `predict(images)` yields, in order, each RGB image's (H, W) labels in the benchmark's
+  evaluation space (background 0 when it has one); confusion matrices summed over every host's
+  share of the images."""
   from jax.experimental import multihost_utils
   from tqdm import tqdm
   from dinojax.data.segmentation import to_eval_labels
-  from dinojax.evaluators import open_vocab
   count = len(source) if not max_images else min(max_images, len(source))
   if count == 0:
     raise ValueError("The segmentation source has no images.")
@@ -81,15 +76,12 @@ def evaluate_open_vocab(source, benchmark, score_windows, query_to_class: Sequen
   confusion = np.zeros((num_classes, num_classes), np.int64)
   bar = tqdm(total=len(mine), disable=not progress or jax.process_index() != 0, unit="img",
              desc="mIoU", dynamic_ncols=True, mininterval=1.0)
-  for scores in open_vocab.sliding_window_scores(images(), score_windows, batch_size=batch_size,
-                                                 sharding=sharding, **window_kwargs):
+  for labels in predict(images()):
     name, mask = masks.popleft()
-    if mask.shape != scores.shape[1:]:
+    if mask.shape != labels.shape:
       raise ValueError(f"Image {name}: mask is {mask.shape[0]}×{mask.shape[1]} but the image is "
-                       f"{scores.shape[1]}×{scores.shape[2]}.")
-    scores = open_vocab.reduce_queries(scores, query_to_class)
-    labels = open_vocab.scores_to_labels(scores, background_threshold if benchmark.background else None)
-    confusion += _image_confusion(mask, labels + benchmark.background, num_classes)
+                       f"{labels.shape[0]}×{labels.shape[1]}.")
+    confusion += _image_confusion(mask, labels, num_classes)
     bar.update(1)
   bar.close()
   if jax.process_count() > 1:
@@ -97,6 +89,26 @@ def evaluate_open_vocab(source, benchmark, score_windows, query_to_class: Sequen
   iou = iou_per_class(confusion)
   return {"miou": mean_iou(confusion), "images": count,
           **{f"iou/{name}": float(v) for name, v in zip(benchmark.class_names, iou)}}
+
+
+def evaluate_open_vocab(source, benchmark, score_windows, query_to_class: Sequence[int], *,
+                        background_threshold: float | None = None, max_images: int = 0,
+                        batch_size: int = 8, sharding=None, progress: bool = True,
+                        **window_kwargs) -> dict:
+  """`dataset_miou` of `score_windows` in the training-free protocol: sliding windows
+  (`window_kwargs`: short_side, window, stride), scores of synonyms reduced to their class,
+  background where no class beats `background_threshold` (only for benchmarks with a background
+  class)."""
+  from dinojax.evaluators import open_vocab
+  threshold = background_threshold if benchmark.background else None
+
+  def predict(images):
+    for scores in open_vocab.sliding_window_scores(images, score_windows, batch_size=batch_size,
+                                                   sharding=sharding, **window_kwargs):
+      scores = open_vocab.reduce_queries(scores, query_to_class)
+      yield open_vocab.scores_to_labels(scores, threshold) + benchmark.background
+
+  return dataset_miou(source, benchmark, predict, max_images=max_images, progress=progress)
 
 
 def run(config, workdir: str) -> dict:

@@ -1,0 +1,123 @@
+"""Semantic segmentation with the released DINOv2 heads (`models/segmenter.py`, `hub.dinov2_segmenter`),
+run as the paper's evaluation runs them, through mmseg's test pipeline (§7.4, Table 11):
+
+- resize, keeping the aspect ratio, to fit 2048×512 (short side 512) times each test ratio: 1.0 for
+  the "linear" heads; 1.0, 1.32, 1.73, 2.28, 3.0 and horizontal flips for "+ms";
+- score 512×512 windows at stride 341 (mmseg's `slide_inference`); each window is ImageNet-normalised,
+  centre-padded to a multiple of the patch size, and its patch logits resized (bilinear) to the
+  window; overlapping windows are averaged and resized back to the image;
+- softmax per resized or flipped copy, the average over the copies, argmax.
+
+The `linear_segmentation_eval` job scores mIoU over ADE20k or VOC2012 (`configs/linear_segmentation_eval.py`):
+
+  python -m dinojax.main --config configs/linear_segmentation_eval.py:ade20k,backbone=vitl14 \
+      --workdir workdir/seg_ade --config.data.source=folder:data/ade \
+      --config.backbone.checkpoint=dinov2_vitl14_pretrain.pth \
+      --config.head.checkpoint=dinov2_vitl14_ade20k_linear_head.pth
+"""
+
+import functools
+import json
+import os
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dinojax import hub, parallel
+from dinojax.data import images as image_lib
+from dinojax.data import segmentation as seg_data
+from dinojax.evaluators import open_vocab, segmentation
+from dinojax.models.segmenter import LinearSegmenter
+
+SHORT_SIDE, LONG_SIDE, WINDOW, STRIDE = 512, 2048, 512, 341
+MS_RATIOS = (1.0, 1.32, 1.73, 2.28, 3.0)  # the "+ms" heads' test scales
+
+
+@functools.partial(jax.jit, static_argnames=("model",))
+def _window_logits(params, windows, *, model: LinearSegmenter):
+  x = (windows / 255.0 - image_lib.IMAGENET_MEAN) / image_lib.IMAGENET_STD
+  logits = jnp.moveaxis(model.apply(params, x), -1, 1)  # (b, classes, h', w')
+  # mmseg's `encode_decode`: the padded image's patch logits resized to the unpadded window.
+  return open_vocab.upsample_scores(logits, windows.shape[1:3], align_corners=False)
+
+
+def window_scorer(model: LinearSegmenter, params: dict) -> open_vocab.WindowScorer:
+  """(b, h, w, 3) RGB windows in [0, 255] -> (b, classes, h, w) logits."""
+  return functools.partial(_window_logits, params, model=model)
+
+
+def class_probabilities(image: np.ndarray, scorer: open_vocab.WindowScorer, *,
+                        ratios: Sequence[float] = (1.0,), flip: bool = False,
+                        short_side: int = SHORT_SIDE, long_side: int = LONG_SIDE, window: int = WINDOW,
+                        stride: int = STRIDE, batch_size: int = 8, sharding=None) -> jax.Array:
+  """(classes, H, W) probabilities for an RGB image (H, W, 3): mmseg's `aug_test`, the softmax of
+  each resized (and, with `flip`, mirrored) copy's sliding-window logits, averaged."""
+  if not len(ratios):
+    raise ValueError("ratios must list at least one test scale.")
+  total, copies = None, 0
+  for ratio in ratios:
+    for mirrored in (False, True) if flip else (False,):
+      x = np.ascontiguousarray(image[:, ::-1]) if mirrored else image
+      logits, = open_vocab.sliding_window_scores(
+          [x], scorer, short_side=int(short_side * ratio), long_side=int(long_side * ratio),
+          window=window, stride=stride, batch_size=batch_size, sharding=sharding)
+      probs = jax.nn.softmax(logits, axis=0)
+      probs = probs[:, :, ::-1] if mirrored else probs
+      total, copies = probs if total is None else total + probs, copies + 1
+  return total / copies
+
+
+def segment(image: np.ndarray, model: LinearSegmenter, params: dict, **protocol) -> np.ndarray:
+  """(H, W) int32 class indices of an RGB image (H, W, 3) by a released head (`hub.dinov2_segmenter`);
+  `protocol` as `class_probabilities` (`ratios=MS_RATIOS, flip=True` for the "+ms" heads)."""
+  image = image_lib.to_rgb(np.asarray(image))
+  return open_vocab.scores_to_labels(class_probabilities(image, window_scorer(model, params), **protocol))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The `linear_segmentation_eval` job
+# ---------------------------------------------------------------------------------------------------
+def run(config, workdir: str) -> dict:
+  """mIoU (and per-class IoU) of a released head on a benchmark, written to WORKDIR/miou.json."""
+  os.makedirs(workdir, exist_ok=True)
+  if config.benchmark not in seg_data.BENCHMARKS:
+    raise ValueError(f"Unknown benchmark {config.benchmark!r}; choose one of {sorted(seg_data.BENCHMARKS)}.")
+  benchmark = seg_data.BENCHMARKS[config.benchmark]
+  source = seg_data.make_segmentation_source(
+      config.data.source, benchmark, config.data.split,
+      **({"image_key": config.data.image_key, "mask_key": config.data.mask_key}
+         if config.data.source.startswith("tfds:") else {}))
+  b = config.backbone
+  model, params = hub.dinov2_segmenter(b.name, b.checkpoint or None, config.head.checkpoint or None,
+                                       config.head.layers, benchmark.num_classes, config.seed,
+                                       **b.overrides.to_dict())
+  if model.num_classes != benchmark.num_classes:
+    raise ValueError(f"The head predicts {model.num_classes} classes; {config.benchmark} has "
+                     f"{benchmark.num_classes} ({'with' if benchmark.background else 'without'} background).")
+  if not b.checkpoint or not config.head.checkpoint:
+    logging.warning("No backbone.checkpoint or head.checkpoint: random weights; the mIoU measures the "
+                    "pipeline, not DINOv2.")
+  # Data parallel over this host's devices (windows split, params replicated); hosts split the images.
+  mesh = parallel.make_mesh(config.mesh, devices=jax.local_devices())
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+  if config.batch_size % mesh.size:
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by the {mesh.size} local devices.")
+  scorer = window_scorer(model, jax.device_put(params, NamedSharding(mesh, P())))
+  s = config.segment
+  predict = lambda images: (open_vocab.scores_to_labels(class_probabilities(
+      image, scorer, ratios=tuple(s.ratios), flip=s.flip, short_side=s.short_side, long_side=s.long_side,
+      window=s.window, stride=s.stride, batch_size=config.batch_size,
+      sharding=parallel.batch_sharding(mesh, rules, 4))) for image in images)
+  with parallel.activation_sharding(mesh, rules):
+    result = segmentation.dataset_miou(source, benchmark, predict, max_images=config.max_images)
+  logging.info("mIoU %.2f%% over %d images (%s, %d block%s, %d scale%s%s)", 100 * result["miou"],
+               result["images"], config.benchmark, model.layers, "s" * (model.layers > 1), len(s.ratios),
+               "s" * (len(s.ratios) > 1), " + flips" if s.flip else "")
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "miou.json"), "w") as f:
+      json.dump(result, f, indent=1)
+  return result
