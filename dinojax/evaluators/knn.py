@@ -80,15 +80,26 @@ def extract_features(embed, params, source, batch_size: int, image_size: int, me
   return np.concatenate(feats), np.concatenate(labels)
 
 
+def cls_embedder(config, mesh, rules):
+  """(embed(params, images) -> CLS tokens after the final norm, params, source name) of the
+  evaluation jobs' frozen backbone (`config.backbone`: released, a run's workdir, or random)."""
+  # Imported here: dino.txt's trainer imports the SSL trainer, which imports this module.
+  from dinojax.trainers import dinotxt
+  backbone = dinotxt.build_backbone(config)
+  if config.image_size % backbone.patch_size:
+    raise ValueError(f"image_size={config.image_size} is not a multiple of the backbone's patch size "
+                     f"{backbone.patch_size}.")
+  params, backbone_source = dinotxt.init_backbone(config, backbone, mesh, rules)
+  embed = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
+  return embed, params, backbone_source
+
+
 # ---------------------------------------------------------------------------------------------------
 # The `knn_eval` job
 # ---------------------------------------------------------------------------------------------------
 def run(config, workdir: str) -> dict:
   """k-NN top-1/top-5 of a frozen backbone's CLS features for every `knn.k`, logged and written to
   WORKDIR/results_eval_knn.json."""
-  # The frozen-backbone sources the evaluation jobs share; imported here, as dino.txt's trainer
-  # imports the SSL trainer, which imports this module.
-  from dinojax.trainers import dinotxt
   os.makedirs(workdir, exist_ok=True)
   if not len(config.knn.k) or min(config.knn.k) < 1:
     raise ValueError(f"knn.k={tuple(config.knn.k)} must list positive neighbour counts.")
@@ -96,12 +107,7 @@ def run(config, workdir: str) -> dict:
   train_source = sources.make_source(config.data.source, config.data.train_split)
   val_source = sources.make_source(config.data.source, config.data.val_split)
 
-  backbone = dinotxt.build_backbone(config)
-  if config.image_size % backbone.patch_size:
-    raise ValueError(f"image_size={config.image_size} is not a multiple of the backbone's patch size "
-                     f"{backbone.patch_size}.")
-  params, backbone_source = dinotxt.init_backbone(config, backbone, mesh, rules)
-  embed = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
+  embed, params, backbone_source = cls_embedder(config, mesh, rules)
   with parallel.activation_sharding(mesh, rules):
     train = extract_features(embed, params, train_source, config.batch_size, config.image_size, mesh, rules)
     val = extract_features(embed, params, val_source, config.batch_size, config.image_size, mesh, rules)

@@ -173,7 +173,6 @@ def accuracies(scores: np.ndarray, labels: np.ndarray, metric: str = "mean_accur
 def run(config, workdir: str) -> dict:
   """The C sweep and the final fit (see the module docstring); results in
   WORKDIR/results_eval_log_regression.json and the classifier in best_log_regression_head.safetensors."""
-  from dinojax.trainers import dinotxt  # the frozen-backbone sources (see knn.run)
   os.makedirs(workdir, exist_ok=True)
   settings = config.log_regression
   if settings.metric not in METRICS:
@@ -188,12 +187,7 @@ def run(config, workdir: str) -> dict:
   # Mesh and the frozen backbone's features (kept in WORKDIR: a resumed run skips the extraction)
   # ------------------------------------------------------------------------------------------------
   mesh, rules = loop.make_mesh(config)
-  backbone = dinotxt.build_backbone(config)
-  if config.image_size % backbone.patch_size:
-    raise ValueError(f"image_size={config.image_size} is not a multiple of the backbone's patch size "
-                     f"{backbone.patch_size}.")
-  params, backbone_source = dinotxt.init_backbone(config, backbone, mesh, rules)
-  embed = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
+  embed, params, backbone_source = knn.cls_embedder(config, mesh, rules)
   resize = config.data.resize_size or config.image_size
   identity = {"backbone": backbone_source, "image_size": config.image_size, "resize_size": resize}
 
