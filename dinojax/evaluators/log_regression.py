@@ -75,21 +75,21 @@ def _lbfgs(features, labels, weights, inverse_c, outputs, max_iter, tol, memory,
   value_and_grad = optax.value_and_grad_from_state(objective)
 
   def step(carry):
-    params, state, value, _ = carry
-    new_value, grad = value_and_grad(params, state=state)
-    updates, state = solver.update(grad, state, params, value=new_value, grad=grad, value_fn=objective)
-    return optax.apply_updates(params, updates), state, new_value, value
+    params, state, _ = carry
+    value, grad = value_and_grad(params, state=state)
+    updates, state = solver.update(grad, state, params, value=value, grad=grad, value_fn=objective)
+    return optax.apply_updates(params, updates), state, value
 
   def running(carry):
-    _, state, value, previous = carry
-    iteration = optax.tree.get(state, "count")
+    _, state, previous = carry  # the state holds the value and gradient at the current params
+    value, grad = optax.tree.get(state, "value"), optax.tree.get(state, "grad")
     scale = tol * jnp.maximum(value, tol)
-    moving = (optax.tree.norm(optax.tree.get(state, "grad")) > scale) & (
-        jnp.abs(previous - value) > 0.01 * scale)
+    moving = (optax.tree.norm(grad) > scale) & (jnp.abs(previous - value) > 0.01 * scale)
+    iteration = optax.tree.get(state, "count")
     return (iteration == 0) | ((iteration < max_iter) & moving & jnp.isfinite(value))
 
   inf = jnp.asarray(jnp.inf, features.dtype)
-  params, state, _, _ = jax.lax.while_loop(running, step, (params, solver.init(params), inf, inf))
+  params, state, _ = jax.lax.while_loop(running, step, (params, solver.init(params), inf))
   return params, optax.tree.get(state, "count"), objective(params)
 
 
