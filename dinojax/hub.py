@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from dinojax import convert
 from dinojax.models.classifier import LinearClassifier, head_from_state_dict
-from dinojax.models.segmenter import LinearSegmenter
+from dinojax.models.segmenter import BNHead, LinearSegmenter
 from dinojax.models.segmenter import head_from_state_dict as segmenter_head_from_state_dict
 from dinojax.models.vit import VARIANTS, ViT
 
@@ -78,14 +78,14 @@ def dinov2_segmenter(name: str, checkpoint: str | os.PathLike | None = None,
   Without `head`, a random one reading the last `layers` blocks into `num_classes`.
   `model.apply(params, images)` gives (B, h, w, classes) patch logits of ImageNet-normalised images;
   `evaluators.linear_segmentation` runs the paper's sliding-window protocol around it."""
-  backbone, backbone_params = dinov2(name, checkpoint, seed, **overrides)
+  backbone = dinov2_model(name, **overrides)  # the head is checked against it before any weights load
   if head is None:
-    model = LinearSegmenter(backbone, layers, num_classes)
-    images = jnp.zeros((1, backbone.patch_size, backbone.patch_size, backbone.in_chans), jnp.float32)
-    head_params = jax.jit(model.init)(jax.random.key(seed + 1), images)["params"]["head"]
+    features = jnp.zeros((1, 1, 1, layers * backbone.embed_dim), jnp.float32)
+    head_params = BNHead(num_classes).init(jax.random.key(seed + 1), features)["params"]
   else:
     layers, head_params = segmenter_head_from_state_dict(convert.load_state_dict(head), backbone.embed_dim)
-    model = LinearSegmenter(backbone, layers, head_params["conv_seg"]["bias"].shape[0])
+  model = LinearSegmenter(backbone, layers, head_params["conv_seg"]["bias"].shape[0])
   if model.layers > backbone.depth:
     raise ValueError(f"The head reads the last {model.layers} blocks; the backbone has {backbone.depth}.")
+  _, backbone_params = dinov2(name, checkpoint, seed, **overrides)
   return model, {"params": {"backbone": backbone_params["params"], "head": head_params}}

@@ -71,24 +71,27 @@ def test_window_logits_match_the_official_composition(tmp_path, layers):
   np.testing.assert_allclose(np.asarray(scorer(jnp.asarray(window))), reference, atol=1e-4)
 
 
+# Released architectures, shrunk: width 32, 4 blocks.
+SMALL = dict(embed_dim=32, num_heads=2, depth=4, img_size=56)
+
+
 def test_hub_segmenter_reads_the_blocks_and_classes_from_the_head_file(tmp_path):
-  torch.save(_mmcv_head(4 * 384, 21), tmp_path / "dinov2_vits14_voc2012_ms_head.pth")
-  model, params = hub.dinov2_segmenter("vits14", head=tmp_path / "dinov2_vits14_voc2012_ms_head.pth",
-                                       depth=4)
+  torch.save(_mmcv_head(4 * 32, 21), tmp_path / "dinov2_vits14_voc2012_ms_head.pth")
+  model, params = hub.dinov2_segmenter("vits14", head=tmp_path / "dinov2_vits14_voc2012_ms_head.pth", **SMALL)
   assert (model.layers, model.num_classes) == (4, 21)
   logits = jax.jit(model.apply)(params, jnp.zeros((1, 30, 44, 3)))
   assert logits.shape == (1, 3, 4, 21)  # centre-padded to 42×56
 
   with pytest.raises(ValueError, match="reads the last 4 blocks; the backbone has 2"):
-    hub.dinov2_segmenter("vits14", head=tmp_path / "dinov2_vits14_voc2012_ms_head.pth", depth=2)
-  torch.save(_mmcv_head(3 * 384, 21), tmp_path / "three_small_blocks.pth")  # 1.5 ViT-B blocks
-  with pytest.raises(ValueError, match="not a whole number of this backbone's 768-wide blocks"):
-    hub.dinov2_segmenter("vitb14", head=tmp_path / "three_small_blocks.pth", depth=1)
-  head = _mmcv_head(384, 150)
+    hub.dinov2_segmenter("vits14", head=tmp_path / "dinov2_vits14_voc2012_ms_head.pth", **{**SMALL, "depth": 2})
+  torch.save(_mmcv_head(3 * 32, 21), tmp_path / "three_blocks.pth")  # 1.5 blocks of a 64-wide backbone
+  with pytest.raises(ValueError, match="not a whole number of this backbone's 64-wide blocks"):
+    hub.dinov2_segmenter("vitb14", head=tmp_path / "three_blocks.pth", **{**SMALL, "embed_dim": 64})
+  head = _mmcv_head(32, 150)
   del head["state_dict"]["decode_head.bn.running_var"]
   torch.save(head, tmp_path / "broken.pth")
   with pytest.raises(KeyError, match=r"lacks \['bn.running_var'\]"):
-    hub.dinov2_segmenter("vits14", head=tmp_path / "broken.pth", depth=1)
+    hub.dinov2_segmenter("vits14", head=tmp_path / "broken.pth", **SMALL)
 
 
 def _toy_scorer(weights, ramps):
