@@ -75,6 +75,11 @@ def segment(image: np.ndarray, model: LinearSegmenter, params: dict, **protocol)
   """(H, W) int32 class indices of an RGB image (H, W, 3) by a released head (`hub.dinov2_segmenter`);
   `protocol` as `class_probabilities` (`ratios=MS_RATIOS, flip=True` for the "+ms" heads)."""
   image = image_lib.to_rgb(np.asarray(image))
+  if "batch_size" not in protocol:  # one image: batches of its windows at scale 1, none padded
+    size = open_vocab.rescale_size(*image.shape[:2], protocol.get("short_side", SHORT_SIDE),
+                                   protocol.get("long_side", LONG_SIDE))
+    protocol["batch_size"] = len(open_vocab.window_grid(*size, protocol.get("window", WINDOW),
+                                                        protocol.get("stride", STRIDE)))
   return open_vocab.scores_to_labels(class_probabilities(image, window_scorer(model, params), **protocol))
 
 
