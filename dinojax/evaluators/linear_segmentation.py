@@ -92,10 +92,7 @@ def run(config, workdir: str) -> dict:
   if config.benchmark not in seg_data.BENCHMARKS:
     raise ValueError(f"Unknown benchmark {config.benchmark!r}; choose one of {sorted(seg_data.BENCHMARKS)}.")
   benchmark = seg_data.BENCHMARKS[config.benchmark]
-  source = seg_data.make_segmentation_source(
-      config.data.source, benchmark, config.data.split,
-      **({"image_key": config.data.image_key, "mask_key": config.data.mask_key}
-         if config.data.source.startswith("tfds:") else {}))
+  source = segmentation.source_from_config(config.data, benchmark)
   b = config.backbone
   model, params = hub.dinov2_segmenter(b.name, b.checkpoint or None, config.head.checkpoint or None,
                                        config.head.layers, benchmark.num_classes, config.seed,
@@ -106,11 +103,7 @@ def run(config, workdir: str) -> dict:
   if not b.checkpoint or not config.head.checkpoint:
     logging.warning("No backbone.checkpoint or head.checkpoint: random weights; the mIoU measures the "
                     "pipeline, not DINOv2.")
-  # Data parallel over this host's devices (windows split, params replicated); hosts split the images.
-  mesh = parallel.make_mesh(config.mesh, devices=jax.local_devices())
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  if config.batch_size % mesh.size:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by the {mesh.size} local devices.")
+  mesh, rules = segmentation.local_mesh(config)  # params replicated, windows split
   scorer = window_scorer(model, jax.device_put(params, NamedSharding(mesh, P())))
   s = config.segment
   predict = lambda images: (open_vocab.scores_to_labels(class_probabilities(

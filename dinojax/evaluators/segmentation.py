@@ -111,6 +111,25 @@ def evaluate_open_vocab(source, benchmark, score_windows, query_to_class: Sequen
   return dataset_miou(source, benchmark, predict, max_images=max_images, progress=progress)
 
 
+def source_from_config(data, benchmark):
+  """The evaluation jobs' `data` section as a `data.segmentation` source (`image_key`/`mask_key`
+  name TFDS features)."""
+  from dinojax.data import segmentation as seg_data
+  tfds = data.source.startswith("tfds:")
+  keys = {"image_key": data.image_key, "mask_key": data.mask_key} if tfds else {}
+  return seg_data.make_segmentation_source(data.source, benchmark, data.split, **keys)
+
+
+def local_mesh(config):
+  """(mesh, rules) over this host's devices: the evaluation jobs split each batch of windows over
+  them and the images over hosts."""
+  from dinojax import parallel
+  mesh = parallel.make_mesh(config.mesh, devices=jax.local_devices())
+  if config.batch_size % mesh.size:
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by the {mesh.size} local devices.")
+  return mesh, tuple(tuple(r) for r in config.sharding_rules)
+
+
 def run(config, workdir: str) -> dict:
   """The `talk2dino_eval` job: Talk2DINO's mIoU on one benchmark (`configs/talk2dino_eval.py`)."""
   import json
@@ -126,15 +145,8 @@ def run(config, workdir: str) -> dict:
     benchmark = dataclasses.replace(benchmark, classes=seg_data.read_class_names(config.class_names_file))
   if not benchmark.classes:
     raise ValueError("No class names: set config.dataset.classes or config.class_names_file.")
-  source = seg_data.make_segmentation_source(config.data.source, benchmark, config.data.split,
-                                             **({"image_key": config.data.image_key,
-                                                 "mask_key": config.data.mask_key}
-                                                if config.data.source.startswith("tfds:") else {}))
-  # Data parallel over this host's devices; hosts split the images.
-  mesh = parallel.make_mesh(config.mesh, devices=jax.local_devices())
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  if config.batch_size % mesh.size:
-    raise ValueError(f"batch_size={config.batch_size} is not divisible by the {mesh.size} local devices.")
+  source = source_from_config(config.data, benchmark)
+  mesh, rules = local_mesh(config)
   m = config.model
   models = talk2dino.load_models(m.backbone, m.backbone_checkpoint, m.clip_checkpoint, m.projection,
                                  m.projection_config, config.seed, m.backbone_overrides.to_dict(),
