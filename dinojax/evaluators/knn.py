@@ -69,15 +69,20 @@ def extract_features(embed, params, source, batch_size: int, image_size: int, me
   shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
                "label": parallel.batch_sharding(mesh, rules, 1),
                "valid": parallel.batch_sharding(mesh, rules, 1)}
-  feats, labels = [], []
-  for local in pipeline.eval_dataset(source, batch_size // jax.process_count(), image_size,
-                                     jax.process_index(), jax.process_count(), resize=resize):
+  hosts, per_host = jax.process_count(), batch_size // jax.process_count()
+  feats, labels, indices = [], [], []
+  for step, local in enumerate(pipeline.eval_dataset(source, per_host, image_size, jax.process_index(),
+                                                     hosts, resize=resize)):
     batch = loop.global_batch(local, shardings)
     out, label, valid = (multihost_utils.process_allgather(x, tiled=True) for x in
                          (embed(params, batch["image"]), batch["label"], batch["valid"]))
     feats.append(np.asarray(out, np.float32)[valid])
     labels.append(label[valid])
-  return np.concatenate(feats), np.concatenate(labels)
+    # Row r came from host r // per_host, which reads every hosts-th image of the source.
+    rows = np.arange(len(valid))
+    indices.append(((step * per_host + rows % per_host) * hosts + rows // per_host)[valid])
+  order = np.argsort(np.concatenate(indices))
+  return np.concatenate(feats)[order], np.concatenate(labels)[order]
 
 
 def cls_embedder(config, mesh, rules):

@@ -64,9 +64,11 @@ def logistic_objective(params: dict, features: jax.Array, labels: jax.Array, wei
   return jnp.sum(weights * losses) / n + 0.5 * inverse_c / n * jnp.sum(params["w"] ** 2)
 
 
-def _lbfgs(features, labels, weights, inverse_c, outputs, max_iter, tol, memory, linesearch_steps):
+def _lbfgs(features, labels, weights, inverse_c, outputs, max_iter, tol, memory, linesearch_steps,
+           replicated):
   """L-BFGS from zero weights until `max_iter` iterations or cuML's stopping rules: ‖∇f‖ ≤
-  tol·max(f, tol), or |Δf| ≤ 0.01·tol·max(f, tol)."""
+  tol·max(f, tol), or |Δf| ≤ 0.01·tol·max(f, tol). The result is `replicated` (a sharding, or
+  None), so every host can read it."""
   params = {"w": jnp.zeros((features.shape[1], outputs), features.dtype),
             "b": jnp.zeros((outputs,), features.dtype)}
   objective = lambda p: logistic_objective(p, features, labels, weights, inverse_c)
@@ -90,10 +92,11 @@ def _lbfgs(features, labels, weights, inverse_c, outputs, max_iter, tol, memory,
 
   inf = jnp.asarray(jnp.inf, features.dtype)
   params, state, _ = jax.lax.while_loop(running, step, (params, solver.init(params), inf))
-  return params, optax.tree.get(state, "count"), objective(params)
+  result = params, optax.tree.get(state, "count"), objective(params)
+  return result if replicated is None else jax.lax.with_sharding_constraint(result, replicated)
 
 
-_lbfgs_jit = jax.jit(_lbfgs, static_argnames=("outputs", "memory", "linesearch_steps"))
+_lbfgs_jit = jax.jit(_lbfgs, static_argnames=("outputs", "memory", "linesearch_steps", "replicated"))
 
 
 def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_outputs: int, c: float, *,
@@ -114,16 +117,16 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_output
   host["features"][:rows], host["labels"][:rows], host["weights"][:rows] = features, labels, 1
   with jax.enable_x64(dtype == "float64"):
     if sharding is None:
-      arrays = {k: jnp.asarray(v) for k, v in host.items()}
+      arrays, replicated = {k: jnp.asarray(v) for k, v in host.items()}, None
     else:
-      arrays = {k: jax.make_array_from_callback(
-          v.shape, NamedSharding(sharding.mesh, P(_row_axes(sharding), *[None] * (v.ndim - 1))),
-          lambda index, v=v: v[index])
-          for k, v in host.items()}
+      rows_of = lambda v: NamedSharding(sharding.mesh, P(_row_axes(sharding), *[None] * (v.ndim - 1)))
+      arrays = {k: jax.make_array_from_callback(v.shape, rows_of(v), lambda index, v=v: v[index])
+                for k, v in host.items()}
+      replicated = NamedSharding(sharding.mesh, P())
     labels_in = arrays["labels"].astype(arrays["features"].dtype) if outputs == 1 else arrays["labels"]
     params, iterations, value = _lbfgs_jit(arrays["features"], labels_in, arrays["weights"],
                                            jnp.asarray(1.0 / c, dtype), outputs, max_iter, tol,
-                                           memory, linesearch_steps)
+                                           memory, linesearch_steps, replicated)
     params, iterations, value = jax.device_get((params, iterations, value))
   if not np.isfinite(value):
     raise FloatingPointError(f"The logistic regression for C={c:g} diverged (objective {value}).")
