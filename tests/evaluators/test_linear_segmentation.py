@@ -185,3 +185,14 @@ def test_job_names_a_head_for_another_benchmark(tmp_path):
                                  "head.checkpoint": str(tmp_path / "ade_head.pth")})
   with pytest.raises(ValueError, match="The head predicts 150 classes; voc has 21"):
     linear_segmentation.run(config, str(tmp_path / "out"))
+
+
+def test_segment_takes_grey_rgba_and_extreme_shapes_and_names_bad_ones():
+  model, params = hub.dinov2_segmenter("vits14", layers=1, num_classes=5, **{**SMALL, "depth": 2})
+  rng = np.random.default_rng(0)
+  protocol = dict(short_side=56, long_side=224, window=56, stride=28)
+  for shape in [(37, 53), (30, 20, 4), (5, 300, 3)]:  # grey, RGBA, capped by the long side
+    labels = linear_segmentation.segment(rng.integers(0, 256, shape, dtype=np.uint8), model, params, **protocol)
+    assert labels.shape == shape[:2] and labels.dtype == np.int32 and 0 <= labels.min() <= labels.max() < 5
+  with pytest.raises(ValueError, match=r"Expected an H×W×\{1,3,4\} image, got shape \(10, 10, 5\)"):
+    linear_segmentation.segment(np.zeros((10, 10, 5), np.uint8), model, params, **protocol)
