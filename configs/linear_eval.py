@@ -33,6 +33,9 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict(dict(source="tfds:imagenet2012", train_split="train",
                                           val_split="validation", threads=16))
+  # (source, split) pairs scored at the end by the classifier chosen on val_split (the official
+  # --test-datasets), e.g. (("tfds:imagenet_v2", "test"),).
+  c.data.test_sets = ()
   c.linear = ml_collections.ConfigDict(dict(
       learning_rates=LEARNING_RATES, n_last_blocks=(1, 4), avgpool=(False, True), momentum=0.9,
       crop_scale=(0.08, 1.0)))  # RandomResizedCrop's default area range

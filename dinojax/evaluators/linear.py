@@ -239,20 +239,28 @@ def run(config, workdir: str) -> dict:
       classifiers, features(bp, batch["image"]), batch["label"], batch["valid"], top_k),
       out_shardings=replicated)
 
-  def evaluate(state) -> dict:
+  def accuracies_on(source, what: str, state) -> tuple[dict, int]:
+    """{classifier: {"top1", "topK"}} on every readable image of `source` (`what` names it in
+    errors), and their count."""
     totals, seen = None, 0
-    for local in pipeline.eval_dataset(val_source, config.eval.batch_size // jax.process_count(),
+    for local in pipeline.eval_dataset(source, config.eval.batch_size // jax.process_count(),
                                        config.image_size, jax.process_index(), jax.process_count()):
       batch = loop.global_batch(local, eval_shardings)
       hits = jax.device_get(count(backbone_params, state["params"], batch))
       totals = hits if totals is None else jax.tree.map(np.add, totals, hits)
       seen += int(jax.device_get(batch["valid"].sum()))
     if not seen:
-      raise ValueError(f"No readable image in split {config.data.val_split!r} of {config.data.source!r}.")
-    accuracies = {name: {"top1": float(totals[p.name][0][i]) / seen,
-                         f"top{top_k}": float(totals[p.name][1][i]) / seen}
-                  for name, (p, i) in grid.items()}
+      raise ValueError(f"No readable image in {what}.")
+    return {name: {"top1": float(totals[p.name][0][i]) / seen,
+                   f"top{top_k}": float(totals[p.name][1][i]) / seen} for name, (p, i) in grid.items()}, seen
+
+  best = {}  # the best classifier on the validation split at the last evaluation
+
+  def evaluate(state) -> dict:
+    accuracies, seen = accuracies_on(val_source, f"split {config.data.val_split!r} of {config.data.source!r}",
+                                     state)
     name, top1 = best_classifier(accuracies)
+    best.update(name=name)
     write_results(workdir, int(state["step"]), name, accuracies, seen, backbone_source)
     probe, i = grid[name]
     write_head(workdir, jax.tree.map(lambda x: x[i], state["params"][probe.name]))
@@ -260,12 +268,27 @@ def run(config, workdir: str) -> dict:
     return {"linear_top1": top1, f"linear_top{top_k}": accuracies[name][f"top{top_k}"]}
 
   # ------------------------------------------------------------------------------------------------
-  # The loop
+  # The loop, then the classifier chosen on the validation split on each test set (the official
+  # `--test-datasets`, e.g. ImageNet-V2)
   # ------------------------------------------------------------------------------------------------
-  _, summary = loop.train(config, workdir, mesh, rules, state, step_fn, data_iter, batch_shardings,
-                          ckpt, skipped, start, num_steps, evaluate=evaluate, run_meta=run_meta)
+  state, summary = loop.train(config, workdir, mesh, rules, state, step_fn, data_iter, batch_shardings,
+                              ckpt, skipped, start, num_steps, evaluate=evaluate, run_meta=run_meta)
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)
+  if config.data.test_sets:
+    with parallel.activation_sharding(mesh, rules):
+      if not best:  # a finished run started again: its last evaluation, once more
+        evaluate(state)
+      tests = {}
+      for source_name, split in config.data.test_sets:
+        accuracies, seen = accuracies_on(sources.make_source(source_name, split),
+                                         f"test set {source_name!r} split {split!r}", state)
+        tests[f"{source_name}:{split}"] = {**accuracies[best["name"]], "images": seen}
+    add_test_results(workdir, best["name"], tests)
+    test_metrics = {f"linear_top1/{name}": r["top1"] for name, r in tests.items()}
+    loop.MetricWriter(workdir).write(num_steps, test_metrics)
+    loop.log_metrics(num_steps, test_metrics)
+    summary.update(test_metrics)
   return {**summary, "steps": num_steps, "skipped_images": skipped.count}
 
 
@@ -279,6 +302,19 @@ def write_results(workdir: str, step: int, best: str, accuracies: dict, images: 
              "best_classifier": {"name": best, "accuracy": accuracies[best]["top1"]},
              "classifiers": accuracies}
   with open(os.path.join(workdir, "results_eval_linear.json"), "w") as f:
+    json.dump(results, f, indent=1)
+
+
+def add_test_results(workdir: str, best: str, tests: dict) -> None:
+  """Adds {test set: the accuracies of `best` (chosen on the validation split)} to
+  WORKDIR/results_eval_linear.json (process 0)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, "results_eval_linear.json")
+  with open(path) as f:
+    results = json.load(f)
+  results["test_sets"] = {"classifier": best, **tests}
+  with open(path, "w") as f:
     json.dump(results, f, indent=1)
 
 

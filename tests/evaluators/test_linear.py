@@ -215,3 +215,19 @@ def test_resuming_with_another_backbone_is_an_error(tmp_path, straight_run):
   shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
   result = jobs.run_main(CONFIG, tmp_path, *STEPS, "--config.seed=1", check=False)
   assert result.returncode != 0 and "written with backbone='random:2'" in result.stderr
+
+
+def test_test_sets_are_scored_by_the_classifier_chosen_on_validation(tmp_path, straight_run):
+  # The finished run started again with test sets: its validation split again (the same best
+  # classifier and accuracy) and the training split, each scored by that classifier.
+  import shutil
+  shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
+  jobs.run_main(CONFIG, tmp_path, *STEPS, "--config.data.test_sets=(('digits', 'heldout'), ('digits', 'train'))")
+  before = json.loads((straight_run / "results_eval_linear.json").read_text())
+  after = json.loads((tmp_path / "results_eval_linear.json").read_text())
+  tests, best = after["test_sets"], before["best_classifier"]
+  assert tests["classifier"] == best["name"] and after["best_classifier"] == best
+  assert tests["digits:heldout"]["top1"] == best["accuracy"] and tests["digits:heldout"]["images"] == 360
+  assert tests["digits:train"]["images"] == 1437 and tests["digits:train"]["top1"] > 0.2
+  logged = [r for r in loop.read_metrics(tmp_path) if "linear_top1/digits:train" in r]
+  assert len(logged) == 1 and logged[0]["linear_top1/digits:train"] == tests["digits:train"]["top1"]
