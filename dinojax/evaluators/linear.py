@@ -7,7 +7,8 @@
 
 trained with SGD (momentum 0.9, no weight decay) under a cosine decay to 0, on random resized crops
 with flips, the cross-entropies of all classifiers summed. The result is the classifier with the best
-validation top-1, written with all the others to `results_eval_linear.json`.
+validation top-1, written with all the others to `results_eval_linear.json`; `data.test_sets` are
+scored at the end by that classifier.
 
   python -m dinojax.main --config configs/linear_eval.py:vitl14_reg --workdir workdir/linear \
       --config.backbone.checkpoint=dinov2_vitl14_reg4_pretrain.pth
