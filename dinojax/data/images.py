@@ -62,6 +62,12 @@ def resize_center_crop(image: np.ndarray, size: int, short_side: int) -> np.ndar
 _NORMALIZED = ((np.arange(256, dtype=np.float32)[:, None] / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).T.copy()
 
 
+def normalize_pixels(x):
+  """Float RGB in [0, 255] (NumPy or JAX, any leading shape) with ImageNet mean/std: `normalize`
+  for images already resized in float inside a jitted function."""
+  return (x / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+
+
 def normalize(image: np.ndarray) -> np.ndarray:
   """uint8 RGB (..., 3) -> float32 with ImageNet mean/std, the normalisation every DINOv2 model expects."""
   if image.dtype != np.uint8 or image.shape[-1] != 3:

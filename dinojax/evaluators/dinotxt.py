@@ -55,7 +55,7 @@ def class_embeddings(models: DinoTxtModels, classes: Sequence[str],
 def _window_scores(backbone_params, head_params, text, crops, *, backbone, head, window):
   b, h, w, _ = crops.shape
   x = crops if (h, w) == (window, window) else bilinear_resize(crops, (window, window), (1, 2))
-  x = (x / 255.0 - image_lib.IMAGENET_MEAN) / image_lib.IMAGENET_STD
+  x = image_lib.normalize_pixels(x)
   patches = encode_image(backbone, backbone_params, head, head_params, x)["patch_embeds"]
   grid = window // backbone.patch_size
   scores = open_vocab.cosine_scores(patches.reshape(b, grid, grid, -1), text)

@@ -39,7 +39,7 @@ MS_RATIOS = (1.0, 1.32, 1.73, 2.28, 3.0)  # the "+ms" heads' test scales
 
 @functools.partial(jax.jit, static_argnames=("model",))
 def _window_logits(params, windows, *, model: LinearSegmenter):
-  x = (windows / 255.0 - image_lib.IMAGENET_MEAN) / image_lib.IMAGENET_STD
+  x = image_lib.normalize_pixels(windows)
   logits = jnp.moveaxis(model.apply(params, x), -1, 1)  # (b, classes, h', w')
   # mmseg's `encode_decode`: the padded image's patch logits resized to the unpadded window.
   return open_vocab.upsample_scores(logits, windows.shape[1:3], align_corners=False)

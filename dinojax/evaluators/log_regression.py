@@ -20,7 +20,6 @@ score in `log_regression_sweep.json`, so a run stopped mid-sweep continues at th
 """
 
 import json
-import math
 import os
 import time
 
@@ -101,28 +100,27 @@ _lbfgs_jit = jax.jit(_lbfgs, static_argnames=("outputs", "memory", "linesearch_s
 
 def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_outputs: int, c: float, *,
                             max_iter: int = 1000, tol: float = 1e-12, memory: int = 5,
-                            linesearch_steps: int = 50, dtype: str = "float64",
-                            sharding: NamedSharding | None = None) -> tuple[dict, int]:
+                            linesearch_steps: int = 50, dtype: str = "float64", mesh=None,
+                            rules=parallel.DEFAULT_RULES) -> tuple[dict, int]:
   """({"w" (d, K), "b" (K,)}, iterations) minimising `logistic_objective` for labels in [0, K)
-  (K = `num_outputs`; 2 classes: one output, binary). With `sharding` (rows over devices, e.g.
-  `parallel.batch_sharding`), the rows are padded to split evenly and the sums run across devices."""
+  (K = `num_outputs`; 2 classes: one output, binary). With a `mesh`, the rows are split over its
+  batch axes (`rules`), padded to split evenly, and the sums run across devices."""
   if c <= 0:
     raise ValueError(f"C={c:g} must be positive.")
   outputs = 1 if num_outputs == 2 else num_outputs
   rows = len(features)
-  shards = 1 if sharding is None else math.prod(sharding.mesh.shape[a] for a in _row_axes(sharding))
+  shards = 1 if mesh is None else parallel.batch_shards(mesh, rules)
   padded = -(-rows // shards) * shards
   host = {"features": np.zeros((padded, features.shape[1]), dtype),
           "labels": np.zeros((padded,), np.int32), "weights": np.zeros((padded,), dtype)}
   host["features"][:rows], host["labels"][:rows], host["weights"][:rows] = features, labels, 1
   with jax.enable_x64(dtype == "float64"):
-    if sharding is None:
+    if mesh is None:
       arrays, replicated = {k: jnp.asarray(v) for k, v in host.items()}, None
     else:
-      rows_of = lambda v: NamedSharding(sharding.mesh, P(_row_axes(sharding), *[None] * (v.ndim - 1)))
-      arrays = {k: jax.make_array_from_callback(v.shape, rows_of(v), lambda index, v=v: v[index])
-                for k, v in host.items()}
-      replicated = NamedSharding(sharding.mesh, P())
+      arrays = {k: jax.make_array_from_callback(v.shape, parallel.batch_sharding(mesh, rules, v.ndim),
+                                                lambda index, v=v: v[index]) for k, v in host.items()}
+      replicated = NamedSharding(mesh, P())
     labels_in = arrays["labels"].astype(arrays["features"].dtype) if outputs == 1 else arrays["labels"]
     params, iterations, value = _lbfgs_jit(arrays["features"], labels_in, arrays["weights"],
                                            jnp.asarray(1.0 / c, dtype), outputs, max_iter, tol,
@@ -131,12 +129,6 @@ def fit_logistic_regression(features: np.ndarray, labels: np.ndarray, num_output
   if not np.isfinite(value):
     raise FloatingPointError(f"The logistic regression for C={c:g} diverged (objective {value}).")
   return params, int(iterations)
-
-
-def _row_axes(sharding: NamedSharding) -> tuple[str, ...]:
-  """The mesh axes `sharding` splits rows over."""
-  axes = sharding.spec[0] if len(sharding.spec) else None
-  return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
 
 
 def class_scores(params: dict, features: np.ndarray) -> np.ndarray:
@@ -227,8 +219,6 @@ def run(config, workdir: str) -> dict:
     finetune = tuple(x[order[:held]] for x in train)
     train = tuple(x[order[held:]] for x in train)
 
-  sharding = parallel.batch_sharding(mesh, rules, 2)
-
   def fit(data, c: float) -> tuple[dict, np.ndarray, int]:
     """(head, the classes its outputs stand for, iterations) on `data`: its classes are those its
     images have, numbered as cuML and scikit-learn number them."""
@@ -237,7 +227,7 @@ def run(config, workdir: str) -> dict:
       raise ValueError(f"The training images have {len(classes)} class; logistic regression needs two.")
     head, iterations = fit_logistic_regression(
         data[0], np.searchsorted(classes, data[1]), len(classes), c, max_iter=settings.max_iter,
-        tol=settings.tol, dtype=settings.dtype, sharding=sharding)
+        tol=settings.tol, dtype=settings.dtype, mesh=mesh, rules=rules)
     return head, classes, iterations
 
   def score(head, classes, data) -> dict:

@@ -92,7 +92,7 @@ def _window_masks(backbone_params, text, crops, *, backbone, window, background_
                   pamr_iterations, pamr_dilations):
   b, h, w, _ = crops.shape
   x = crops if (h, w) == (window, window) else bilinear_resize(crops, (window, window), (1, 2))
-  x = (x / 255.0 - image_lib.IMAGENET_MEAN) / image_lib.IMAGENET_STD
+  x = image_lib.normalize_pixels(x)
   out = backbone.apply(backbone_params, x, return_cls_attention=background_cleaning)
   # A fence between the backbone and the masks: optimised across it, XLA's CPU made this function
   # 0.13–0.21 s slower on two 448 windows of ViT-B/14 (docs/benchmarks.md), the masks alone ~6 ms.

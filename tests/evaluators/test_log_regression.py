@@ -41,8 +41,7 @@ def test_fit_sharded_over_eight_devices_equals_one_device():
   features, labels = _blobs(4, rows=203)  # 203 rows: padded to 208 on 8 devices
   mesh = parallel.make_mesh({"data": 8, "fsdp": 1, "model": 1})
   one, _ = log_regression.fit_logistic_regression(features, labels, 4, 1.0)
-  eight, _ = log_regression.fit_logistic_regression(features, labels, 4, 1.0,
-                                                    sharding=parallel.batch_sharding(mesh, ndim=2))
+  eight, _ = log_regression.fit_logistic_regression(features, labels, 4, 1.0, mesh=mesh)
   for key in ("w", "b"):
     np.testing.assert_allclose(eight[key], one[key], atol=1e-7)
 
