@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 import jobs
-from dinojax import config_args
+from dinojax import config_args, parallel
+from dinojax.data import sources
 from dinojax.evaluators import knn
+from dinojax.trainers import loop
 
 CONFIG = f"{jobs.REPO / 'configs/knn_eval.py'}:tiny"
 
@@ -44,6 +46,23 @@ def test_accuracies_for_several_k_in_chunks():
   assert out == {1: {"top1": 1.0, "top5": 1.0}, 20: {"top1": 1.0, "top5": 1.0}}
   wrong = knn.knn_accuracies(train, labels, test, 1 - truth, num_classes=2, ks=(1,))
   assert wrong[1]["top1"] == 0.0 and wrong[1]["top5"] == 1.0  # top-"5" of 2 classes holds both
+
+
+def test_float16_backbone_runs_on_cpu_near_float32():
+  """The official evaluations' precision (fp16, "auto" on a GPU) through the evaluation path here."""
+  digits = sources.make_source("digits", "heldout")
+  source = [digits[i] for i in range(16)]
+  features = {}
+  for dtype in ("float32", "float16"):
+    config = config_args.override(config_args.load_config(CONFIG), {"backbone.dtype": dtype})
+    mesh, rules = loop.make_mesh(config)
+    embed, params, _ = knn.cls_embedder(config, mesh, rules)
+    with parallel.activation_sharding(mesh, rules):
+      features[dtype], labels = knn.extract_features(embed, params, source, 16, config.image_size,
+                                                     mesh, rules)
+  assert features["float16"].shape == (16, 96) and labels.tolist() == [d["label"] for d in source]
+  error = np.abs(features["float16"] - features["float32"]).max() / np.abs(features["float32"]).max()
+  assert 0 < error < 1e-2
 
 
 @pytest.mark.parametrize("overrides, error, message", [
