@@ -29,8 +29,9 @@ def get_config(arg=None):
   c.seed = 11  # the official run's
   c.eval_only = False  # restore the latest checkpoint of --workdir, evaluate, stop
 
-  # The frozen DINOv2 (config_defaults.frozen_backbone); `freeze=False` trains it too.
-  c.backbone = frozen_backbone("vitl14_reg", attention="xla")
+  # The frozen DINOv2 (config_defaults.frozen_backbone); `freeze=False` trains it too. bfloat16 as
+  # the text tower: the vision head trains in the backbone's dtype.
+  c.backbone = frozen_backbone("vitl14_reg", attention="xla", dtype="bfloat16")
   c.backbone.freeze = True
   c.image_size = 224  # vision_model_train_img_size
   c.embed_dim = 2048  # joint space: 1024 (CLS) + 1024 (mean of patches)

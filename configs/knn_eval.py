@@ -1,6 +1,7 @@
 """k-NN evaluation of a frozen DINOv2 backbone on ImageNet-1k with the official settings
 (`dinov2/eval/knn.py`): CLS features of the evaluation crop (resize 256, centre 224), cosine
-similarity, k = 10, 20, 100, 200 neighbours voting with weight exp(similarity / 0.07).
+similarity, k = 10, 20, 100, 200 neighbours voting with weight exp(similarity / 0.07); few-shot with
+`--config.knn.n_per_class='(-1, 1, 10)' --config.knn.n_tries=5`.
 
   python -m dinojax.main --config configs/knn_eval.py:vitl14_reg --workdir workdir/knn_l14 \
       --config.backbone.checkpoint=dinov2_vitl14_reg4_pretrain.pth
@@ -28,7 +29,10 @@ def get_config(arg=None):
   c.image_size = 224
   c.data = ml_collections.ConfigDict(dict(source="tfds:imagenet2012", train_split="train",
                                           val_split="validation"))
-  c.knn = ml_collections.ConfigDict(dict(k=(10, 20, 100, 200), temperature=0.07))
+  # n_per_class: the training images each k-NN sees, -1 all of them, n > 0 that many per class (the
+  # official --n-per-class-list: k ≤ n and n itself, the mean of n_tries random draws).
+  c.knn = ml_collections.ConfigDict(dict(k=(10, 20, 100, 200), temperature=0.07, n_per_class=(-1,),
+                                         n_tries=1))
   c.batch_size = 256  # global, for feature extraction
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
   c.sharding_rules = parallel.DEFAULT_RULES

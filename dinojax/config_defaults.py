@@ -63,15 +63,16 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
 
 
 
-def frozen_backbone(name: str, attention: str = "auto") -> ml_collections.ConfigDict:
+def frozen_backbone(name: str, attention: str = "auto", dtype: str = "auto") -> ml_collections.ConfigDict:
   """The `backbone` section of the jobs that read a frozen DINOv2 (k-NN and linear evaluation,
   dino.txt): a released backbone by hub `name` with its converted `checkpoint`; the backbone of a
   dinojax SSL or distillation run (`workdir`, at `workdir_step`, 0: the latest; its architecture from
   the run's config.json); or, with an empty name, the ViT `model` describes (random weights unless
-  `checkpoint`). bfloat16 as the official evaluations' autocast; remat and scan_blocks as `model.*`
+  `checkpoint`). `dtype` "auto" computes in float16 on GPUs, as the official evaluations' autocast,
+  and in bfloat16 on TPUs and CPUs (`ops.platform.compute_dtype`); remat and scan_blocks as `model.*`
   in the DINOv2 configs (they matter only where the backbone trains)."""
   return ml_collections.ConfigDict(dict(
-      name=name, checkpoint="", workdir="", workdir_step=0, attention=attention, dtype="bfloat16",
+      name=name, checkpoint="", workdir="", workdir_step=0, attention=attention, dtype=dtype,
       remat=False, scan_blocks=False, model=ml_collections.ConfigDict()))
 
 

@@ -46,15 +46,35 @@ def resize_to_patch_multiple(image: np.ndarray, short_side: int, patch_size: int
   return np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.BICUBIC))
 
 
+def resize_short_side(image: np.ndarray, short_side: int) -> np.ndarray:
+  """PIL bicubic resize of the short side to `short_side`, as torchvision's `Resize(short_side)` on
+  a PIL image: the long side is `int(short_side * long / short)` (truncated, not rounded), a square
+  counts its width as the short side, and an image already at that size is returned as it is."""
+  h, w = image.shape[:2]
+  short, long = (w, h) if w <= h else (h, w)
+  new_long = int(short_side * long / short)
+  out_h, out_w = (new_long, short_side) if w <= h else (short_side, new_long)
+  if (out_h, out_w) == (h, w):
+    return image
+  return np.asarray(Image.fromarray(image).resize((out_w, out_h), Image.BICUBIC))
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The central size×size crop as torchvision's `CenterCrop(size)`: offsets
+  `int(round((side - size) / 2))` (Python's round, halves to even), and a side shorter than `size`
+  first zero-padded to it, the odd pixel of padding after the image."""
+  pad = [((size - n) // 2, (size - n + 1) // 2) if n < size else (0, 0) for n in image.shape[:2]]
+  if any(before or after for before, after in pad):
+    image = np.pad(image, pad + [(0, 0)] * (image.ndim - 2))
+  top, left = (int(round((n - size) / 2.0)) for n in image.shape[:2])
+  return image[top:top + size, left:left + size]
+
+
 def resize_center_crop(image: np.ndarray, size: int, short_side: int) -> np.ndarray:
-  """Resizes (bicubic) so the short side is `short_side`, then takes the central size×size crop."""
-  pil = Image.fromarray(image)
-  w, h = pil.size
-  scale = short_side / min(w, h)
-  pil = pil.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
-  w, h = pil.size
-  left, top = (w - size) // 2, (h - size) // 2
-  return np.asarray(pil.crop((left, top, left + size, top + size)))
+  """The official evaluation transform's geometry (`dinov2/data/transforms.py`
+  `make_classification_eval_transform`: torchvision's `Resize(short_side, BICUBIC)` then
+  `CenterCrop(size)` on PIL images), pixel for pixel."""
+  return center_crop(resize_short_side(image, short_side), size)
 
 
 # normalize's values for each (channel, uint8 level): a lookup is ~3× faster than the arithmetic on

@@ -142,8 +142,9 @@ def read_options(num_threads: int) -> grain.ReadOptions:
 
 def eval_crop(image: np.ndarray, size: int, resize: int | None = None) -> np.ndarray:
   """The evaluation transform's geometry: resize (bicubic) the short side to `resize` (default
-  size·256/224, the official k-NN and linear evaluations), then centre-crop size×size. uint8 in,
-  uint8 out."""
+  size·256/224, the official k-NN and linear evaluations), then centre-crop size×size, pixel for
+  pixel as torchvision's `Resize` and `CenterCrop` (`images.resize_center_crop`). uint8 in, uint8
+  out."""
   return image_lib.resize_center_crop(image, size, resize or round(size * 256 / 224))
 
 

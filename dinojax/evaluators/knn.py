@@ -1,6 +1,7 @@
 """Weighted k-NN classification on frozen features, DINO's protocol (the official
 `dinov2/eval/knn.py`): L2-normalised CLS features compared by cosine similarity, the k nearest
-training images vote for their class with weight exp(similarity / T).
+training images vote for their class with weight exp(similarity / T); optionally also with a few
+training images per class (`few_shot_knn_accuracies`, the official `--n-per-class-list`).
 
 Used during pretraining (`trainers/ssl.py`, k = 20) and as the `knn_eval` job on any backbone:
 
@@ -61,6 +62,36 @@ def knn_accuracies(train_features: np.ndarray, train_labels: np.ndarray, test_fe
   return {k: {"top1": h[0] / count, "top5": h[1] / count} for k, h in hits.items()}
 
 
+def few_shot_indices(labels: np.ndarray, n_per_class: int, seed: int) -> np.ndarray:
+  """The training rows one try of the few-shot k-NN keeps (the official `filter_train`): for each
+  class in increasing label order, the first `n_per_class` of a random permutation of its rows (all of
+  them when it has fewer), drawn in turn from one generator seeded with the try's index. The official
+  draws with `torch.randperm`, this with NumPy's default generator: other samples of the same law."""
+  rng = np.random.default_rng(seed)
+  kept = []
+  for label in np.unique(labels):
+    rows = np.flatnonzero(labels == label)
+    kept.append(rows[rng.permutation(len(rows))[:n_per_class]])
+  return np.concatenate(kept)
+
+
+def few_shot_knn_accuracies(train_features: np.ndarray, train_labels: np.ndarray,
+                            test_features: np.ndarray, test_labels: np.ndarray, num_classes: int,
+                            n_per_class: int, n_tries: int = 1, ks: Sequence[int] = (20,),
+                            temperature: float = 0.07) -> dict:
+  """{k: {"top1", "top5"}} of k-NN on `n_per_class` training images per class, the mean over
+  `n_tries` tries (try t samples with seed t, `few_shot_indices`), as the official `--n-per-class-list`
+  with `--n-tries`: k runs over the `ks` not above `n_per_class`, and `n_per_class` itself."""
+  ks = sorted(k for k in {*ks, n_per_class} if k <= n_per_class)
+  tries = []
+  for seed in range(n_tries):
+    rows = few_shot_indices(train_labels, n_per_class, seed)
+    tries.append(knn_accuracies(train_features[rows], train_labels[rows], test_features, test_labels,
+                                num_classes, ks, temperature))
+  return {k: {name: float(np.mean([t[k][name] for t in tries])) for name in ("top1", "top5")}
+          for k in ks}
+
+
 def extract_features(embed, params, source, batch_size: int, image_size: int, mesh, rules,
                      resize: int | None = None):
   """(features, labels) of every image of `source` under the evaluation transform (`resize`: see
@@ -103,11 +134,18 @@ def cls_embedder(config, mesh, rules):
 # The `knn_eval` job
 # ---------------------------------------------------------------------------------------------------
 def run(config, workdir: str) -> dict:
-  """k-NN top-1/top-5 of a frozen backbone's CLS features for every `knn.k`, logged and written to
+  """k-NN top-1/top-5 of a frozen backbone's CLS features for every `knn.k`, on the whole training
+  split and on each few-shot subset of `knn.n_per_class`, logged and written to
   WORKDIR/results_eval_knn.json."""
   os.makedirs(workdir, exist_ok=True)
   if not len(config.knn.k) or min(config.knn.k) < 1:
     raise ValueError(f"knn.k={tuple(config.knn.k)} must list positive neighbour counts.")
+  subsets = tuple(config.knn.n_per_class)
+  if not subsets or any(n != -1 and n < 1 for n in subsets):
+    raise ValueError(f"knn.n_per_class={subsets} must list -1 (the whole training split) or positive "
+                     "image counts per class.")
+  if config.knn.n_tries < 1:
+    raise ValueError(f"knn.n_tries={config.knn.n_tries} must be at least 1.")
   mesh, rules = loop.make_mesh(config)
   train_source = sources.make_source(config.data.source, config.data.train_split)
   val_source = sources.make_source(config.data.source, config.data.val_split)
@@ -119,16 +157,28 @@ def run(config, workdir: str) -> dict:
   for split, (feats, _) in ((config.data.train_split, train), (config.data.val_split, val)):
     if not len(feats):
       raise ValueError(f"No readable image in split {split!r} of {config.data.source!r}.")
-  results = knn_accuracies(*train, *val, train_source.num_classes, tuple(config.knn.k),
-                           config.knn.temperature)
-  metrics = {f"knn_{k}_{name}": v for k, r in results.items() for name, v in r.items()}
+  ks, temperature = tuple(config.knn.k), config.knn.temperature
+  report = {"backbone": backbone_source, "train_images": len(train[0]), "validation_images": len(val[0]),
+            "temperature": temperature}
+  metrics = {}
+  if -1 in subsets:
+    results = knn_accuracies(*train, *val, train_source.num_classes, ks, temperature)
+    report["accuracy"] = {str(k): r for k, r in results.items()}
+    metrics.update({f"knn_{k}_{name}": v for k, r in results.items() for name, v in r.items()})
+    logging.info("k-NN (%s): %s", backbone_source,
+                 ", ".join(f"k={k}: {100 * r['top1']:.2f}%" for k, r in results.items()))
+  for n in sorted(n for n in set(subsets) if n > 0):
+    results = few_shot_knn_accuracies(*train, *val, train_source.num_classes, n, config.knn.n_tries,
+                                      ks, temperature)
+    report.setdefault("few_shot", {"tries": config.knn.n_tries})[str(n)] = {
+        str(k): r for k, r in results.items()}
+    metrics.update({f"knn_{n}_per_class_{k}_{name}": v for k, r in results.items()
+                    for name, v in r.items()})
+    logging.info("k-NN, %d per class (%d tries): %s", n, config.knn.n_tries,
+                 ", ".join(f"k={k}: {100 * r['top1']:.2f}%" for k, r in results.items()))
   loop.log_metrics(0, metrics)
   loop.MetricWriter(workdir).write(0, metrics)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results_eval_knn.json"), "w") as f:
-      json.dump({"backbone": backbone_source, "train_images": len(train[0]),
-                 "validation_images": len(val[0]), "temperature": config.knn.temperature,
-                 "accuracy": {str(k): r for k, r in results.items()}}, f, indent=1)
-  logging.info("k-NN (%s): %s", backbone_source,
-               ", ".join(f"k={k}: {100 * r['top1']:.2f}%" for k, r in results.items()))
+      json.dump(report, f, indent=1)
   return metrics

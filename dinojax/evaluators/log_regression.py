@@ -33,6 +33,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from dinojax import convert, parallel
 from dinojax.data import sources
 from dinojax.evaluators import knn
+from dinojax.ops import platform
 from dinojax.trainers import loop
 
 METRICS = ("mean_accuracy", "mean_per_class_accuracy")
@@ -184,7 +185,8 @@ def run(config, workdir: str) -> dict:
   mesh, rules = loop.make_mesh(config)
   embed, params, backbone_source = knn.cls_embedder(config, mesh, rules)
   resize = config.data.resize_size or config.image_size
-  identity = {"backbone": backbone_source, "image_size": config.image_size, "resize_size": resize}
+  identity = {"backbone": backbone_source, "dtype": str(platform.compute_dtype(config.backbone.dtype)),
+              "image_size": config.image_size, "resize_size": resize}
 
   def features_of(split: str) -> tuple[np.ndarray, np.ndarray]:
     path = os.path.join(workdir, f"features_{split.replace('/', '_')}.npz")

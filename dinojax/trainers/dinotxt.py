@@ -26,6 +26,7 @@ from dinojax.evaluators import zero_shot
 from dinojax.losses import contrastive
 from dinojax.models.dinotxt import VisionHead, encode_image
 from dinojax.models.text import TextTransformer
+from dinojax.ops import platform
 from dinojax.ops.numerics import l2_normalize
 from dinojax.trainers import loop
 from dinojax.trainers.ssl import build_backbone as build_vit
@@ -96,7 +97,7 @@ def build_backbone(config):
   """The frozen DINOv2 ViT: the backbone of a dinojax run (`backbone.workdir`, its architecture from
   the run's config), a released architecture by hub name, or the one `backbone.model` describes."""
   b = config.backbone
-  overrides = dict(attention=b.attention, dtype=jnp.dtype(b.dtype), remat=b.remat,
+  overrides = dict(attention=b.attention, dtype=platform.compute_dtype(b.dtype), remat=b.remat,
                    scan_blocks=b.scan_blocks)
   if b.workdir:
     return build_vit({**read_run_config(b.workdir)["model"], **overrides})
@@ -111,7 +112,7 @@ def build_backbone(config):
 def build_models(config, backbone, tokenizer: Tokenizer) -> tuple[VisionHead, TextTransformer]:
   head = VisionHead(config.embed_dim, backbone.num_heads, config.vision.num_blocks,
                     config.vision.drop_path, config.vision.use_linear_projection,
-                    config.vision.init_values, attention=config.backbone.attention, dtype=jnp.dtype(config.backbone.dtype))
+                    config.vision.init_values, attention=config.backbone.attention, dtype=backbone.dtype)
   t = config.text
   text = TextTransformer(tokenizer.vocab_size, t.context_length, t.width, t.depth, t.num_heads,
                          config.embed_dim, t.pooling, tokenizer.eot_id, tokenizer.pad_id, t.activation,

@@ -113,9 +113,11 @@ def test_job_sweeps_c_refits_the_best_and_resumes_a_half_done_sweep(tmp_path, mo
   assert fits[:3] == pytest.approx([1, 10, 100]) and len(fits) == 4
   assert json.loads((tmp_path / "results_eval_log_regression.json").read_text()) == results
 
-  # Features kept for one transform are not reused for another.
+  # Features kept for one transform or precision are not reused for another.
   with pytest.raises(ValueError, match="use another workdir"):
     log_regression.run(_config(**{"data.resize_size": 36}), str(tmp_path))
+  with pytest.raises(ValueError, match="'dtype': 'float16'.*use another workdir"):
+    log_regression.run(_config(**{"backbone.dtype": "float16"}), str(tmp_path))
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -67,12 +67,17 @@ def test_tiny_run_trains_and_evaluates(straight_run):
 
 def test_knn_job_on_the_run_gives_the_runs_own_evaluation(tmp_path, straight_run):
   # The knn_eval job rebuilds the teacher from the run's config.json and checkpoint, and evaluates
-  # it as the trainer did (k = 20, T = 0.07, digits held out).
+  # it as the trainer did (k = 20, T = 0.07, digits held out). Few-shot with more images per class
+  # than any digit has (at most 155 of 1437) keeps them all, and repeats the whole split's k-NN.
   jobs.run_main(f"{jobs.REPO / 'configs/knn_eval.py'}:tiny", tmp_path,
-                f"--config.backbone.workdir={straight_run}")
+                f"--config.backbone.workdir={straight_run}", "--config.knn.n_per_class=(-1, 200)",
+                "--config.knn.n_tries=2")
   results = json.loads((tmp_path / "results_eval_knn.json").read_text())
   assert results["backbone"].endswith("@20") and results["validation_images"] == 360
   assert results["accuracy"]["20"]["top1"] == pytest.approx(_knn(straight_run)[-1], abs=1.5 / 360)
+  few_shot = results["few_shot"]
+  assert few_shot["tries"] == 2 and sorted(few_shot["200"], key=int) == ["10", "20", "200"]
+  assert few_shot["200"]["20"] == pytest.approx(results["accuracy"]["20"])
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
