@@ -192,3 +192,14 @@ def test_depth_heads_that_do_not_fit_are_named(backbone, tmp_path):
     hub.dinov2_depther("vits14_reg", **SMALL)
   with pytest.raises(ValueError, match="Unknown depth dataset 'nyuv2'"):
     hub.dinov2_depther("vits14", dataset="nyuv2", **SMALL)
+
+
+def test_random_heads_read_the_official_blocks(backbone):
+  _, checkpoint = backbone
+  model, params = hub.dinov2_depther("vits14", checkpoint=checkpoint, head_type="dpt", dataset="kitti", **SMALL)
+  assert model.blocks == (2, 5, 8, 11) and (model.head.min_depth, model.head.max_depth) == (0.001, 80.0)
+  assert params["params"]["head"]["project"]["kernel"].shape == (3, 3, 256, 256)
+  model, params = hub.dinov2_depther("vits14", checkpoint=checkpoint, layers=1, **SMALL)
+  assert model.blocks == (11,) and params["params"]["head"]["conv_depth"]["kernel"].shape == (2 * 32, 256)
+  with pytest.raises(ValueError, match="Unknown depth head type 'bins'"):
+    hub.dinov2_depther("vits14", checkpoint=checkpoint, head_type="bins", **SMALL)
