@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from dinojax import convert
+from dinojax.models import depther
 from dinojax.models.classifier import LinearClassifier, head_from_state_dict
 from dinojax.models.segmenter import BNHead, LinearSegmenter
 from dinojax.models.segmenter import head_from_state_dict as segmenter_head_from_state_dict
@@ -87,5 +88,37 @@ def dinov2_segmenter(name: str, checkpoint: str | os.PathLike | None = None,
   model = LinearSegmenter(backbone, layers, head_params["conv_seg"]["bias"].shape[0])
   if model.layers > backbone.depth:
     raise ValueError(f"The head reads the last {model.layers} blocks; the backbone has {backbone.depth}.")
+  _, backbone_params = dinov2(name, checkpoint, seed, **overrides)
+  return model, {"params": {"backbone": backbone_params["params"], "head": head_params}}
+
+
+def dinov2_depther(name: str, checkpoint: str | os.PathLike | None = None,
+                   head: str | os.PathLike | None = None, head_type: str = "linear", dataset: str = "nyu",
+                   layers: int = 4, depth_range: tuple[float, float] | None = None, seed: int = 0,
+                   **overrides) -> tuple[depther.Depther, dict]:
+  """(model, params) for a released DINOv2 depth estimator, mirroring `torch.hub.load(...,
+  "dinov2_vits14_ld")` (`head_type="linear"`) and `"dinov2_vits14_dd"` (`"dpt"`): the backbone
+  (`checkpoint`, as `dinov2`; the heads exist for the backbones without registers only) and `head`, a
+  released head file (`dinov2_vits14_nyu_linear4_head.pth`, `dinov2_vitl14_kitti_dpt_head.pth`, ...;
+  a linear head's blocks, 1 or 4, come from its shapes). `dataset` ("nyu" or "kitti", the head's)
+  sets the depth range, 1 mm to 10 or 80 m, as the head was trained (torch.hub's `_ld` uses 80 m for
+  every linear head; `depth_range=(0.001, 80.0)` reproduces it). Without `head`, a random one (a
+  linear one reads `layers` blocks). `model.apply(params, images)` gives (B, H, W) depth in metres of
+  ImageNet-normalised images; `flip=True` adds the evaluation's mirrored pass."""
+  key = name.removeprefix("dinov2_")
+  if key.endswith("_reg"):
+    raise ValueError(f"DINOv2's depth heads were released for the backbones without registers; "
+                     f"use {name.removesuffix('_reg')!r}.")
+  backbone = dinov2_model(name, **overrides)  # the head is checked against it before any weights load
+  depth_range = depther.depth_range(dataset) if depth_range is None else tuple(depth_range)
+  if head is None:
+    head_module = depther.new_head(head_type, depth_range=depth_range, layers=layers)
+    head_params = depther.init_head(head_module, backbone.embed_dim, seed + 1)
+  else:
+    head_module, head_params = depther.head_from_state_dict(
+        convert.load_state_dict(head), embed_dim=backbone.embed_dim, head_type=head_type,
+        depth_range=depth_range)
+  blocks = depther.official_blocks(_ARCHS[key], backbone.depth, head_module.layers)
+  model = depther.Depther(backbone, head_module, blocks)
   _, backbone_params = dinov2(name, checkpoint, seed, **overrides)
   return model, {"params": {"backbone": backbone_params["params"], "head": head_params}}
