@@ -84,17 +84,10 @@ def log_metrics(step: int, metrics: dict) -> None:
 # Mesh, resume and the loop (shared by every trainer)
 # ---------------------------------------------------------------------------------------------------
 def make_mesh(config):
-  """The config's mesh and logical-axis rules; the train and eval batches must split evenly over
-  the data×fsdp devices."""
+  """The config's mesh and logical-axis rules (`config_check.mesh_problems` has checked that the
+  train and eval batches split evenly over its batch axes)."""
   mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
   rules = tuple(tuple(r) for r in config.sharding_rules)
-  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  sizes = {"batch_size": config.batch_size}
-  if "eval" in config:
-    sizes["eval.batch_size"] = config.eval.batch_size
-  for name, size in sizes.items():
-    if size % data_devices:
-      raise ValueError(f"{name}={size} is not divisible by the data×fsdp mesh size {data_devices}.")
   return mesh, rules
 
 
