@@ -108,7 +108,7 @@ def restore(ckpt, state: Any, shardings: Any, data_iter, skipped, init_from: str
                          f"{key}={value!r} would silently change the run; restore the earlier value "
                          "or use a new workdir.")
     data_iter.set_state(meta["data"])
-    skipped.count = meta.get("skipped_images", 0)
+    skipped.restore(meta)
     start = int(state["step"])
     logging.info("Resumed from step %d.", start)
     return state, start
@@ -137,8 +137,7 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
   summary = {}
 
   def save(step, force=False):
-    meta = {**(run_meta or {}), "data": data_iter.get_state(), "skipped_images": skipped.count,
-            "step": step}
+    meta = {**(run_meta or {}), "data": data_iter.get_state(), **skipped.state(), "step": step}
     checkpoint.save(ckpt, step, state, meta, force=force)
 
   try:
