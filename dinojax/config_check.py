@@ -108,7 +108,9 @@ def optional(check: Check) -> Check:
 
 
 def mesh_axis(value):
-  return None if _is_int(value) and (value > 0 or value == -1) else "must be a positive size or -1 (the rest)"
+  if _is_int(value) and (value > 0 or value == -1):
+    return None
+  return "must be a positive size or -1 (the rest)"
 
 
 def existing_path(value):
@@ -138,7 +140,8 @@ def collection(value):
 def templates(value):
   if isinstance(value, str):
     return one_of("dinojax.evaluators.talk2dino:TEMPLATES")(value)
-  return each(lambda t: None if isinstance(t, str) and "{}" in t else "", what="prompts with one '{}'")(value)
+  prompt = lambda t: None if isinstance(t, str) and "{}" in t else "not a prompt"
+  return each(prompt, what="prompts with one '{}'")(value)
 
 
 def test_sets(value):
@@ -196,7 +199,7 @@ RULES: dict[str, Check] = {
     "n_last_blocks": each(positive, what="positive integers"),
     "learning_rates": each(above_zero, what="numbers > 0"),
     "segment.ratios": each(above_zero, what="numbers > 0"),
-    "avgpool": each(lambda v: None if isinstance(v, bool) else "", what="booleans"),
+    "avgpool": each(lambda v: None if isinstance(v, bool) else "not a boolean", what="booleans"),
     "n_clusters": each(positive, what="positive integers"),
     "sample_sizes": each(positive, what="positive integers"),
     "resampling_steps": each(count, what="integers >= 0"),
@@ -262,46 +265,48 @@ def _line(path: str, value, problem: str) -> str:
   return f"--config.{path}={value!r}: {problem}."
 
 
-def _relations(config) -> Iterator[str]:
-  """Problems between keys: each value may make sense alone but not with the other."""
-  get = lambda path: _get(config, path)
-  total, epochs = get("total_steps"), get("optim.epochs") or get("epochs")
-  if _is_int(total) and total == 0 and epochs is None:
-    yield _line("total_steps", total, "must be a positive integer")
-  crops = get("crops")
-  if crops is not None and crops.get("local_number") and not any(
-      map(positive, (crops.local_size, crops.global_size))) and crops.local_size > crops.global_size:
-    yield _line("crops.local_size", crops.local_size,
-                f"a local crop must not be larger than the global one (crops.global_size={crops.global_size})")
-  segment = get("segment")
-  if segment is not None and not any(map(positive, (segment.stride, segment.window))) and (
-      segment.stride > segment.window):
-    yield _line("segment.stride", segment.stride,
-                f"windows would skip pixels: the stride must be <= segment.window={segment.window}")
-  if _is_int(get("eval.every")) and get("eval.every") > 0 and get("eval.source") == "":
-    yield _line("eval.source", "", "an evaluation every eval.every steps needs a source "
-                "(or set --config.eval.every=0)")
-  for path, heads in _leaves(config):
-    if path.endswith(".num_heads"):  # split a ViT's embed_dim, a text tower's width
-      section = path.rpartition(".")[0]
-      dim_path = f"{section}.width" if get(f"{section}.width") is not None else f"{section}.embed_dim"
-      dim = get(dim_path)
-      if not any(map(positive, (dim, heads))) and dim % heads:
-        yield _line(dim_path, dim, f"must be divisible by {section}.num_heads={heads}")
-  lengths = {k: len(v) for k in ("n_clusters", "resampling_steps", "sample_sizes")
-             if isinstance(v := get(f"cluster.{k}"), (list, tuple))}
-  if len(set(lengths.values())) > 1:
-    yield _line("cluster.n_clusters", get("cluster.n_clusters"),
-                f"cluster.n_clusters, resampling_steps and sample_sizes need one entry per level, got {lengths}")
-
-
 def _get(config, path: str):
+  """The value at dotted `path`, or None where the config has no such key."""
   node = config
   for name in path.split("."):
     if not isinstance(node, ml_collections.ConfigDict) or name not in node:
       return None
     node = node[name]
   return node
+
+
+def _sizes(*values) -> bool:
+  return all(positive(v) is None for v in values)
+
+
+def _relations(config) -> Iterator[str]:
+  """Problems between keys: each value may make sense alone but not with the other."""
+  get = lambda path: _get(config, path)
+  if get("total_steps") == 0 and get("optim.epochs") is None and get("epochs") is None:
+    yield _line("total_steps", 0, "must be a positive integer (this job has no epochs to count instead)")
+  local, large = get("crops.local_size"), get("crops.global_size")
+  if get("crops.local_number") and _sizes(local, large) and local > large:
+    yield _line("crops.local_size", local,
+                f"a local crop must not be larger than the global one (crops.global_size={large})")
+  stride, window = get("segment.stride"), get("segment.window")
+  if _sizes(stride, window) and stride > window:
+    yield _line("segment.stride", stride,
+                f"windows would skip pixels: the stride must be <= segment.window={window}")
+  if _sizes(get("eval.every")) and get("eval.source") == "":
+    yield _line("eval.source", "", "an evaluation every eval.every steps needs a source "
+                "(or set --config.eval.every=0)")
+  for path, heads in _leaves(config):
+    if path.endswith(".num_heads"):  # they split a ViT's embed_dim, a text tower's width
+      section = path.rpartition(".")[0]
+      dim_path = f"{section}.width" if get(f"{section}.width") is not None else f"{section}.embed_dim"
+      dim = get(dim_path)
+      if _sizes(dim, heads) and dim % heads:
+        yield _line(dim_path, dim, f"must be divisible by {section}.num_heads={heads}")
+  levels = {k: len(v) for k in ("n_clusters", "resampling_steps", "sample_sizes")
+            if isinstance(v := get(f"cluster.{k}"), (list, tuple))}
+  if len(set(levels.values())) > 1:
+    yield _line("cluster.n_clusters", get("cluster.n_clusters"),
+                f"n_clusters, resampling_steps and sample_sizes need one entry per level, got {levels}")
 
 
 def mesh_problems(config, num_devices: int) -> Iterator[str]:

@@ -16,15 +16,18 @@ def ssl_tiny():
 
 @pytest.mark.parametrize("key,value,problem", [
     ("crops.local_scale", (0.5,), "--config.crops.local_scale=(0.5,): must be a (min, max) pair"),
-    ("crops.global_scale", (1.0, 0.3), "--config.crops.global_scale=(1.0, 0.3): must be a (min, max) pair"),
+    ("crops.global_scale", (1.0, 0.3),
+     "--config.crops.global_scale=(1.0, 0.3): must be a (min, max) pair"),
     ("checkpoint.every", 0, "--config.checkpoint.every=0: must be a positive integer."),
     ("log_every", 0, "--config.log_every=0: must be a positive integer."),
     ("total_steps", -5, "--config.total_steps=-5: must be an integer >= 0."),
     ("batch_size", -64, "--config.batch_size=-64: must be a positive integer."),
-    ("crops.local_size", 64, "--config.crops.local_size=64: a local crop must not be larger than the global one"),
+    ("crops.local_size", 64,
+     "--config.crops.local_size=64: a local crop must not be larger than the global one"),
     ("data.source", "", "--config.data.source='': must name a data source"),
     ("model.attention", "flash", "--config.model.attention='flash': must be one of ['auto', 'chunked'"),
-    ("centering", "sinkhorn", "--config.centering='sinkhorn': must be one of ['sinkhorn_knopp', 'softmax']"),
+    ("centering", "sinkhorn",
+     "--config.centering='sinkhorn': must be one of ['sinkhorn_knopp', 'softmax']"),
     ("model.dtype", "fp16", "--config.model.dtype='fp16': must be one of"),
     ("model.num_heads", 5, "--config.model.embed_dim=96: must be divisible by model.num_heads=5."),
     ("teacher.momentum", 1.5, "--config.teacher.momentum=1.5: must be a number in [0, 1]."),
@@ -67,7 +70,8 @@ def test_an_unknown_override_is_named_with_the_closest_keys():
   argv = ["main.py", "--config", SSL_TINY, "--workdir", "w", "--config.seed=1"]
   assert config_check.unknown_key(argv) is None
   assert config_check.unknown_key([*argv, "--config.optim.base_lrr=1"]) == (
-      "--config.optim.base_lrr: config.optim has no key 'base_lrr'; did you mean --config.optim.base_lr?")
+      "--config.optim.base_lrr: config.optim has no key 'base_lrr'; "
+      "did you mean --config.optim.base_lr?")
   assert config_check.unknown_key([*argv, "--config.optimm.lr", "1"]) == (
       "--config.optimm.lr: config has no key 'optimm'; did you mean --config.optim?")
   assert config_check.unknown_key([*argv, "--config.seed.x=1"]) == (

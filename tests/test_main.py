@@ -34,7 +34,8 @@ def test_command_line_mistakes_stop_before_anything_is_built_in_one_line(tmp_pat
        "--config.resolutionn: config has no key 'resolutionn'; did you mean --config.resolution?"),
       ([], "vits14_reg,dpeth=2", f"--config={jobs.REPO / 'configs/features_pca.py'}:vits14_reg,dpeth=2: "
        "Unknown config argument 'dpeth'; known: ['depth', 'model']."),
-      (["--config.resolution=0"], "vits14_reg,depth=2", "--config.resolution=0: must be a positive integer.")]:
+      (["--config.resolution=0"], "vits14_reg,depth=2",
+       "--config.resolution=0: must be a positive integer.")]:
     result = _run_main(*args, tmp_path=workdir, config_arg=config_arg)
     assert (result.returncode, result.stderr.splitlines()) == (2, [line]), result.stderr[-3000:]
   assert not workdir.exists()  # no config.json, no compilation cache: nothing ran

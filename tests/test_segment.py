@@ -146,7 +146,8 @@ def test_cli_checks_its_arguments_before_building_the_models(tmp_path, capsys):
       ({"--classes": " , "}, "error: --classes names no class"),
       ({"--image": str(tmp_path / "broken.jpg")}, "Cannot read image"),
       ({"--backbone_checkpoint": "nope.pth", "--clip_checkpoint": str(tmp_path / "clip.safetensors"),
-        "--projection": "psi.pth"}, "error: no such file: --backbone_checkpoint nope.pth, --projection psi.pth")]:
+        "--projection": "psi.pth"},
+       "error: no such file: --backbone_checkpoint nope.pth, --projection psi.pth")]:
     with pytest.raises(SystemExit) as exit_:
       seg.main([word for pair in {**args, **bad}.items() for word in pair])
     printed = capsys.readouterr()
