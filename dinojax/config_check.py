@@ -144,7 +144,7 @@ def templates(value):
   return each(prompt, what="prompts with one '{}'")(value)
 
 
-def test_sets(value):
+def source_split_pairs(value):
   if not isinstance(value, (tuple, list)) or any(
       not isinstance(s, (tuple, list)) or len(s) != 2 or data_source(s[0]) for s in value):
     return "must be a tuple of (source, split) pairs, e.g. '((\"tfds:imagenet_v2\", \"test\"),)'"
@@ -205,7 +205,7 @@ RULES: dict[str, Check] = {
     "resampling_steps": each(count, what="integers >= 0"),
     "c_powers": c_powers,
     "templates": templates,
-    "test_sets": test_sets,
+    "test_sets": source_split_pairs,
     # Names of implementations.
     "attention": one_of("dinojax.ops.attention:IMPLEMENTATIONS"),
     "dtype": one_of(_FLOAT_DTYPES),
@@ -246,7 +246,7 @@ def _leaves(config: ml_collections.ConfigDict, prefix: str = "") -> Iterator[tup
   for key, value in config.items():
     if isinstance(value, ml_collections.ConfigDict):
       yield from _leaves(value, f"{prefix}{key}.")
-    elif key != "sharding_rules":
+    else:
       yield prefix + key, value
 
 
