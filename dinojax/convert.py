@@ -39,7 +39,7 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
     from safetensors.numpy import load_file
     return dict(load_file(path))
   if path.endswith((".pth", ".pt", ".bin")):
-    import torch  # Only needed to unpickle PyTorch files.
+    torch = _torch(path)
     obj = torch.load(path, map_location="cpu", weights_only=True)
     for wrapper in _WRAPPERS:
       if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
@@ -50,6 +50,17 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
   raise ValueError(f"Unsupported checkpoint format {path!r}; expected .pth, .pt, .bin or .safetensors.")
 
 
+def _torch(path: str):
+  """PyTorch, an optional dependency: only `.pth`/`.pt`/`.bin` files need it."""
+  try:
+    import torch
+  except ModuleNotFoundError as e:
+    raise ModuleNotFoundError(
+        f"{path!r} is a PyTorch file, which needs torch: pip install 'dinojax[torch]'. "
+        "(.safetensors files need nothing more.)") from e
+  return torch
+
+
 def save_state_dict(state_dict: StateDict, path: str | os.PathLike) -> None:
   """Writes an official-naming state dict as `.pth` (needs torch) or `.safetensors`."""
   path = os.fspath(path)
@@ -57,7 +68,7 @@ def save_state_dict(state_dict: StateDict, path: str | os.PathLike) -> None:
     from safetensors.numpy import save_file
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
   elif path.endswith((".pth", ".pt")):
-    import torch
+    torch = _torch(path)
     torch.save({k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}, path)
   else:
     raise ValueError(f"Unsupported output format {path!r}; use .pth or .safetensors.")

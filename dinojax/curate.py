@@ -17,6 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from dinojax import config_check
 from dinojax.curation import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a curation config file.",
@@ -34,6 +35,9 @@ def main(argv):
     raise app.UsageError("--config is required, e.g. --config configs/curate_tiny.py")
   if _WORKDIR.value is None:
     raise app.UsageError("--workdir is required.")
+  problems = config_check.problems(_CONFIG.value)
+  if problems:
+    config_check.exit_with(problems)
   logging.info("Config:\n%s", _CONFIG.value)
   try:
     result = pipeline.STEPS[steps[0]](_CONFIG.value, _WORKDIR.value, _PROCESS_INDEX.value,
@@ -44,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

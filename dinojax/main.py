@@ -1,7 +1,8 @@
 """Runs the job a config names: `python -m dinojax.main --config configs/<file>.py[:arg] --workdir DIR`.
 
-Any config value can be overridden on the command line (`--config.resolution=224`); an unknown key
-is an error.
+Any config value can be overridden on the command line (`--config.resolution=224`). An unknown key
+or a value that makes no sense (`dinojax.config_check`) stops the job before anything is built, in
+one line naming the key, with exit status 2.
 """
 
 import importlib
@@ -10,6 +11,8 @@ import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from dinojax import config_check
 
 # Job name -> module with `run(config, workdir)`.
 JOBS = {
@@ -85,6 +88,10 @@ def main(argv):
   if config.job not in JOBS:
     raise app.UsageError(f"Unknown job {config.job!r}; choose one of {sorted(JOBS)}.")
   init_distributed()
+  import jax
+  problems = config_check.problems(config, num_devices=jax.device_count())
+  if problems:
+    config_check.exit_with(problems)
   use_compilation_cache(_WORKDIR.value)
   write_config(config, _WORKDIR.value)
   logging.info("Config:\n%s", config)
@@ -92,4 +99,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=config_check.parse_flags)

@@ -8,6 +8,8 @@ sliding-window core `dinojax.evaluators.open_vocab`; dataset mIoU is the `talk2d
 (`configs/talk2dino_eval.py`).
 """
 
+import os
+
 import numpy as np
 
 from dinojax.data.images import load_image
@@ -24,7 +26,8 @@ def colour_mask(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def main(argv=None):
   import argparse
   from PIL import Image
-  parser = argparse.ArgumentParser(description="Talk2DINO open-vocabulary segmentation of one image.")
+  parser = argparse.ArgumentParser(prog="python -m dinojax.segment",
+                                   description="Talk2DINO open-vocabulary segmentation of one image.")
   parser.add_argument("--image", required=True, help="image file, or a scikit-image sample name")
   parser.add_argument("--classes", required=True, help='comma-separated class names, e.g. "cat,grass"')
   parser.add_argument("--out", required=True, help="where to write the coloured mask (PNG)")
@@ -43,7 +46,13 @@ def main(argv=None):
   classes = [c.strip() for c in args.classes.split(",") if c.strip()]
   if not classes:
     parser.error("--classes names no class")
-  try:  # before the models load, so a wrong path fails at once
+  # Every path before the models load, so a wrong one fails at once.
+  paths = {n: getattr(args, n) for n in ("backbone_checkpoint", "clip_checkpoint", "projection",
+                                          "projection_config")}
+  missing = [f"--{n} {path}" for n, path in paths.items() if path and not os.path.isfile(path)]
+  if missing:
+    parser.error(f"no such file: {', '.join(missing)}")
+  try:
     image = load_image(args.image)
   except (FileNotFoundError, ValueError) as e:
     parser.error(f"--image: {e}")

@@ -1,4 +1,5 @@
-"""Every config file loads, names a known job, and describes a model that builds at full size."""
+"""Every config file loads, names a known job, passes the value checks on 8 devices, and describes a
+model that builds at full size."""
 
 import pathlib
 
@@ -6,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dinojax import config_args, main
+from dinojax import config_args, config_check, main
 from dinojax.trainers import ssl
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
@@ -28,6 +29,7 @@ def load(path, arg):
 def test_config_loads(path, arg):
   config = load(path, arg)
   assert config.job in main.JOBS
+  assert config_check.problems(config, num_devices=8) == []
   if config.job in ("ssl", "distill"):
     assert config.crops.global_size % config.model.patch_size == 0
     assert config.crops.local_size % config.model.patch_size == 0

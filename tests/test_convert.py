@@ -1,6 +1,7 @@
 """Parity with Hugging Face `transformers` (an independent implementation) on random weights."""
 
 import re
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -156,6 +157,16 @@ def test_unknown_file_format_and_missing_file(tmp_path):
   (tmp_path / "weights.npz").write_bytes(b"")
   with pytest.raises(ValueError, match="Unsupported checkpoint format"):
     convert.load_state_dict(tmp_path / "weights.npz")
+
+
+def test_pytorch_files_without_torch_say_what_to_install(tmp_path, monkeypatch):
+  (tmp_path / "model.pth").write_bytes(b"")
+  monkeypatch.setitem(sys.modules, "torch", None)  # as on a base install
+  hint = r"needs torch: pip install 'dinojax\[torch\]'\. \(\.safetensors files need nothing more\.\)"
+  with pytest.raises(ModuleNotFoundError, match=hint):
+    convert.load_state_dict(tmp_path / "model.pth")
+  with pytest.raises(ModuleNotFoundError, match=hint):
+    convert.save_state_dict({"w": np.zeros(2)}, tmp_path / "out.pth")
 
 
 def test_hub_refuses_a_checkpoint_of_another_architecture(tmp_path):

@@ -27,12 +27,18 @@ def test_main_job_writes_pca_picture_and_caches_its_compiles_in_the_workdir(tmp_
   assert features["patch_tokens"].shape == (8, 12, 384)
 
 
-def test_config_typo_fails_naming_the_key(tmp_path):
-  result = _run_main("--config.resolutionn=224", tmp_path=tmp_path)
-  assert result.returncode != 0
-  assert "resolutionn" in result.stderr
-  result = _run_main(tmp_path=tmp_path, config_arg="vits14_reg,dpeth=2")
-  assert result.returncode != 0 and "Unknown config argument 'dpeth'" in result.stderr
+def test_command_line_mistakes_stop_before_anything_is_built_in_one_line(tmp_path):
+  workdir = tmp_path / "run"
+  for args, config_arg, line in [
+      (["--config.resolutionn=224"], "vits14_reg,depth=2",
+       "--config.resolutionn: config has no key 'resolutionn'; did you mean --config.resolution?"),
+      ([], "vits14_reg,dpeth=2", f"--config={jobs.REPO / 'configs/features_pca.py'}:vits14_reg,dpeth=2: "
+       "Unknown config argument 'dpeth'; known: ['depth', 'model']."),
+      (["--config.resolution=0"], "vits14_reg,depth=2",
+       "--config.resolution=0: must be a positive integer.")]:
+    result = _run_main(*args, tmp_path=workdir, config_arg=config_arg)
+    assert (result.returncode, result.stderr.splitlines()) == (2, [line]), result.stderr[-3000:]
+  assert not workdir.exists()  # no config.json, no compilation cache: nothing ran
 
 
 def test_pca_rgb_foreground_split():

@@ -134,14 +134,26 @@ def test_cli_writes_a_mask(tmp_path):
   result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "randomly initialised" in result.stdout and Image.open(out).size == (451, 300)
-  bad = subprocess.run(cmd[:6] + [" , "] + cmd[7:], capture_output=True, text=True, timeout=600)
-  assert bad.returncode == 2 and "names no class" in bad.stderr
-  mask = out.read_bytes()
+
+
+def test_cli_checks_its_arguments_before_building_the_models(tmp_path, capsys):
+  out = tmp_path / "mask.png"
+  out.write_bytes(b"an earlier mask")
   (tmp_path / "broken.jpg").write_bytes(b"not a JPEG")
-  bad = subprocess.run(cmd[:4] + [str(tmp_path / "broken.jpg")] + cmd[5:], capture_output=True, text=True,
-                       timeout=600)
-  assert bad.returncode == 2 and "Cannot read image" in bad.stderr, bad.stderr[-3000:]
-  assert out.read_bytes() == mask  # the earlier mask is left as it was
+  (tmp_path / "clip.safetensors").write_bytes(b"")
+  args = {"--image": "chelsea", "--classes": "cat, wall", "--out": str(out)}
+  for bad, error in [
+      ({"--classes": " , "}, "error: --classes names no class"),
+      ({"--image": str(tmp_path / "broken.jpg")}, "Cannot read image"),
+      ({"--backbone_checkpoint": "nope.pth", "--clip_checkpoint": str(tmp_path / "clip.safetensors"),
+        "--projection": "psi.pth"},
+       "error: no such file: --backbone_checkpoint nope.pth, --projection psi.pth")]:
+    with pytest.raises(SystemExit) as exit_:
+      seg.main([word for pair in {**args, **bad}.items() for word in pair])
+    printed = capsys.readouterr()
+    assert exit_.value.code == 2 and error in printed.err
+    assert printed.err.startswith("usage: python -m dinojax.segment") and "randomly" not in printed.out
+  assert out.read_bytes() == b"an earlier mask"  # nothing was written
 
 
 def test_class_embeddings_average_the_prompt_set(models):

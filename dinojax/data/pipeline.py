@@ -1,6 +1,7 @@
 """grain pipelines: shuffled, repeated, per-host sharded, deterministic given a seed, checkpointable
 (the iterator state goes into the training checkpoint for exact resume)."""
 
+import hashlib
 import threading
 
 import grain
@@ -14,16 +15,35 @@ from dinojax.data.multi_crop import MultiCrop
 
 
 class SkipCounter:
-  """Counts (and logs) examples dropped because their image could not be decoded."""
+  """The distinct images dropped because they could not be decoded: each is logged and counted once,
+  however often later epochs (or the read-ahead) meet it again. Its `state()` goes into every
+  checkpoint, so a resumed run knows the same images."""
 
   def __init__(self):
-    self.count = 0
+    self._seen = set()
     self._lock = threading.Lock()
 
-  def skip(self, what: str, error: Exception) -> None:
+  @property
+  def count(self) -> int:
+    return len(self._seen)
+
+  def skip(self, image, error: Exception) -> None:
+    """Records `image` (a path, or the encoded bytes or array that failed) as unreadable."""
+    name = image if isinstance(image, str) else (
+        f"<in-memory image {hashlib.sha1(np.asarray(image).tobytes()).hexdigest()[:12]}>")
     with self._lock:
-      self.count += 1
-    logging.warning("Skipping unreadable image %s: %s", what, error)
+      new = name not in self._seen
+      self._seen.add(name)
+    if new:
+      logging.warning("Skipping unreadable image %s: %s", name, error)
+
+  def state(self) -> dict:
+    return {"unreadable_images": sorted(self._seen)}
+
+  def restore(self, state: dict) -> None:
+    """The images of `state()` (a checkpoint's metadata; none in one written without them)."""
+    with self._lock:
+      self._seen = set(state.get("unreadable_images", ()))
 
 
 def decode_image(image) -> np.ndarray:
@@ -39,8 +59,7 @@ def _decoded_or_none(example, skipped: SkipCounter):
   try:
     return decode_image(example["image"])
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    what = example["image"] if isinstance(example["image"], str) else "<in-memory>"
-    skipped.skip(what, e)
+    skipped.skip(example["image"], e)
     return None
 
 

@@ -84,17 +84,10 @@ def log_metrics(step: int, metrics: dict) -> None:
 # Mesh, resume and the loop (shared by every trainer)
 # ---------------------------------------------------------------------------------------------------
 def make_mesh(config):
-  """The config's mesh and logical-axis rules; the train and eval batches must split evenly over
-  the data×fsdp devices."""
+  """The config's mesh and logical-axis rules (`config_check.mesh_problems` has checked that the
+  train and eval batches split evenly over its batch axes)."""
   mesh = parallel.make_mesh(config.mesh, dcn_axes=config.get("mesh_dcn"))
   rules = tuple(tuple(r) for r in config.sharding_rules)
-  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
-  sizes = {"batch_size": config.batch_size}
-  if "eval" in config:
-    sizes["eval.batch_size"] = config.eval.batch_size
-  for name, size in sizes.items():
-    if size % data_devices:
-      raise ValueError(f"{name}={size} is not divisible by the data×fsdp mesh size {data_devices}.")
   return mesh, rules
 
 
@@ -115,7 +108,7 @@ def restore(ckpt, state: Any, shardings: Any, data_iter, skipped, init_from: str
                          f"{key}={value!r} would silently change the run; restore the earlier value "
                          "or use a new workdir.")
     data_iter.set_state(meta["data"])
-    skipped.count = meta.get("skipped_images", 0)
+    skipped.restore(meta)
     start = int(state["step"])
     logging.info("Resumed from step %d.", start)
     return state, start
@@ -144,8 +137,7 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
   summary = {}
 
   def save(step, force=False):
-    meta = {**(run_meta or {}), "data": data_iter.get_state(), "skipped_images": skipped.count,
-            "step": step}
+    meta = {**(run_meta or {}), "data": data_iter.get_state(), **skipped.state(), "step": step}
     checkpoint.save(ckpt, step, state, meta, force=force)
 
   try:

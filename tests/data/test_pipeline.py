@@ -57,16 +57,28 @@ def test_hosts_read_disjoint_data():
   assert not np.array_equal(seen[0], seen[1])
 
 
-def test_corrupt_images_are_skipped_and_counted(tmp_path):
+def test_corrupt_images_are_skipped_and_counted_once_each(tmp_path, monkeypatch):
+  warned = []
+  monkeypatch.setattr(pipeline.logging, "warning", lambda *args: warned.append(args[1]))
   for i in range(6):
     Image.fromarray(np.full((24, 24, 3), 40 * i, np.uint8)).save(tmp_path / f"ok_{i}.png")
-  (tmp_path / "broken.jpg").write_bytes(b"not an image")
+  for name in ("broken.jpg", "empty.png"):
+    (tmp_path / name).write_bytes(b"not an image" if name == "broken.jpg" else b"")
   source = sources.ImageFolder(str(tmp_path))
   ds, skipped = pipeline.ssl_dataset(source, 4, SMALL, 4, seed=0, num_threads=1)
   it = iter(ds)
   batches = [next(it) for _ in range(4)]  # 16 good images: more than two passes over the folder
   assert all(b["global_crops"].shape == (4, 2, 32, 32, 3) for b in batches)
-  assert skipped.count >= 2
+  bad = sorted(str(tmp_path / n) for n in ("broken.jpg", "empty.png"))
+  assert (skipped.count, sorted(warned)) == (2, bad)
+  # A resumed run (its counter restored from the checkpoint metadata) knows them already.
+  resumed = pipeline.SkipCounter()
+  resumed.restore({"step": 20, **skipped.state()})
+  resumed.skip(bad[0], ValueError("again"))
+  assert (resumed.count, len(warned)) == (2, 2)
+  for image in (b"\x00", b"\x00", b"\x01"):  # encoded bytes are told apart by their content
+    resumed.skip(image, ValueError("truncated"))
+  assert (resumed.count, len(warned)) == (4, 4)
 
 
 def test_classification_batches_are_labelled_crops_split_over_hosts_and_skip_bad_images(tmp_path):

@@ -1,0 +1,78 @@
+"""The config value checks `python -m dinojax.main` runs before building anything (the command-line
+path itself: tests/test_main.py)."""
+
+import pytest
+
+from dinojax import config_args, config_check
+from jobs import REPO
+
+SSL_TINY = f"{REPO / 'configs/dinov2_vits14.py'}:tiny"
+
+
+@pytest.fixture(scope="module")
+def ssl_tiny():
+  return config_args.load_config(SSL_TINY)
+
+
+@pytest.mark.parametrize("key,value,problem", [
+    ("crops.local_scale", (0.5,), "--config.crops.local_scale=(0.5,): must be a (min, max) pair"),
+    ("crops.global_scale", (1.0, 0.3),
+     "--config.crops.global_scale=(1.0, 0.3): must be a (min, max) pair"),
+    ("checkpoint.every", 0, "--config.checkpoint.every=0: must be a positive integer."),
+    ("log_every", 0, "--config.log_every=0: must be a positive integer."),
+    ("total_steps", -5, "--config.total_steps=-5: must be an integer >= 0."),
+    ("batch_size", -64, "--config.batch_size=-64: must be a positive integer."),
+    ("crops.local_size", 64,
+     "--config.crops.local_size=64: a local crop must not be larger than the global one"),
+    ("data.source", "", "--config.data.source='': must name a data source"),
+    ("model.attention", "flash", "--config.model.attention='flash': must be one of ['auto', 'chunked'"),
+    ("centering", "sinkhorn",
+     "--config.centering='sinkhorn': must be one of ['sinkhorn_knopp', 'softmax']"),
+    ("model.dtype", "fp16", "--config.model.dtype='fp16': must be one of"),
+    ("model.num_heads", 5, "--config.model.embed_dim=96: must be divisible by model.num_heads=5."),
+    ("teacher.momentum", 1.5, "--config.teacher.momentum=1.5: must be a number in [0, 1]."),
+    ("dino.student_temp", 0.0, "--config.dino.student_temp=0.0: must be a number > 0."),
+    ("init_from", "/no/such/run", "--config.init_from='/no/such/run': no such file or directory."),
+    ("mesh.data", 0, "--config.mesh.data=0: must be a positive size or -1"),
+])
+def test_a_value_that_makes_no_sense_is_named(ssl_tiny, key, value, problem):
+  config = config_args.override(ssl_tiny.copy_and_resolve_references(), {key: value})
+  found = config_check.problems(config, num_devices=8)
+  assert len(found) == 1 and found[0].startswith(problem), found
+
+
+def test_zero_means_never_or_derived_where_the_config_says_so(ssl_tiny):
+  config = config_args.override(ssl_tiny.copy_and_resolve_references(),
+                                {"eval.every": 0, "total_steps": 0, "crops.local_number": 0})
+  assert config_check.problems(config, num_devices=8) == []
+  config.eval.every, config.eval.source = 100, ""
+  assert config_check.problems(config) == [
+      "--config.eval.source='': an evaluation every eval.every steps needs a source (or set "
+      "--config.eval.every=0)."]
+
+
+def test_batches_must_split_over_the_mesh_batch_axes(ssl_tiny):
+  config = config_args.override(ssl_tiny.copy_and_resolve_references(),
+                                {"batch_size": 60, "eval.batch_size": 120})
+  assert config_check.problems(config, num_devices=4) == []
+  assert config_check.problems(config, num_devices=8) == [
+      "--config.batch_size=60: must be divisible by the 8 devices of the mesh's batch axes data×fsdp "
+      "(mesh {'data': 8, 'fsdp': 1, 'model': 1})."]
+  config_args.override(config, {"batch_size": 64, "mesh.data": 1, "mesh.model": -1})
+  assert config_check.problems(config, num_devices=8) == []  # model parallel: the batch is whole
+  config.mesh.data = 3
+  assert config_check.problems(config, num_devices=8) == [
+      "--config.mesh={'data': 3, 'fsdp': 1, 'model': -1}: Mesh {'data': 3, 'fsdp': 1, 'model': -1} "
+      "does not divide 8 devices."]
+
+
+def test_an_unknown_override_is_named_with_the_closest_keys():
+  argv = ["main.py", "--config", SSL_TINY, "--workdir", "w", "--config.seed=1"]
+  assert config_check.unknown_key(argv) is None
+  assert config_check.unknown_key([*argv, "--config.optim.base_lrr=1"]) == (
+      "--config.optim.base_lrr: config.optim has no key 'base_lrr'; "
+      "did you mean --config.optim.base_lr?")
+  assert config_check.unknown_key([*argv, "--config.optimm.lr", "1"]) == (
+      "--config.optimm.lr: config has no key 'optimm'; did you mean --config.optim?")
+  assert config_check.unknown_key([*argv, "--config.seed.x=1"]) == (
+      "--config.seed.x: config.seed is a value, not a section.")
