@@ -209,6 +209,7 @@ RULES: dict[str, Check] = {
     # Names of implementations.
     "attention": one_of("dinojax.ops.attention:IMPLEMENTATIONS"),
     "dtype": one_of(_FLOAT_DTYPES),
+    "backbone.dtype": one_of("dinojax.ops.platform:COMPUTE_DTYPES"),  # "auto": by platform
     "log_regression.dtype": one_of(("float32", "float64")),
     "ffn": one_of(("mlp", "swiglu")),
     "variant": optional(one_of("dinojax.models.vit:VARIANTS")),
