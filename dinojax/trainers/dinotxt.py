@@ -109,13 +109,17 @@ def build_backbone(config):
 
 
 def build_models(config, backbone, tokenizer: Tokenizer) -> tuple[VisionHead, TextTransformer]:
-  head = VisionHead(config.embed_dim, backbone.num_heads, config.vision.num_blocks,
-                    config.vision.drop_path, config.vision.use_linear_projection,
-                    config.vision.init_values, attention=config.backbone.attention, dtype=jnp.dtype(config.backbone.dtype))
+  v = config.vision
+  head = VisionHead(embed_dim=config.embed_dim, num_heads=backbone.num_heads, num_blocks=v.num_blocks,
+                    drop_path=v.drop_path, use_linear_projection=v.use_linear_projection,
+                    init_values=v.init_values, qkv_bias=v.qkv_bias, norm_eps=v.norm_eps,
+                    attention=config.backbone.attention, dtype=jnp.dtype(config.backbone.dtype))
   t = config.text
-  text = TextTransformer(tokenizer.vocab_size, t.context_length, t.width, t.depth, t.num_heads,
-                         config.embed_dim, t.pooling, tokenizer.eot_id, tokenizer.pad_id, t.activation,
-                         t.attention, jnp.dtype(t.dtype))
+  text = TextTransformer(vocab_size=tokenizer.vocab_size, context_length=t.context_length, width=t.width,
+                         depth=t.depth, num_heads=t.num_heads, embed_dim=config.embed_dim,
+                         pooling=t.pooling, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id,
+                         activation=t.activation, qkv_bias=t.qkv_bias, attention=t.attention,
+                         dtype=jnp.dtype(t.dtype))
   return head, text
 
 
