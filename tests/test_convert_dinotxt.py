@@ -23,7 +23,6 @@ from torch import nn
 from dinojax import convert, hub
 from dinojax.models.dinotxt import VisionHead, backbone_tokens
 from dinojax.models.text import TextTransformer
-from dinojax.models.vit import ViT
 
 WIDTH, HEADS, REGISTERS, PATCHES = 32, 2, 2, 16
 EMBED = 48  # 2 × 24: the head projects 32 -> 24
@@ -293,33 +292,37 @@ def test_bad_files_are_errors_naming_the_key(head_case, text_case):
 # ---------------------------------------------------------------------------------------------------
 # The one-line loader
 # ---------------------------------------------------------------------------------------------------
-def test_hub_loads_the_three_files_and_the_clip_tokenizer(tmp_path):
-  """hub.dinotxt on files in the released layout (a 1-block ViT-S/14 reg backbone, a 1-block head,
-  a 1-layer text tower on CLIP's vocabulary): its image and text embeddings are the official ones."""
-  backbone = ViT(embed_dim=384, depth=1, num_heads=6, img_size=518, num_register_tokens=4,
-                 interpolate_offset=0.0, interpolate_antialias=True)
-  images = np.random.default_rng(1).normal(size=(2, 28, 28, 3)).astype(np.float32)
-  backbone_params = nn_unbox(jax.jit(backbone.init)(jax.random.key(0), images))
-  tokens = np.array(backbone_tokens(backbone.apply(backbone_params, images)))
+def test_hub_loads_the_released_files_and_the_clip_tokenizer(tmp_path):
+  """hub.dinotxt on the three files in the released layout (a 1-block ViT-S/14 reg backbone, a 1-block
+  head, a 1-layer text tower on CLIP's vocabulary): its embeddings are the official ones."""
+  rng = np.random.default_rng(0)  # random backbone values straight into a file: no init to compile
+  abstract = jax.eval_shape(lambda: nn_unbox(hub.dinov2_model("vits14_reg", depth=1).init(
+      jax.random.key(0), jnp.zeros((1, 14, 14, 3)))))
+  backbone = jax.tree.map(lambda x: rng.normal(0, 0.1, x.shape).astype(np.float32), abstract)
   ref_head = _randomised(OfficialVisionHead(384, 6, 1, 768), seed=2)
   ref_text = _randomised(OfficialTextTower(49408, 77, 16, 1, 2, 768), seed=3)
-  files = {name: str(tmp_path / f"{name}.pth") for name in ("backbone", "vision_head", "text_encoder")}
-  convert.save_state_dict(convert.params_to_state_dict(backbone_params), files["backbone"])
+  files = {name: tmp_path / f"{name}.pth" for name in ("backbone", "vision_head", "text_encoder")}
+  convert.save_state_dict(convert.params_to_state_dict(backbone), files["backbone"])
   torch.save(ref_head.state_dict(), files["vision_head"])
   torch.save(ref_text.state_dict(), files["text_encoder"])
-
   model, params, tokenize = hub.dinotxt("vits14_reg", depth=1, head=dict(embed_dim=768, num_blocks=1),
                                         text=dict(width=16, depth=1, num_heads=2), **files)
   ids = tokenize(["a photo of a cat.", "a diagram"])
   assert ids.shape == (2, 77) and ids[0, 0] == 49406
+  images = np.random.default_rng(1).normal(size=(2, 28, 28, 3)).astype(np.float32)
+
+  @jax.jit
+  def run(params, images, ids):
+    tokens = model.apply(params, images, method=lambda m, x: backbone_tokens(m.backbone(x)))
+    return (tokens, model.apply(params, images, method=model.encode_image)["image_embeds"],
+            model.apply(params, ids, method=model.encode_text)["text_embeds"], model.apply(params, images, ids))
+
+  tokens, image, text, both = run(params, images, ids)
   with torch.no_grad():
-    image_ref = ref_head(torch.from_numpy(tokens), 4)[0].numpy()
-    text_ref = ref_text(torch.from_numpy(ids.astype(np.int64))).numpy()
-  image = model.apply(params, jnp.asarray(images), method=model.encode_image)["image_embeds"]
-  text = model.apply(params, jnp.asarray(ids), method=model.encode_text)["text_embeds"]
-  np.testing.assert_allclose(image, image_ref, rtol=1e-4, atol=1e-4)
+    image_ref = ref_head(torch.tensor(np.asarray(tokens)), 4)[0].numpy()
+    text_ref = ref_text(torch.tensor(ids, dtype=torch.long)).numpy()
+  np.testing.assert_allclose(image, image_ref, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(text, text_ref, rtol=1e-4, atol=1e-5)
-  both = model.apply(params, jnp.asarray(images), jnp.asarray(ids))
   np.testing.assert_allclose(both["image_embeds"], image_ref / np.linalg.norm(image_ref, axis=-1, keepdims=True),
                              rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(both["logit_scale"], 1 / 0.07, rtol=1e-6)
