@@ -531,9 +531,10 @@ def clip_text_from_state_dict(sd: StateDict, num_heads: int | None = None):
 # ---------------------------------------------------------------------------------------------------
 # dino.txt's vision head and text encoder (the released `*_vision_head.pth`, `*_text_encoder.pth`)
 # ---------------------------------------------------------------------------------------------------
-# Each direction is one function: export re-arranges our params into the official tensors, a linear
-# map that only moves entries; import is its transpose, which for such a map is its inverse, so the
-# two can never disagree. `jax.eval_shape` of the export gives the keys and shapes a file must have.
+# The layout is written once, as the export: it re-arranges our params into the official tensors, a
+# linear map that only moves entries. The import is its transpose (`jax.linear_transpose`), which for
+# such a map is its inverse, so the two directions cannot drift apart; `jax.eval_shape` of the export
+# gives the keys and shapes a file must have.
 def _torch_weight(kernel, inputs: int = 1):
   """Our `Linear` kernel (*inputs, *outputs) -> PyTorch's (outputs, inputs) weight."""
   return kernel.reshape(math.prod(kernel.shape[:inputs]), -1).T
@@ -635,7 +636,8 @@ def dinotxt_vision_head_from_state_dict(sd: StateDict, head: VisionHead, width: 
 def dinotxt_vision_head_to_state_dict(params: dict) -> StateDict:
   """A `VisionHead`'s params -> the official `VisionHead` state dict, which the official
   `DinoTxt.visual_model.head.load_state_dict(..., strict=True)` accepts."""
-  return {k: np.asarray(v, np.float32) for k, v in _vision_head_tensors(params.get("params", params)).items()}
+  tensors = _vision_head_tensors(params.get("params", params))
+  return {k: np.asarray(v, np.float32) for k, v in tensors.items()}
 
 
 def dinotxt_text_encoder_from_state_dict(sd: StateDict, text: TextTransformer) -> dict:
@@ -651,4 +653,5 @@ def dinotxt_text_encoder_from_state_dict(sd: StateDict, text: TextTransformer) -
 def dinotxt_text_encoder_to_state_dict(params: dict) -> StateDict:
   """A `TextTransformer`'s params -> the official `TextTower` state dict, which the official
   `DinoTxt.text_model.load_state_dict(..., strict=True)` accepts."""
-  return {k: np.asarray(v, np.float32) for k, v in _text_encoder_tensors(params.get("params", params)).items()}
+  tensors = _text_encoder_tensors(params.get("params", params))
+  return {k: np.asarray(v, np.float32) for k, v in tensors.items()}

@@ -147,9 +147,11 @@ def _randomised(module, seed):
   """Every tensor non-trivial (norm gains and biases, LayerScale included): a wrong layout shows."""
   torch.manual_seed(seed)
   with torch.no_grad():
-    for name, p in module.named_parameters():
-      p.copy_((1.0 if name.endswith("norm1.weight") else 0.0) + 0.3 * torch.randn_like(p)
-              if p.ndim == 1 else torch.randn_like(p) * p.shape[-1] ** -0.5)
+    for p in module.parameters():
+      p.copy_(0.3 * torch.randn_like(p) if p.ndim == 1 else torch.randn_like(p) * p.shape[-1] ** -0.5)
+    for m in module.modules():
+      if isinstance(m, nn.LayerNorm):
+        m.weight.add_(1.0)
   return module.eval()
 
 
@@ -158,13 +160,12 @@ def _state_dict(module):
 
 
 def _torch_head():
-  return _randomised(OfficialVisionHead(WIDTH, HEADS, 2, EMBED), seed=0)
+  return OfficialVisionHead(WIDTH, HEADS, 2, EMBED)
 
 
 def _torch_text():
   t = TEXT
-  return _randomised(OfficialTextTower(t["vocab"], t["context"], t["width"], t["depth"], t["heads"], EMBED),
-                     seed=1)
+  return OfficialTextTower(t["vocab"], t["context"], t["width"], t["depth"], t["heads"], EMBED)
 
 
 def _our_head(**kwargs):
@@ -173,8 +174,8 @@ def _our_head(**kwargs):
 
 def _our_text():
   t = TEXT
-  return TextTransformer(vocab_size=t["vocab"], context_length=t["context"], width=t["width"], depth=t["depth"],
-                         num_heads=t["heads"], embed_dim=EMBED, eot_id=EOT)
+  return TextTransformer(vocab_size=t["vocab"], context_length=t["context"], width=t["width"],
+                         depth=t["depth"], num_heads=t["heads"], embed_dim=EMBED, eot_id=EOT)
 
 
 def _tokens():
@@ -191,7 +192,7 @@ def _ids():
 
 @pytest.fixture(scope="module")
 def head_case():
-  ref = _torch_head()
+  ref = _randomised(_torch_head(), seed=0)
   with torch.no_grad():
     embeds, tokens = ref(torch.from_numpy(_tokens()), REGISTERS)
   head = _our_head()
@@ -201,7 +202,7 @@ def head_case():
 
 @pytest.fixture(scope="module")
 def text_case():
-  ref = _torch_text()
+  ref = _randomised(_torch_text(), seed=1)
   with torch.no_grad():
     embeds = ref(torch.from_numpy(_ids())).numpy()
   text = _our_text()
@@ -229,10 +230,9 @@ def test_text_encoder_gives_the_official_embeddings(text_case):
 
 
 def test_export_loads_into_the_official_modules_strictly_and_round_trips(head_case, text_case):
-  ref_head, head, head_params, head_embeds, _ = head_case
-  ref_text, text, text_params, text_embeds = text_case
-  fresh_head, fresh_text = OfficialVisionHead(WIDTH, HEADS, 2, EMBED), _torch_text()
-  fresh_text.apply(lambda m: m.reset_parameters() if hasattr(m, "reset_parameters") else None)
+  _, head, head_params, head_embeds, _ = head_case
+  _, text, text_params, text_embeds = text_case
+  fresh_head, fresh_text = _torch_head(), _torch_text()
   exported = {"head": convert.dinotxt_vision_head_to_state_dict(head_params),
               "text": convert.dinotxt_text_encoder_to_state_dict(text_params)}
   for module, sd in ((fresh_head, exported["head"]), (fresh_text, exported["text"])):
@@ -261,7 +261,8 @@ def test_the_released_model_has_the_official_keys_and_shapes():
     official_text = OfficialTextTower(49408, 77, 1280, 24, 20, 2048)
   for ours, official in ((jax.eval_shape(convert._vision_head_tensors, head_params), official_head),
                          (jax.eval_shape(convert._text_encoder_tensors, text_params), official_text)):
-    assert {k: v.shape for k, v in ours.items()} == {k: tuple(v.shape) for k, v in official.state_dict().items()}
+    official_shapes = {k: tuple(v.shape) for k, v in official.state_dict().items()}
+    assert {k: v.shape for k, v in ours.items()} == official_shapes
   assert len(ours) == 2 + 2 + 24 * 11 + 1 and "linear_projection.weight" not in official_head.state_dict()
 
 
@@ -286,7 +287,8 @@ def test_bad_files_are_errors_naming_the_key(head_case, text_case):
   with pytest.raises(KeyError, match=r"text encoder checkpoint is missing key 'head\.linear_projection"):
     convert.dinotxt_text_encoder_from_state_dict(sd, text)
   with pytest.raises(ValueError, match=r"'backbone\.token_embedding\.weight'.*\(40, 16\).*\(41, 16\)"):
-    convert.dinotxt_text_encoder_from_state_dict(_state_dict(ref_text), dataclasses.replace(text, vocab_size=41))
+    convert.dinotxt_text_encoder_from_state_dict(_state_dict(ref_text),
+                                                 dataclasses.replace(text, vocab_size=41))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -315,7 +317,8 @@ def test_hub_loads_the_released_files_and_the_clip_tokenizer(tmp_path):
   def run(params, images, ids):
     tokens = model.apply(params, images, method=lambda m, x: backbone_tokens(m.backbone(x)))
     return (tokens, model.apply(params, images, method=model.encode_image)["image_embeds"],
-            model.apply(params, ids, method=model.encode_text)["text_embeds"], model.apply(params, images, ids))
+            model.apply(params, ids, method=model.encode_text)["text_embeds"],
+            model.apply(params, images, ids))
 
   tokens, image, text, both = run(params, images, ids)
   with torch.no_grad():
@@ -323,6 +326,6 @@ def test_hub_loads_the_released_files_and_the_clip_tokenizer(tmp_path):
     text_ref = ref_text(torch.tensor(ids, dtype=torch.long)).numpy()
   np.testing.assert_allclose(image, image_ref, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(text, text_ref, rtol=1e-4, atol=1e-5)
-  np.testing.assert_allclose(both["image_embeds"], image_ref / np.linalg.norm(image_ref, axis=-1, keepdims=True),
-                             rtol=1e-4, atol=1e-5)
+  unit = image_ref / np.linalg.norm(image_ref, axis=-1, keepdims=True)
+  np.testing.assert_allclose(both["image_embeds"], unit, rtol=1e-4, atol=1e-5)
   np.testing.assert_allclose(both["logit_scale"], 1 / 0.07, rtol=1e-6)
