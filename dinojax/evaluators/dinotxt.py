@@ -135,7 +135,8 @@ def load_models(config, workdir: str) -> DinoTxtModels:
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), saved,
                         is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
   params = checkpoint.restore(mgr, dict(target), step)["params"]
-  check_saved_params(params["vision_head"], head, jnp.zeros((1, 2, backbone.embed_dim)), 1, name="vision head")
+  check_saved_params(params["vision_head"], head, jnp.zeros((1, 2, backbone.embed_dim)), 1,
+                     name="vision head")
   check_saved_params(params["text"], text, jnp.zeros((1, config.text.context_length), jnp.int32),
                      name="text tower")
   return DinoTxtModels(backbone, params.get("backbone", backbone_params), head,

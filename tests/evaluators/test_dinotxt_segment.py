@@ -73,5 +73,6 @@ def test_a_checkpoint_with_other_params_than_the_model_is_an_error(models):
   ids = jnp.zeros((1, 8), jnp.int32)
   dinotxt.check_saved_params(models.text_params, models.text, ids, name="text tower")
   with_bias = models.text.clone(qkv_bias=True).init(jax.random.key(0), ids)["params"]
-  with pytest.raises(ValueError, match=r"text tower does not match.*'blocks_0/k_proj/bias'.*text\.qkv_bias=True"):
+  match = r"text tower does not match.*'blocks_0/k_proj/bias'.*text\.qkv_bias=True"
+  with pytest.raises(ValueError, match=match):
     dinotxt.check_saved_params(with_bias, models.text, ids, name="text tower")
