@@ -40,10 +40,13 @@ def get_config(arg=None):
       drop_path=0.3,              # vision_model_head_blocks_drop_path
       init_values=1e-5,           # the head blocks' LayerScale
       use_linear_projection=False,  # ViT-L's 2 × 1024 already equals embed_dim: no projection
+      qkv_bias=False,             # the official head blocks' attention has no q/k/v bias
+      norm_eps=1e-5,              # ... and PyTorch's LayerNorm epsilon (1e-6: the backbone's)
   ))
   c.text = ml_collections.ConfigDict(dict(
       width=1280, depth=24, num_heads=20,  # "tet1280d20h24l"
       context_length=77, pooling="eot",    # argmax pooling at <|endoftext|>
+      qkv_bias=False,                      # official: no q/k/v bias (CLIP's text tower has one)
       activation="gelu", attention="xla", dtype="bfloat16"))
   # "clip": CLIP's BPE (49,408 tokens), the released text encoder's vocabulary; "sentencepiece":
   # `model` is a .model file, or empty to train one of `vocab_size` pieces on the training captions

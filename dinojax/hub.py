@@ -2,17 +2,23 @@
 segmentation heads, mirroring `torch.hub.load("facebookresearch/dinov2", "dinov2_vits14_reg")` (and
 `"dinov2_vits14_reg_lc"`): the same architectures and interpolation settings, our params."""
 
+import functools
 import os
+from typing import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dinojax import convert
+from dinojax.data import clip_tokenizer
 from dinojax.models import depther
 from dinojax.models.classifier import LinearClassifier, head_from_state_dict
+from dinojax.models.dinotxt import INIT_LOGIT_SCALE, DinoTxt, VisionHead
 from dinojax.models.segmenter import BNHead, LinearSegmenter
 from dinojax.models.segmenter import head_from_state_dict as segmenter_head_from_state_dict
+from dinojax.models.text import TextTransformer
 from dinojax.models.vit import VARIANTS, ViT
 
 _ARCHS = {"vits14": "vit_small", "vitb14": "vit_base", "vitl14": "vit_large", "vitg14": "vit_giant2"}
@@ -122,3 +128,60 @@ def dinov2_depther(name: str, checkpoint: str | os.PathLike | None = None,
   model = depther.Depther(backbone, head_module, blocks)
   _, backbone_params = dinov2(name, checkpoint, seed, **overrides)
   return model, {"params": {"backbone": backbone_params["params"], "head": head_params}}
+
+
+# The released dino.txt (`dinov2_vitl14_reg4_dinotxt_tet1280d20h24l`, official `dinov2/hub/dinotxt.py`):
+# two head blocks whose [CLS ; mean of patches] is the 2048-d joint space, and a 24-layer 1280-d causal
+# text tower on CLIP's BPE (49,408 tokens, padded with 0) pooled at <|endoftext|> (49407).
+DINOTXT_HEAD = dict(embed_dim=2048, num_blocks=2, drop_path=0.3)
+DINOTXT_TEXT = dict(vocab_size=49408, context_length=77, width=1280, depth=24, num_heads=20, pooling="eot",
+                    eot_id=49407, pad_id=0, activation="gelu")
+
+
+def dinotxt_model(name: str = "vitl14_reg", head: dict | None = None, text: dict | None = None,
+                  **overrides) -> DinoTxt:
+  """The released dino.txt's architecture on a DINOv2 backbone (`dinov2_model(name, **overrides)`);
+  `head` and `text` override `DINOTXT_HEAD` and `DINOTXT_TEXT`."""
+  backbone = dinov2_model(name, **overrides)
+  vision_head = VisionHead(num_heads=backbone.num_heads, **{**DINOTXT_HEAD, **(head or {})})
+  text_tower = TextTransformer(**{**DINOTXT_TEXT, "embed_dim": vision_head.embed_dim, **(text or {})})
+  return DinoTxt(backbone, vision_head, text_tower)
+
+
+def dinotxt(name: str = "vitl14_reg", backbone: str | os.PathLike | None = None,
+            vision_head: str | os.PathLike | None = None, text_encoder: str | os.PathLike | None = None,
+            seed: int = 0, head: dict | None = None, text: dict | None = None,
+            **overrides) -> tuple[DinoTxt, dict, Callable]:
+  """(model, params, tokenize) for dino.txt, mirroring the official
+  `dinov2_vitl14_reg4_dinotxt_tet1280d20h24l()` and `get_tokenizer()`.
+
+  `backbone` is the DINOv2 checkpoint (as `dinov2`; `dinov2_vitl14_reg4_pretrain.pth` for the released
+  model), `vision_head` and `text_encoder` the released `..._vision_head.pth` and `..._text_encoder.pth`
+  (or a dinojax run's export, `convert.dinotxt_*_to_state_dict`), each checked key for key and shape
+  for shape. Each one left out is random from `seed`. `head` and `text` override the released head's
+  and text tower's settings (`VisionHead`, `TextTransformer` fields), `overrides` the backbone's.
+  `tokenize(texts)` gives (n, context_length) int32 CLIP ids; then
+  `model.apply(params, images, method=model.encode_image)["image_embeds"]` and
+  `model.apply(params, tokenize(texts), method=model.encode_text)["text_embeds"]`, or
+  `model.apply(params, images, ids)` for both unit embeddings (see `models.dinotxt.DinoTxt`).
+  """
+  model = dinotxt_model(name, head, text, **overrides)
+  backbone_model, head_model, text_model = model.backbone, model.vision_head, model.text
+  _, backbone_params = dinov2(name, backbone, seed, **overrides)
+  head_key, text_key = jax.random.split(jax.random.key(seed + 1))
+  if vision_head is None:
+    tokens = jnp.zeros((1, 2, backbone_model.embed_dim))
+    head_params = jax.jit(lambda k: nn.unbox(head_model.init(k, tokens, 1)))(head_key)
+  else:
+    head_params = convert.dinotxt_vision_head_from_state_dict(
+        convert.load_state_dict(vision_head), head_model, backbone_model.embed_dim)
+  if text_encoder is None:
+    ids = jnp.zeros((1, text_model.context_length), jnp.int32)
+    text_params = jax.jit(lambda k: nn.unbox(text_model.init(k, ids)))(text_key)
+  else:
+    text_params = convert.dinotxt_text_encoder_from_state_dict(convert.load_state_dict(text_encoder),
+                                                               text_model)
+  params = {"backbone": backbone_params["params"], "vision_head": head_params["params"],
+            "text": text_params["params"], "logit_scale": np.float32(INIT_LOGIT_SCALE)}
+  tokenize = functools.partial(clip_tokenizer.tokenize, context_length=text_model.context_length)
+  return model, {"params": params}, tokenize

@@ -11,6 +11,7 @@ import functools
 import os
 from typing import Any, Iterable, Iterator, Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -92,6 +93,24 @@ def segment(image: np.ndarray | str, classes: Sequence[str], models: DinoTxtMode
   return next(segment_many([image], classes, models, batch_size=1, **kwargs))
 
 
+def check_saved_params(saved: dict, module, *inputs, name: str) -> None:
+  """Raises unless a checkpoint's params for `module` are exactly the ones it builds (flax would ignore
+  extra ones silently): e.g. the q/k/v biases of runs from before the official architecture was the
+  default."""
+
+  def paths(tree):
+    flat = jax.tree_util.tree_flatten_with_path(nn.unbox(tree))[0]
+    return {"/".join(k.key for k in path) for path, _ in flat}
+
+  expected = paths(jax.eval_shape(lambda: module.init(jax.random.key(0), *inputs)["params"]))
+  extra, missing = sorted(paths(saved) - expected), sorted(expected - paths(saved))
+  if extra or missing:
+    raise ValueError(f"The checkpoint's {name} does not match the config's: it has {extra[:4]} "
+                     f"the model lacks, and lacks {missing[:4]}. A run trained with q/k/v biases in the "
+                     "head and text blocks (LayerNorm eps 1e-6 in the head) needs --config.vision.qkv_bias"
+                     "=True --config.vision.norm_eps=1e-6 --config.text.qkv_bias=True.")
+
+
 def load_models(config, workdir: str) -> DinoTxtModels:
   """The latest checkpoint of a dino.txt run (its config and workdir), on the default devices; the
   frozen backbone and the tokenizer are re-read from the sources the run used."""
@@ -116,5 +135,9 @@ def load_models(config, workdir: str) -> DinoTxtModels:
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), saved,
                         is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
   params = checkpoint.restore(mgr, dict(target), step)["params"]
+  check_saved_params(params["vision_head"], head, jnp.zeros((1, 2, backbone.embed_dim)), 1,
+                     name="vision head")
+  check_saved_params(params["text"], text, jnp.zeros((1, config.text.context_length), jnp.int32),
+                     name="text tower")
   return DinoTxtModels(backbone, params.get("backbone", backbone_params), head,
                        params["vision_head"], text, params["text"], tokenizer)

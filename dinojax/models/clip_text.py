@@ -30,19 +30,21 @@ ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu}
 
 
 class TextBlock(nn.Module):
-  """Causal pre-LN block; `activation` is CLIP's QuickGELU or the exact GELU of dino.txt's tower."""
+  """Causal pre-LN block; `activation` is CLIP's QuickGELU or the exact GELU of dino.txt's tower,
+  `qkv_bias` CLIP's biased q, k, v projections or dino.txt's bias-free ones."""
   num_heads: int
   attention: str = "xla"
   dtype: Any = jnp.float32
   activation: str = "quick_gelu"
+  qkv_bias: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     width = x.shape[-1]
     head_dim = width // self.num_heads
     y = _layer_norm("layer_norm1", self.dtype)(x)
-    q, k, v = (Linear((self.num_heads, head_dim), ("embed",), ("heads", "kv"), dtype=self.dtype,
-                      name=f"{n}_proj")(y) for n in "qkv")
+    q, k, v = (Linear((self.num_heads, head_dim), ("embed",), ("heads", "kv"), use_bias=self.qkv_bias,
+                      dtype=self.dtype, name=f"{n}_proj")(y) for n in "qkv")
     y = attention_ops.dot_product_attention(q, k, v, self.attention, causal=True)
     x = x + Linear((width,), ("heads", "kv"), ("embed",), dtype=self.dtype, name="out_proj")(y)
     y = _layer_norm("layer_norm2", self.dtype)(x)

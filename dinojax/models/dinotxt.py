@@ -6,19 +6,25 @@ The frozen backbone is a `dinojax.models.vit.ViT` applied separately (its params
 trained ones); `VisionHead` takes its normalised output tokens [CLS, registers, patches]. The two
 halves of the image embedding live in two spaces: the first half (CLS) is the global one, the second
 half (mean of patches) is the one every projected patch token shares, which is what makes the text
-embedding's second half usable for open-vocabulary segmentation.
+embedding's second half usable for open-vocabulary segmentation. `DinoTxt` puts backbone, head and
+text tower together for inference (`hub.dinotxt` loads the released one).
 """
 
+import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dinojax.models.vit import Block, layer_norm, with_axes
+from dinojax.models.text import TextTransformer
+from dinojax.models.vit import Block, ViT, layer_norm, with_axes
+from dinojax.ops.numerics import l2_normalize
 
-# PyTorch's nn.LayerNorm default, used by the official head's final norm.
+# PyTorch's nn.LayerNorm default, used by the official head's blocks and final norm.
 HEAD_LAYER_NORM_EPS = 1e-5
+# The official `init_logit_scale`, log(1/0.07); the released files do not store the learned one.
+INIT_LOGIT_SCALE = math.log(1 / 0.07)
 
 
 def swiglu_hidden_dim(embed_dim: int, mlp_ratio: float = 4.0, align_to: int = 64) -> int:
@@ -39,6 +45,9 @@ class VisionHead(nn.Module):
   the backbone's tokens, then a bias-free linear map of every token to `embed_dim / 2` (skipped when
   the widths already match, as the official head does unless `use_linear_projection`).
 
+  The defaults are the official head's blocks (`dinov2.layers.NestedTensorBlock`): no q/k/v bias and
+  PyTorch's LayerNorm epsilon 1e-5; `qkv_bias=True, norm_eps=1e-6` gives the backbone's block instead.
+
   Returns {"image_embeds" (B, embed_dim) = [CLS ; mean of patches], "cls" (B, E/2), "patch_embeds"
   (B, N, E/2)}: the projected patch tokens, the dense features of open-vocabulary segmentation.
   """
@@ -48,6 +57,8 @@ class VisionHead(nn.Module):
   drop_path: float = 0.3
   use_linear_projection: bool = False
   init_values: float = 1e-5
+  qkv_bias: bool = False
+  norm_eps: float = HEAD_LAYER_NORM_EPS
   attention: str = "xla"
   dtype: Any = jnp.float32
 
@@ -59,9 +70,9 @@ class VisionHead(nn.Module):
       raise ValueError(f"embed_dim={self.embed_dim} must be even: it concatenates CLS and patch halves.")
     x = tokens.astype(self.dtype)
     for i in range(self.num_blocks):
-      x, _ = Block(self.num_heads, swiglu_hidden_dim(width), ffn="swiglu", init_values=self.init_values,
-                   drop_path=self.drop_path, attention=self.attention, dtype=self.dtype,
-                   name=f"blocks_{i}")(x, train)
+      x, _ = Block(self.num_heads, swiglu_hidden_dim(width), ffn="swiglu", qkv_bias=self.qkv_bias,
+                   init_values=self.init_values, drop_path=self.drop_path, attention=self.attention,
+                   dtype=self.dtype, norm_eps=self.norm_eps, name=f"blocks_{i}")(x, train)
     if self.num_blocks:
       x = layer_norm("norm", self.dtype, eps=HEAD_LAYER_NORM_EPS)(x)
     x = x.astype(jnp.float32)
@@ -82,3 +93,34 @@ def encode_image(backbone: nn.Module, backbone_params: dict, head: VisionHead, h
   rngs = {"drop_path": rng} if train else None
   return head.apply({"params": head_params}, tokens, 1 + backbone.num_register_tokens, train=train,
                     rngs=rngs)
+
+
+class DinoTxt(nn.Module):
+  """The whole dino.txt, as the official `DinoTxt`: the frozen `backbone`, the `vision_head` on its
+  tokens and the `text` tower. Params {"backbone", "vision_head", "text", "logit_scale"}: the
+  trainer's trained params plus the backbone's.
+
+  `encode_image` gives the head's outputs (`VisionHead`: "image_embeds" = [CLS ; mean of patches],
+  "cls", "patch_embeds") and `encode_text` the tower's ("text_embeds", ...), unnormalised as the
+  official methods; the call gives both unit embeddings and exp(logit_scale), its `forward`.
+  """
+  backbone: ViT
+  vision_head: VisionHead
+  text: TextTransformer
+
+  def setup(self):
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(INIT_LOGIT_SCALE), (),
+                                  jnp.float32)
+
+  def encode_image(self, images: jax.Array) -> dict:
+    """ImageNet-normalised images (B, H, W, 3) -> the head's outputs."""
+    return self.vision_head(backbone_tokens(self.backbone(images)), 1 + self.backbone.num_register_tokens)
+
+  def encode_text(self, token_ids: jax.Array) -> dict:
+    """Token ids (B, T) -> the text tower's outputs."""
+    return self.text(token_ids)
+
+  def __call__(self, images: jax.Array, token_ids: jax.Array) -> dict:
+    return {"image_embeds": l2_normalize(self.encode_image(images)["image_embeds"]),
+            "text_embeds": l2_normalize(self.encode_text(token_ids)["text_embeds"]),
+            "logit_scale": jnp.exp(self.logit_scale)}

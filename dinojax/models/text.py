@@ -42,7 +42,8 @@ class TextTransformer(nn.Module):
   """Token ids (B, T ≤ context_length) -> {"last_hidden_state", "pooled", "text_embeds"}.
 
   `embed_dim` None keeps the pooled width (no projection); the released dino.txt tower projects its
-  1280-d output to the 2048-d joint space with a bias-free linear layer.
+  1280-d output to the 2048-d joint space with a bias-free linear layer. Its attention has no q/k/v
+  bias (`qkv_bias=False`, the default; CLIP's has one).
   """
   vocab_size: int
   context_length: int = 77
@@ -54,6 +55,7 @@ class TextTransformer(nn.Module):
   eot_id: int = 3
   pad_id: int = 0
   activation: str = "gelu"
+  qkv_bias: bool = False
   attention: str = "xla"
   dtype: Any = jnp.float32
 
@@ -72,7 +74,8 @@ class TextTransformer(nn.Module):
                            (self.context_length, self.width))
     x = (tokens[token_ids] + positions[:token_ids.shape[-1]]).astype(self.dtype)
     for i in range(self.depth):
-      x = TextBlock(self.num_heads, self.attention, self.dtype, self.activation, name=f"blocks_{i}")(x)
+      x = TextBlock(self.num_heads, attention=self.attention, dtype=self.dtype, activation=self.activation,
+                    qkv_bias=self.qkv_bias, name=f"blocks_{i}")(x)
     x = layer_norm("ln_final", self.dtype, eps=LAYER_NORM_EPS)(x)
     pooled = pool_tokens(x, token_ids, self.pooling, self.eot_id, self.pad_id).astype(jnp.float32)
     embeds = pooled

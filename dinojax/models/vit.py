@@ -222,7 +222,8 @@ class LayerScale(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm transformer block with LayerScale and efficient stochastic depth."""
+  """Pre-norm transformer block with LayerScale and efficient stochastic depth. `norm_eps` is the
+  backbone's 1e-6; blocks built with PyTorch's default LayerNorm (dino.txt's head) use 1e-5."""
   num_heads: int
   mlp_hidden_dim: int
   ffn: str = "mlp"
@@ -234,12 +235,13 @@ class Block(nn.Module):
   attention: str = "xla"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
+  norm_eps: float = LAYER_NORM_EPS
 
   def setup(self):
-    self.norm1 = layer_norm("norm1", self.dtype, self.param_dtype)
+    self.norm1 = layer_norm("norm1", self.dtype, self.param_dtype, self.norm_eps)
     self.attn = Attention(self.num_heads, self.qkv_bias, self.proj_bias, self.attention, self.dtype,
                           self.param_dtype)
-    self.norm2 = layer_norm("norm2", self.dtype, self.param_dtype)
+    self.norm2 = layer_norm("norm2", self.dtype, self.param_dtype, self.norm_eps)
     ffn_cls = {"mlp": Mlp, "swiglu": SwiGLU}[self.ffn]
     self.mlp = ffn_cls(self.mlp_hidden_dim, self.ffn_bias, self.dtype, self.param_dtype)
     identity = lambda x: x

@@ -2,8 +2,9 @@
 blocks trained on top of a frozen DINOv2, aligned by a contrastive loss over the global batch.
 
 Reads top to bottom: mesh, tokenizer, data, models, frozen backbone, sharded init, the update step,
-checkpoint and resume, zero-shot and retrieval evaluation, the loop. Everything numeric comes from the
-config (`configs/dinotxt_vitl14.py`). The frozen backbone is never part of `params`: it gets no
+checkpoint and resume, zero-shot and retrieval evaluation, the loop, and the export of the trained
+head and text tower in the released files' layout. Everything numeric comes from the config
+(`configs/dinotxt_vitl14.py`). The frozen backbone is never part of `params`: it gets no
 gradient, no optimizer state and no checkpoint (it is re-read from its source on resume);
 `backbone.freeze=False` trains it too (a full CLIP-style step, for comparison).
 """
@@ -19,7 +20,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dinojax import checkpoint, hub, optim, parallel
+from dinojax import checkpoint, convert, hub, optim, parallel
 from dinojax.data import captions, clip_tokenizer, pipeline, sources
 from dinojax.data import sentencepiece_tokenizer as spt
 from dinojax.evaluators import zero_shot
@@ -110,13 +111,17 @@ def build_backbone(config):
 
 
 def build_models(config, backbone, tokenizer: Tokenizer) -> tuple[VisionHead, TextTransformer]:
-  head = VisionHead(config.embed_dim, backbone.num_heads, config.vision.num_blocks,
-                    config.vision.drop_path, config.vision.use_linear_projection,
-                    config.vision.init_values, attention=config.backbone.attention, dtype=backbone.dtype)
+  v = config.vision
+  head = VisionHead(embed_dim=config.embed_dim, num_heads=backbone.num_heads, num_blocks=v.num_blocks,
+                    drop_path=v.drop_path, use_linear_projection=v.use_linear_projection,
+                    init_values=v.init_values, qkv_bias=v.qkv_bias, norm_eps=v.norm_eps,
+                    attention=config.backbone.attention, dtype=backbone.dtype)
   t = config.text
-  text = TextTransformer(tokenizer.vocab_size, t.context_length, t.width, t.depth, t.num_heads,
-                         config.embed_dim, t.pooling, tokenizer.eot_id, tokenizer.pad_id, t.activation,
-                         t.attention, jnp.dtype(t.dtype))
+  text = TextTransformer(vocab_size=tokenizer.vocab_size, context_length=t.context_length, width=t.width,
+                         depth=t.depth, num_heads=t.num_heads, embed_dim=config.embed_dim,
+                         pooling=t.pooling, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id,
+                         activation=t.activation, qkv_bias=t.qkv_bias, attention=t.attention,
+                         dtype=jnp.dtype(t.dtype))
   return head, text
 
 
@@ -141,7 +146,6 @@ def init_backbone(config, backbone, mesh, rules):
     params = checkpoint.restore_subtree(directory, {key: {"backbone": target}}, step)[key]["backbone"]
     return params, f"workdir:{os.path.abspath(b.workdir)}@{step}"
   if b.checkpoint:
-    from dinojax import convert
     state_dict = convert.to_official_naming(convert.load_state_dict(b.checkpoint))
     params = convert.state_dict_to_params(state_dict, backbone)["params"]
     shardings = parallel.logical_to_shardings(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
@@ -150,6 +154,19 @@ def init_backbone(config, backbone, mesh, rules):
                   "(seed %d).", config.seed)
   params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed + 2))
   return params, f"random:{config.seed + 2}"
+
+
+def export_towers(params: dict, workdir: str) -> None:
+  """The trained head and text tower in the layout of the released files (`vision_head.safetensors`,
+  `text_encoder.safetensors`: what `hub.dinotxt` and the official `DinoTxt` load), gathered from the
+  mesh; process 0 writes."""
+  towers = jax.tree.map(lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)),
+                        {"vision_head": params["vision_head"], "text": params["text"]})
+  if jax.process_index() == 0:
+    convert.save_state_dict(convert.dinotxt_vision_head_to_state_dict(towers["vision_head"]),
+                            os.path.join(workdir, "vision_head.safetensors"))
+    convert.save_state_dict(convert.dinotxt_text_encoder_to_state_dict(towers["text"]),
+                            os.path.join(workdir, "text_encoder.safetensors"))
 
 
 def schedules(config, step: jax.Array) -> dict:
@@ -351,10 +368,11 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # The loop
   # ------------------------------------------------------------------------------------------------
-  _, summary = loop.train(config, workdir, mesh, rules, state,
-                          lambda state, batch: train_step(state, frozen, batch), data_iter,
-                          batch_shardings, ckpt, skipped, start, num_steps,
-                          evaluate=lambda state: evaluate(state["params"]), run_meta=run_meta)
+  state, summary = loop.train(config, workdir, mesh, rules, state,
+                              lambda state, batch: train_step(state, frozen, batch), data_iter,
+                              batch_shardings, ckpt, skipped, start, num_steps,
+                              evaluate=lambda state: evaluate(state["params"]), run_meta=run_meta)
+  export_towers(state["params"], workdir)
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)
   return {**summary, "steps": num_steps, "skipped_images": skipped.count}

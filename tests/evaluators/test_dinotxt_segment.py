@@ -65,3 +65,14 @@ def test_segment_gives_labels_at_the_image_size(models):
   assert (labels == -1).all()
   with pytest.raises(ValueError, match="multiple of the backbone's patch size"):
     dinotxt.window_scorer(models, np.zeros((2, 24)), window=18)
+
+
+def test_a_checkpoint_with_other_params_than_the_model_is_an_error(models):
+  """A head saved with q/k/v biases (dinojax's layout before the official one was the default) is not
+  silently applied without them."""
+  ids = jnp.zeros((1, 8), jnp.int32)
+  dinotxt.check_saved_params(models.text_params, models.text, ids, name="text tower")
+  with_bias = models.text.clone(qkv_bias=True).init(jax.random.key(0), ids)["params"]
+  match = r"text tower does not match.*'blocks_0/k_proj/bias'.*text\.qkv_bias=True"
+  with pytest.raises(ValueError, match=match):
+    dinotxt.check_saved_params(with_bias, models.text, ids, name="text tower")

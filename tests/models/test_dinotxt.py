@@ -45,9 +45,12 @@ def test_the_vitl14_recipe_builds_2048_d_image_and_text_embeddings():
   tokens = jnp.zeros((1, 1 + 4 + 16 * 16, backbone.embed_dim))  # ViT-L/14 reg at 224
   head_out, head_params = jax.eval_shape(lambda t: head.init_with_output(jax.random.key(0), t, 5), tokens)
   assert head_out["image_embeds"].shape == (1, 2048) and "projection" not in head_params["params"]
+  # The official blocks: no q/k/v bias, PyTorch's LayerNorm epsilon.
+  assert "bias" not in nn.unbox(head_params)["params"]["blocks_0"]["attn"]["qkv"] and head.norm_eps == 1e-5
   ids = jnp.zeros((1, 77), jnp.int32)
   text_out, text_params = jax.eval_shape(lambda i: text.init_with_output(jax.random.key(0), i), ids)
   text_params = nn.unbox(text_params)
   assert text_out["text_embeds"].shape == (1, 2048)
   assert text_params["params"]["token_embedding"].shape == (49408, 1280)
   assert len([k for k in text_params["params"] if k.startswith("blocks_")]) == 24
+  assert "bias" not in text_params["params"]["blocks_0"]["q_proj"]

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 import jobs
-from dinojax import config_args
+from dinojax import config_args, convert
 from dinojax.trainers import dinotxt, loop
 
 CONFIG = f"{jobs.REPO / 'configs/dinotxt_vitl14.py'}:tiny"
@@ -45,6 +45,14 @@ def test_tiny_run_learns_zero_shot_with_a_frozen_backbone(tmp_path):
   assert not any("backbone" in jax.tree_util.keystr(path)
                  for path, _ in jax.tree_util.tree_flatten_with_path(state["opt"])[0])
   assert (tmp_path / "tokenizer.model").exists()
+  # The trained towers, exported in the released files' layout.
+  exports = {"vision_head": convert.dinotxt_vision_head_to_state_dict(state["params"]["vision_head"]),
+             "text_encoder": convert.dinotxt_text_encoder_to_state_dict(state["params"]["text"])}
+  for name, expected in exports.items():
+    written = convert.load_state_dict(tmp_path / f"{name}.safetensors")
+    assert written.keys() == expected.keys()
+    for key, value in expected.items():
+      np.testing.assert_array_equal(written[key], value, err_msg=key)
 
   # Evaluating the checkpoint alone rebuilds the same frozen backbone and tokenizer: same numbers.
   _run(tmp_path, "--config.eval_only=True")
