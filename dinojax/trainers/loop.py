@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -155,6 +156,18 @@ def restore(ckpt, state: Any, shardings: Any, data_iter, skipped, init_from: str
   return state, 0
 
 
+def compiled_on_every_process(step_fn: Callable, *args) -> Callable:
+  """`step_fn` (a jitted function) compiled for `args`, returned once every process has compiled
+  it. The first run of a program's cross-process collectives waits only 30 s for the other
+  processes (gloo's rendezvous), and one process can compile for longer than that: a loaded host, or
+  a program the others load from the compilation cache. Other callables are returned as they are."""
+  if jax.process_count() == 1 or not hasattr(step_fn, "lower"):
+    return step_fn
+  compiled = step_fn.lower(*args).compile()
+  ocp.multihost.sync_global_processes("dinojax:compiled_train_step")
+  return compiled
+
+
 def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, data_iter,
           batch_shardings: dict, ckpt, skipped, start: int, num_steps: int,
           evaluate: Callable[[Any], dict] | None = None,
@@ -194,6 +207,8 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
         run_eval(start)
       for step in range(start + 1, num_steps + 1):
         batch = global_batch(next(data_iter), batch_shardings)
+        if step == start + 1:
+          train_step = compiled_on_every_process(train_step, state, batch)
         state, metrics = train_step(state, batch)
         bar.update(1)
         is_last = step == num_steps
