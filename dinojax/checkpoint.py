@@ -2,6 +2,7 @@
 of its files, find the newest checkpoint that is intact, restore straight onto a given sharding."""
 
 import hashlib
+import itertools
 import json
 import os
 from typing import Any
@@ -22,6 +23,7 @@ TYPE_HANDLERS = ocp.type_handlers.create_type_handler_registry(
     *((t, ocp.type_handlers.get_type_handler(t)) for t in (str, type(ocp.PLACEHOLDER))))
 
 ITEMS = ("state", "meta")
+_EXCHANGES = itertools.count()  # every process checks the same checkpoints in the same order
 DIGEST = "_DIGEST.json"  # in each item's directory: {file: [bytes, sha256]} of the item's other files
 
 
@@ -132,6 +134,9 @@ def damage(mgr: ocp.CheckpointManager, step: int, items: tuple[str, ...] = ITEMS
   reason = _local_damage(os.path.join(os.fspath(mgr.directory), str(step)), items)
   if jax.process_count() == 1:
     return reason
+  # Met first (a resume's first exchange: one process may still be compiling its init), as the
+  # first run of a collective waits only 30 s for the other processes.
+  ocp.multihost.sync_global_processes(f"dinojax:damage_{next(_EXCHANGES)}")
   damaged = multihost_utils.process_allgather(np.int32(reason is not None))
   if not damaged.any():
     return None

@@ -54,6 +54,7 @@ class MetricWriter:
           f.writelines(kept)
         os.replace(self.path + ".tmp", self.path)
     if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes("dinojax:metrics_resumed")  # see checkpoint.damage
       evaluated = bool(multihost_utils.broadcast_one_to_all(np.int32(evaluated)))
     return evaluated
 
