@@ -1,18 +1,68 @@
-"""Orbax checkpointing shared by every trainer: save a state pytree (plus JSON metadata), find the
-latest step, restore straight onto a given sharding."""
+"""Orbax checkpointing shared by every trainer: save a state pytree (plus JSON metadata) with a digest
+of its files, find the newest checkpoint that is intact, restore straight onto a given sharding."""
 
+import hashlib
+import itertools
+import json
 import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax.experimental import multihost_utils
 
 # Replica-parallel saving splits each replicated array across its replicas, compiling a slicing
 # program per array shape and device on a run's first save: minutes for a state of a few hundred
-# small leaves, for nothing, since only big arrays gain from spreading their writes.
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20),
-    override=True)
+# small leaves, for nothing, since only big arrays gain from spreading their writes. Our own registry
+# (orbax's standard handlers, this one for jax.Array) leaves orbax's global one alone.
+TYPE_HANDLERS = ocp.type_handlers.create_type_handler_registry(
+    *((t, ocp.type_handlers.get_type_handler(t)) for t in (int, float, bytes, np.number, np.ndarray)),
+    (jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=1 << 20)),
+    *((t, ocp.type_handlers.get_type_handler(t)) for t in (str, type(ocp.PLACEHOLDER))))
+
+ITEMS = ("state", "meta")
+_EXCHANGES = itertools.count()  # every process checks the same checkpoints in the same order
+DIGEST = "_DIGEST.json"  # in each item's directory: {file: [bytes, sha256]} of the item's other files
+
+
+def _sha256(path: str) -> tuple[int, str]:
+  with open(path, "rb") as f:
+    digest = hashlib.file_digest(f, "sha256")
+  return os.path.getsize(path), digest.hexdigest()
+
+
+def _files(directory: str) -> list[str]:
+  """Every file under `directory` but the digest, relative to it, sorted."""
+  return sorted(os.path.relpath(os.path.join(root, name), directory)
+                for root, _, names in os.walk(directory) for name in names if name != DIGEST)
+
+
+def write_digest(directory: str) -> None:
+  """Records the size and SHA-256 of every file of a checkpoint item in `directory/_DIGEST.json`."""
+  directory = os.fspath(directory)
+  digest = {name: list(_sha256(os.path.join(directory, name))) for name in _files(directory)}
+  with open(os.path.join(directory, DIGEST), "w") as f:
+    json.dump(digest, f)
+
+
+class _Digested:
+  """An item handler that writes the item's digest once every process has written the item: orbax
+  calls `finalize` on process 0 then, before it commits the step, so that no committed checkpoint
+  lacks its digest."""
+
+  def finalize(self, directory):
+    super().finalize(directory)
+    write_digest(directory)
+
+
+class _StateHandler(_Digested, ocp.PyTreeCheckpointHandler):
+  pass
+
+
+class _MetaHandler(_Digested, ocp.JsonCheckpointHandler):
+  pass
 
 
 def manager(directory: str | os.PathLike, max_to_keep: int | None = 3,
@@ -20,13 +70,20 @@ def manager(directory: str | os.PathLike, max_to_keep: int | None = 3,
   """A manager over `directory` keeping the last `max_to_keep` checkpoints, saving every N steps."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_every,
                                          create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options)
+  handlers = ocp.handlers.DefaultCheckpointHandlerRegistry()
+  state, meta = _StateHandler(type_handler_registry=TYPE_HANDLERS), _MetaHandler()
+  for args in (ocp.args.PyTreeSave, ocp.args.PyTreeRestore):
+    handlers.add("state", args, state)
+  for args in (ocp.args.JsonSave, ocp.args.JsonRestore):
+    handlers.add("meta", args, meta)
+  return ocp.CheckpointManager(os.path.abspath(os.fspath(directory)), options=options,
+                               handler_registry=handlers)
 
 
 def save(mgr: ocp.CheckpointManager, step: int, state: Any, meta: dict | None = None,
          force: bool = False) -> bool:
   """Saves `state` (and JSON-able `meta`) at `step`; returns whether a checkpoint was written."""
-  items = {"state": ocp.args.StandardSave(state)}
+  items = {"state": ocp.args.PyTreeSave(state)}
   if meta is not None:
     items["meta"] = ocp.args.JsonSave(meta)
   return mgr.save(step, args=ocp.args.Composite(**items), force=force)
@@ -44,18 +101,52 @@ def abstract_like(state: Any, shardings: Any | None = None) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
 
-def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None,
-            with_meta: bool = False) -> Any:
-  """Restores the state at `step` (default: latest) onto `target`'s shapes, dtypes and shardings.
+def _local_damage(step_dir: str, items: tuple[str, ...]) -> str | None:
+  """What is wrong with this process's share of the files of `items` in `step_dir` (every
+  process checks every N-th file of each digest), or None."""
+  for item in items:
+    directory = os.path.join(step_dir, item)
+    if not os.path.isdir(directory):
+      return f"its {item}/ is missing"
+    try:
+      with open(os.path.join(directory, DIGEST)) as f:
+        recorded = json.load(f)
+    except FileNotFoundError:
+      return f"{item}/{DIGEST} is missing"
+    except ValueError:
+      return f"{item}/{DIGEST} is unreadable"
+    for name in sorted(recorded)[jax.process_index()::jax.process_count()]:
+      path, (size, sha256) = os.path.join(directory, name), recorded[name]
+      if not os.path.isfile(path):
+        return f"{item}/{name} is missing"
+      found_size, found_sha256 = _sha256(path)
+      if found_size != size:
+        return f"{item}/{name} has {found_size} bytes, its digest says {size}"
+      if found_sha256 != sha256:
+        return f"{item}/{name} differs from its digest"
+  return None
 
-  `target` is a pytree of arrays or ShapeDtypeStructs (see `abstract_like`). Raises FileNotFoundError
-  when there is nothing to restore.
-  """
-  step = mgr.latest_step() if step is None else step
-  if step is None or step not in mgr.all_steps():
-    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in "
-                            f"{mgr.directory}.")
-  items = {"state": ocp.args.StandardRestore(abstract_like(target))}
+
+def damage(mgr: ocp.CheckpointManager, step: int, items: tuple[str, ...] = ITEMS) -> str | None:
+  """Why checkpoint `step` of `mgr` cannot be trusted (an item, a file, or a file's content that
+  does not match the digest written with it), or None when it is intact. The processes split the
+  reading and agree on the answer."""
+  reason = _local_damage(os.path.join(os.fspath(mgr.directory), str(step)), items)
+  if jax.process_count() == 1:
+    return reason
+  # Met first (a resume's first exchange: one process may still be compiling its init), as the
+  # first run of a collective waits only 30 s for the other processes.
+  ocp.multihost.sync_global_processes(f"dinojax:damage_{next(_EXCHANGES)}")
+  damaged = multihost_utils.process_allgather(np.int32(reason is not None))
+  if not damaged.any():
+    return None
+  return reason or f"found by process {int(np.argmax(damaged))}"
+
+
+def _restore(mgr: ocp.CheckpointManager, target: Any, step: int, with_meta: bool) -> Any:
+  target = abstract_like(target)
+  items = {"state": ocp.args.PyTreeRestore(
+      item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))}
   if with_meta:
     items["meta"] = ocp.args.JsonRestore()
   restored = mgr.restore(step, args=ocp.args.Composite(**items))
@@ -64,20 +155,61 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None,
   return restored["state"]
 
 
+def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None,
+            with_meta: bool = False) -> Any:
+  """Restores the state at `step` (default: latest) onto `target`'s shapes, dtypes and shardings.
+
+  `target` is a pytree of arrays or ShapeDtypeStructs (see `abstract_like`). Raises FileNotFoundError
+  when there is nothing to restore, ValueError naming the damage when the checkpoint's files do not
+  match their digest.
+  """
+  step = mgr.latest_step() if step is None else step
+  if step is None or step not in mgr.all_steps():
+    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in "
+                            f"{mgr.directory}.")
+  items = ITEMS if with_meta else ("state",)
+  if reason := damage(mgr, step, items):
+    raise ValueError(f"Checkpoint step {step} in {mgr.directory} is damaged: {reason}.")
+  return _restore(mgr, target, step, with_meta)
+
+
+def restore_newest_intact(mgr: ocp.CheckpointManager, target: Any) -> tuple[int, Any, dict] | None:
+  """(step, state, meta) of the newest checkpoint of `mgr` that is intact (see `damage`), restored
+  onto `target`; None when there is no checkpoint. A damaged checkpoint is skipped with a warning
+  naming it and why; the damaged ones newer than the one restored are deleted, as the resumed run
+  writes those steps again. Raises FileNotFoundError naming the directory when none is intact."""
+  steps = sorted(mgr.all_steps(), reverse=True)
+  if not steps:
+    return None
+  for i, step in enumerate(steps):
+    if reason := damage(mgr, step):
+      logging.warning("Checkpoint step %d in %s is damaged (%s); trying the one before.", step,
+                      mgr.directory, reason)
+      continue
+    for newer in steps[:i]:
+      mgr.delete(newer)
+    return step, *_restore(mgr, target, step, with_meta=True)
+  raise FileNotFoundError(f"No intact checkpoint in {mgr.directory}: every one ({steps}) is damaged "
+                          "(see the warnings); move them away to start the run afresh.")
+
+
 def restore_subtree(directory: str | os.PathLike, target: Any, step: int | None = None) -> Any:
   """Restores only `target`'s part of the state saved under `directory` (e.g. `{"teacher": ...}` out
   of a whole training state) onto its shapes, dtypes and shardings, reading nothing else. A key the
-  checkpoint lacks, or a shape that differs, is an error naming the key."""
+  checkpoint lacks, or a shape that differs, is an error naming the key; so is damage (see `damage`)."""
   directory = os.path.abspath(os.fspath(directory))
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"No checkpoint directory {directory}.")
   mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
                               item_names=("state", "meta"),
-                              item_handlers={"state": ocp.PyTreeCheckpointHandler(),
+                              item_handlers={"state": ocp.PyTreeCheckpointHandler(
+                                  type_handler_registry=TYPE_HANDLERS),
                                              "meta": ocp.JsonCheckpointHandler()})
   step = mgr.latest_step() if step is None else step
   if step is None or step not in mgr.all_steps():
     raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in {mgr.directory}.")
+  if reason := damage(mgr, step, ("state",)):
+    raise ValueError(f"Checkpoint step {step} in {mgr.directory} is damaged: {reason}.")
   saved = {jax.tree_util.keystr(path): leaf for path, leaf in
            jax.tree_util.tree_flatten_with_path(mgr.item_metadata(step)["state"].tree)[0]}
   target = abstract_like(target)

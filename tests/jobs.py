@@ -5,6 +5,7 @@ Subprocesses inherit this process's environment, so they share the session's com
 
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,3 +78,26 @@ def assert_same_state(a, b) -> None:
   assert len(leaves_a) == len(leaves_b)
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+DAMAGES = ("truncated_file", "flipped_bytes", "missing_manifest", "missing_state", "missing_meta")
+
+
+def damage_checkpoint(step_dir: pathlib.Path, how: str) -> None:
+  """Damages the checkpoint `step_dir` (`checkpoints/<step>`) as a full disk, a bad sector or a hand
+  tidying the wrong directory would: its largest data file cut in half or 4 KiB of it inverted, its
+  OCDBT manifest deleted, or a whole item deleted."""
+  data = max((step_dir / "state/ocdbt.process_0/d").iterdir(), key=lambda f: f.stat().st_size)
+  if how == "truncated_file":
+    os.truncate(data, data.stat().st_size // 2)
+  elif how == "flipped_bytes":
+    raw = bytearray(data.read_bytes())
+    start = max(0, len(raw) // 2 - 2048)
+    raw[start:start + 4096] = bytes(b ^ 0xFF for b in raw[start:start + 4096])
+    data.write_bytes(bytes(raw))
+  elif how == "missing_manifest":
+    (step_dir / "state/manifest.ocdbt").unlink()
+  elif how in ("missing_state", "missing_meta"):
+    shutil.rmtree(step_dir / how.removeprefix("missing_"))
+  else:
+    raise ValueError(f"Unknown damage {how!r}; choose one of {DAMAGES}.")

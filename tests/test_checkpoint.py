@@ -1,9 +1,13 @@
+import json
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+import jobs
 from dinojax import checkpoint, parallel
 
 
@@ -36,3 +40,47 @@ def test_restore_without_checkpoint_is_clear(tmp_path):
   mgr = checkpoint.manager(tmp_path / "empty")
   with pytest.raises(FileNotFoundError, match="No checkpoint"):
     checkpoint.restore(mgr, {"x": jnp.zeros(2)})
+
+
+def _saved(directory, steps):
+  """A manager over `directory` holding the state of `_state` at each of `steps`, `step` = the step."""
+  state = _state(parallel.make_mesh({"data": 8}))
+  mgr = checkpoint.manager(directory, max_to_keep=None)
+  for step in steps:
+    checkpoint.save(mgr, step, {**state, "step": jnp.asarray(step, jnp.int32)}, meta={"step": step})
+  mgr.wait_until_finished()
+  return mgr, state
+
+
+def test_each_item_has_a_digest_of_its_files(tmp_path):
+  _saved(tmp_path, (1,))
+  for item in checkpoint.ITEMS:
+    directory = tmp_path / "1" / item
+    digest = json.loads((directory / checkpoint.DIGEST).read_text())
+    assert "metadata" in digest if item == "meta" else "manifest.ocdbt" in digest
+    for name, (size, _) in digest.items():
+      assert (directory / name).stat().st_size == size
+  assert checkpoint.damage(checkpoint.manager(tmp_path), 1) is None
+
+
+@pytest.mark.parametrize("how", jobs.DAMAGES)
+def test_a_damaged_checkpoint_is_named_and_the_one_before_restored(tmp_path, how, caplog):
+  mgr, state = _saved(tmp_path, (1, 2))
+  jobs.damage_checkpoint(tmp_path / "2", how)
+  mgr = checkpoint.manager(tmp_path)
+  with pytest.raises(ValueError, match="step 2 .* is damaged"):
+    checkpoint.restore(mgr, state, with_meta=True)
+  with caplog.at_level(logging.WARNING):
+    step, restored, meta = checkpoint.restore_newest_intact(mgr, state)
+  assert step == 1 and meta == {"step": 1} and int(restored["step"]) == 1
+  np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])
+  assert "Checkpoint step 2" in caplog.text and "is damaged" in caplog.text
+  assert mgr.all_steps() == [1]  # so that the resumed run can save step 2 again
+
+
+def test_no_intact_checkpoint_is_an_error_naming_the_directory(tmp_path):
+  mgr, state = _saved(tmp_path, (1,))
+  jobs.damage_checkpoint(tmp_path / "1", "flipped_bytes")
+  with pytest.raises(FileNotFoundError, match=f"No intact checkpoint in {tmp_path}"):
+    checkpoint.restore_newest_intact(checkpoint.manager(tmp_path), state)
+  assert checkpoint.restore_newest_intact(checkpoint.manager(tmp_path / "none"), state) is None

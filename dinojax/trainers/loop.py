@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
@@ -29,6 +30,33 @@ class MetricWriter:
     row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
+
+  def resume_at(self, step: int) -> bool:
+    """Forgets the rows after `step`, written by a run that died before checkpointing them (the
+    resumed run writes them again, so each step is logged once, by the run that reached it), and a
+    line cut short by that death. Returns whether an evaluation's row (one without a training loss)
+    at `step` survives; every process gets process 0's answer."""
+    evaluated = False
+    if self.enabled and os.path.exists(self.path):
+      with open(self.path) as f:
+        lines = f.readlines()
+      kept = []
+      for line in lines:
+        try:
+          row = json.loads(line)
+        except ValueError:
+          continue
+        if row["step"] <= step:
+          kept.append(line if line.endswith("\n") else line + "\n")
+          evaluated |= row["step"] == step and "loss" not in row
+      if kept != lines:  # atomically: a second death here must not lose the kept rows
+        with open(self.path + ".tmp", "w") as f:
+          f.writelines(kept)
+        os.replace(self.path + ".tmp", self.path)
+    if jax.process_count() > 1:
+      ocp.multihost.sync_global_processes("dinojax:metrics_resumed")  # see checkpoint.damage
+      evaluated = bool(multihost_utils.broadcast_one_to_all(np.int32(evaluated)))
+    return evaluated
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -93,15 +121,17 @@ def make_mesh(config):
 
 def restore(ckpt, state: Any, shardings: Any, data_iter, skipped, init_from: str = "",
             init_keys: Sequence[str] = (), run_meta: dict | None = None) -> tuple[Any, int]:
-  """(state, first step): the run's latest checkpoint if it has one (state, data iterator position,
-  skipped-image count), else the `init_keys` entries of the state of `init_from` (another run's
-  workdir: a new phase with a fresh optimizer and schedule), else `state` unchanged at step 0.
+  """(state, first step): the run's newest intact checkpoint if it has one (state, data iterator
+  position, skipped-image count; damaged ones are skipped, see `checkpoint.restore_newest_intact`),
+  else the `init_keys` entries of the state of `init_from` (another run's workdir: a new phase with a
+  fresh optimizer and schedule), else `state` unchanged at step 0.
 
   `run_meta` entries were saved with every checkpoint (see `train`); resuming with different values
   (e.g. another frozen teacher) is an error naming the entry.
   """
-  if checkpoint.latest_step(ckpt) is not None:
-    state, meta = checkpoint.restore(ckpt, checkpoint.abstract_like(state, shardings), with_meta=True)
+  resumed = checkpoint.restore_newest_intact(ckpt, checkpoint.abstract_like(state, shardings))
+  if resumed is not None:
+    start, state, meta = resumed
     for key, value in (run_meta or {}).items():
       if key in meta and meta[key] != value:
         raise ValueError(f"This run's checkpoints were written with {key}={meta[key]!r}; resuming with "
@@ -109,7 +139,6 @@ def restore(ckpt, state: Any, shardings: Any, data_iter, skipped, init_from: str
                          "or use a new workdir.")
     data_iter.set_state(meta["data"])
     skipped.restore(meta)
-    start = int(state["step"])
     logging.info("Resumed from step %d.", start)
     return state, start
   if init_from:
@@ -121,6 +150,18 @@ def restore(ckpt, state: Any, shardings: Any, data_iter, skipped, init_from: str
   return state, 0
 
 
+def compiled_on_every_process(step_fn: Callable, *args) -> Callable:
+  """`step_fn` (a jitted function) compiled for `args`, returned once every process has compiled
+  it. The first run of a program's cross-process collectives waits only 30 s for the other
+  processes (gloo's rendezvous), and one process can compile for longer than that: a loaded host, or
+  a program the others load from the compilation cache. Other callables are returned as they are."""
+  if jax.process_count() == 1 or not hasattr(step_fn, "lower"):
+    return step_fn
+  compiled = step_fn.lower(*args).compile()
+  ocp.multihost.sync_global_processes("dinojax:compiled_train_step")
+  return compiled
+
+
 def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, data_iter,
           batch_shardings: dict, ckpt, skipped, start: int, num_steps: int,
           evaluate: Callable[[Any], dict] | None = None,
@@ -128,22 +169,39 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
   """Steps `start + 1 .. num_steps` of `state, batch -> state, metrics`: metrics every
   `config.log_every` steps (metrics.jsonl, progress bar), checkpoints every `config.checkpoint.every`
   (with the data iterator's state, so resuming is exact), `evaluate(state) -> {name: value}` every
-  `config.eval.every` (0: never). A non-finite metric stops the run naming the step.
-  Returns (final state, summary of the last logged loss and evaluations)."""
+  `config.eval.every` (0: never) and at the end. A non-finite metric stops the run naming the step.
+  Resumed at `start`, the rows a dead run wrote past it are dropped, and an evaluation due at `start`
+  that it did not write runs first. Returns (final state, summary of the last logged loss and
+  evaluations)."""
   writer = MetricWriter(workdir)
+  evaluated = writer.resume_at(start)
   throughput = Throughput(config.batch_size)
   bar = progress_bar(num_steps, start, config.batch_size)
-  last_saved = checkpoint.latest_step(ckpt)
+  last_saved = start or None  # the checkpoint resumed from was verified (checkpoint.damage)
   summary = {}
 
   def save(step, force=False):
     meta = {**(run_meta or {}), "data": data_iter.get_state(), **skipped.state(), "step": step}
     checkpoint.save(ckpt, step, state, meta, force=force)
 
+  def eval_due(step):
+    return evaluate is not None and config.eval.every and (step % config.eval.every == 0
+                                                           or step == num_steps)
+
+  def run_eval(step):
+    results = evaluate(state)
+    writer.write(step, results)
+    log_metrics(step, results)
+    summary.update(results)
+
   try:
     with parallel.activation_sharding(mesh, rules):
+      if start and eval_due(start) and not evaluated:  # the dead run saved, then died before it
+        run_eval(start)
       for step in range(start + 1, num_steps + 1):
         batch = global_batch(next(data_iter), batch_shardings)
+        if step == start + 1:
+          train_step = compiled_on_every_process(train_step, state, batch)
         state, metrics = train_step(state, batch)
         bar.update(1)
         is_last = step == num_steps
@@ -159,11 +217,8 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
           check_finite(jax.device_get(metrics), step, last_saved)
           save(step, force=is_last)
           last_saved = step
-        if evaluate is not None and config.eval.every and (step % config.eval.every == 0 or is_last):
-          results = evaluate(state)
-          writer.write(step, results)
-          log_metrics(step, results)
-          summary.update(results)
+        if eval_due(step):
+          run_eval(step)
   finally:  # A failing run still finishes the checkpoint it was writing.
     bar.close()
     ckpt.wait_until_finished()

@@ -3,6 +3,8 @@ one device and on 8 (data- or fsdp-sharded, XLA or Pallas attention, blocks unro
 the k-NN job on its teacher repeats the run's own evaluation."""
 
 import json
+import re
+import shutil
 
 import jax
 import numpy as np
@@ -37,12 +39,13 @@ def test_student_fits_a_frozen_teacher(tmp_path):
     assert np.mean(values[-5:]) < np.mean(values[:5]) - 0.05, (part, values[:5], values[-5:])
 
 
-TWENTY_STEPS = ["--config.total_steps=20", "--config.eval.every=20", "--config.checkpoint.every=5"]
+TWENTY_STEPS = ["--config.total_steps=20", "--config.eval.every=20", "--config.checkpoint.every=4",
+                "--config.checkpoint.keep=5"]
 
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-  """A tiny run, uninterrupted: 20 steps, checkpoints every 5, k-NN at the end."""
+  """A tiny run, uninterrupted: 20 steps, checkpoints every 4 (all kept), k-NN at the end."""
   workdir = tmp_path_factory.mktemp("straight")
   _run(workdir, *TWENTY_STEPS)
   return workdir
@@ -81,7 +84,7 @@ def test_knn_job_on_the_run_gives_the_runs_own_evaluation(tmp_path, straight_run
 
 
 def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
-  jobs.kill_after_checkpoint(_command(tmp_path, *TWENTY_STEPS), tmp_path / "checkpoints" / "5")
+  jobs.kill_after_checkpoint(_command(tmp_path, *TWENTY_STEPS), tmp_path / "checkpoints" / "4")
   _run(tmp_path, *TWENTY_STEPS)  # resumes from whatever checkpoint survived
 
   (step_a, a), (step_b, b) = jobs.final_state(straight_run), jobs.final_state(tmp_path)
@@ -89,6 +92,26 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
   jobs.assert_same_state(a, b)
   assert jobs.losses(straight_run)[20] == jobs.losses(tmp_path)[20]
   assert _knn(straight_run) == _knn(tmp_path)[-1:]
+
+
+def test_damaged_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tmp_path, straight_run):
+  # The finished run, its four newest checkpoints damaged four ways: the rerun names each, resumes
+  # from step 4, and writes steps 5-20 and the k-NN again, once each, as the straight run did.
+  shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
+  damages = {20: "flipped_bytes", 16: "truncated_file", 12: "missing_manifest", 8: "missing_meta"}
+  for step, how in damages.items():
+    jobs.damage_checkpoint(tmp_path / "checkpoints" / str(step), how)
+  stderr = _run(tmp_path, *TWENTY_STEPS).stderr
+  assert [int(s) for s in re.findall(r"Checkpoint step (\d+) in \S+ is damaged", stderr)] == list(damages)
+  assert "Resumed from step 4." in stderr
+  assert "Event loop is closed" not in stderr and "overriding" not in stderr
+
+  (step_a, a), (step_b, b) = jobs.final_state(straight_run), jobs.final_state(tmp_path)
+  assert step_a == step_b == 20
+  jobs.assert_same_state(a, b)
+  rows = [[(r["step"], r.get("loss"), r.get("knn_top1")) for r in loop.read_metrics(run)]
+          for run in (straight_run, tmp_path)]
+  assert rows[1] == rows[0]
 
 
 # Mask groups default to each device's batch; pinned so that 1 and 8 devices draw the same masks.

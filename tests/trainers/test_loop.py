@@ -1,0 +1,84 @@
+"""The shared loop, in process on a counter: a run that died after a checkpoint leaves its metrics
+as an uninterrupted run's once resumed (rows past the checkpoint dropped, a due evaluation it never
+wrote run again)."""
+
+import json
+import types
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from dinojax import checkpoint, parallel
+from dinojax.trainers import loop
+
+CONFIG = ml_collections.ConfigDict({"batch_size": 8, "log_every": 1, "checkpoint": {"every": 2},
+                                    "eval": {"every": 4}})
+
+
+class Counting:
+  """Batches 1, 2, ... as a data iterator with a position."""
+
+  def __init__(self):
+    self.position = 0
+
+  def __next__(self):
+    self.position += 1
+    return {"x": np.full((8,), self.position, np.float32)}
+
+  def get_state(self):
+    return {"position": self.position}
+
+  def set_state(self, state):
+    self.position = state["position"]
+
+
+@jax.jit
+def _step(state, batch):
+  return {"w": state["w"] + batch["x"].sum(), "step": state["step"] + 1}, {"loss": batch["x"].mean()}
+
+
+def _run(workdir, die_at=None):
+  """The loop to step 8 (resuming from `workdir`'s checkpoints), dying in step `die_at`."""
+  mesh = parallel.make_mesh({"data": 8})
+  replicated = NamedSharding(mesh, P())
+  state = {"w": jnp.zeros((), jnp.float32), "step": jnp.zeros((), jnp.int32)}
+  shardings = jax.tree.map(lambda _: replicated, state)
+  ckpt = checkpoint.manager(workdir / "checkpoints", None, CONFIG.checkpoint.every)
+  data, skipped = Counting(), types.SimpleNamespace(count=0)
+  state, start = loop.restore(ckpt, state, shardings, data, skipped)
+
+  def train_step(state, batch):
+    if int(state["step"]) + 1 == die_at:
+      raise KeyboardInterrupt
+    return _step(state, batch)
+
+  evaluated = []
+
+  def evaluate(state):
+    evaluated.append(int(state["step"]))
+    return {"w": state["w"]}
+
+  loop.train(CONFIG, str(workdir), mesh, (), state, train_step, data,
+             {"x": NamedSharding(mesh, P("data"))}, ckpt, skipped, start, 8, evaluate=evaluate)
+  return evaluated
+
+
+def test_a_resumed_run_logs_each_step_once_and_makes_up_a_lost_evaluation(tmp_path):
+  assert _run(tmp_path / "straight") == [4, 8]
+  with pytest.raises(KeyboardInterrupt):  # died in step 7, after checkpoint 6
+    _run(tmp_path / "dead", die_at=7)
+  # ... and had died between checkpoint 4 and its evaluation before: lose checkpoint 6 and that row.
+  checkpoint.manager(tmp_path / "dead/checkpoints", None).delete(6)
+  metrics = tmp_path / "dead/metrics.jsonl"
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 4, 5, 6]
+  metrics.write_text("".join(json.dumps(r) + "\n" for r in rows if r != rows[4]) + '{"step": 7, "lo')
+
+  assert _run(tmp_path / "dead") == [4, 8]
+  straight, resumed = (loop.read_metrics(tmp_path / run) for run in ("straight", "dead"))
+  assert ([(r["step"], r.get("loss"), r.get("w")) for r in resumed] ==
+          [(r["step"], r.get("loss"), r.get("w")) for r in straight])
