@@ -103,7 +103,13 @@ def abstract_like(state: Any, shardings: Any | None = None) -> Any:
 
 def _local_damage(step_dir: str, items: tuple[str, ...]) -> str | None:
   """What is wrong with this process's share of the files of `items` in `step_dir` (every
-  process checks every N-th file of each digest), or None."""
+  process checks every N-th file of each digest), or None. A checkpoint written before digests
+  existed (every item present, none with a digest) cannot be checked: it is restored unverified."""
+  if all(os.path.isdir(os.path.join(step_dir, item)) and
+         not os.path.exists(os.path.join(step_dir, item, DIGEST)) for item in items):
+    logging.warning("Checkpoint %s has no digest (written by an older dinojax): restoring it "
+                    "unverified.", step_dir)
+    return None
   for item in items:
     directory = os.path.join(step_dir, item)
     if not os.path.isdir(directory):
@@ -176,8 +182,9 @@ def restore(mgr: ocp.CheckpointManager, target: Any, step: int | None = None,
 def restore_newest_intact(mgr: ocp.CheckpointManager, target: Any) -> tuple[int, Any, dict] | None:
   """(step, state, meta) of the newest checkpoint of `mgr` that is intact (see `damage`), restored
   onto `target`; None when there is no checkpoint. A damaged checkpoint is skipped with a warning
-  naming it and why; the damaged ones newer than the one restored are deleted, as the resumed run
-  writes those steps again. Raises FileNotFoundError naming the directory when none is intact."""
+  naming it and why; the damaged ones newer than the one restored are moved aside (`set_aside`), as
+  the resumed run writes those steps again. Raises FileNotFoundError naming the directory when none
+  is intact."""
   steps = sorted(mgr.all_steps(), reverse=True)
   if not steps:
     return None
@@ -186,11 +193,30 @@ def restore_newest_intact(mgr: ocp.CheckpointManager, target: Any) -> tuple[int,
       logging.warning("Checkpoint step %d in %s is damaged (%s); trying the one before.", step,
                       mgr.directory, reason)
       continue
-    for newer in steps[:i]:
-      mgr.delete(newer)
+    if i:
+      set_aside(mgr, steps[:i])
     return step, *_restore(mgr, target, step, with_meta=True)
   raise FileNotFoundError(f"No intact checkpoint in {mgr.directory}: every one ({steps}) is damaged "
                           "(see the warnings); move them away to start the run afresh.")
+
+
+def set_aside(mgr: ocp.CheckpointManager, steps) -> None:
+  """Moves checkpoints `steps` of `mgr` into `<directory>_damaged/<step>[.n]`, out of the run's way
+  but kept for inspection (process 0 moves; every process then sees the same steps)."""
+  directory = os.fspath(mgr.directory)
+  if jax.process_index() == 0:
+    for step in steps:
+      destination = os.path.join(f"{directory}_damaged", str(step))
+      for n in itertools.count(1):
+        if not os.path.exists(destination):
+          break
+        destination = os.path.join(f"{directory}_damaged", f"{step}.{n}")
+      os.makedirs(os.path.dirname(destination), exist_ok=True)
+      os.rename(os.path.join(directory, str(step)), destination)
+      logging.warning("Moved the damaged checkpoint step %d to %s.", step, destination)
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(f"dinojax:set_aside_{next(_EXCHANGES)}")
+  mgr.reload()
 
 
 def restore_subtree(directory: str | os.PathLike, target: Any, step: int | None = None) -> Any:

@@ -76,6 +76,17 @@ def test_a_damaged_checkpoint_is_named_and_the_one_before_restored(tmp_path, how
   np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])
   assert "Checkpoint step 2" in caplog.text and "is damaged" in caplog.text
   assert mgr.all_steps() == [1]  # so that the resumed run can save step 2 again
+  assert (tmp_path.parent / f"{tmp_path.name}_damaged" / "2").is_dir()  # kept for inspection
+
+
+def test_a_checkpoint_from_before_digests_restores_unverified(tmp_path, caplog):
+  mgr, state = _saved(tmp_path, (1,))
+  for item in checkpoint.ITEMS:
+    (tmp_path / "1" / item / checkpoint.DIGEST).unlink()
+  with caplog.at_level(logging.WARNING):
+    step, restored, _ = checkpoint.restore_newest_intact(checkpoint.manager(tmp_path), state)
+  assert step == 1 and "unverified" in caplog.text
+  np.testing.assert_array_equal(restored["params"]["w"], state["params"]["w"])
 
 
 def test_no_intact_checkpoint_is_an_error_naming_the_directory(tmp_path):
