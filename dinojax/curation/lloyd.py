@@ -19,6 +19,7 @@ iteration saves its centroids, so a restarted job continues where the last one s
 """
 
 import dataclasses
+import functools
 import glob
 import math
 import os
@@ -32,6 +33,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from dinojax.curation import store
+
+DISTANCE_BLOCK = 1 << 26
 
 
 def local_trials(n_clusters: int) -> int:
@@ -55,17 +58,21 @@ class Rows:
     return tuple(self.mesh.axis_names)
 
 
-def shard_rows(local_rows: np.ndarray, mesh: Mesh, chunk: int) -> Rows:
+def shard_rows(local_rows: np.ndarray, mesh: Mesh, chunk: int, bucket: bool = False) -> Rows:
   """Places this process's rows (n_p, D) on its devices of `mesh`; collective over processes.
-  Every device's slice is padded to a whole number of `chunk`-row chunks."""
+  Every device's slice is padded to a whole number of `chunk`-row chunks, and with `bucket` to a
+  power of two rows (many arrays of different sizes then share a few compiled programs)."""
   local_rows = np.asarray(local_rows, np.float32)
   processes = len({d.process_index for d in mesh.devices.flat})
   counts = np.array([len(local_rows)])
   if processes > 1:
     counts = np.asarray(multihost_utils.process_allgather(np.int64(len(local_rows)))).reshape(-1)
   local_devices = mesh.devices.size // processes
-  chunk = max(1, min(chunk, math.ceil(int(counts.max()) / local_devices)))
-  per_process = local_devices * chunk * max(1, math.ceil(int(counts.max()) / (local_devices * chunk)))
+  per_device = max(1, math.ceil(int(counts.max()) / local_devices))
+  if bucket:
+    per_device = 1 << (per_device - 1).bit_length()
+  chunk = max(1, min(chunk, per_device))
+  per_process = local_devices * chunk * math.ceil(per_device / chunk)
   pad = per_process - len(local_rows)
   sharding = NamedSharding(mesh, P(tuple(mesh.axis_names)))
   rows_sharding = NamedSharding(mesh, P(tuple(mesh.axis_names), None))
@@ -154,16 +161,19 @@ def _lloyd_iteration(x, valid, centroids, chunk, axes):
 # ---------------------------------------------------------------------------------------------------
 # The programs (jitted once per shape and mesh)
 # ---------------------------------------------------------------------------------------------------
-def _programs(rows: Rows):
-  axes = rows.axes
+@functools.lru_cache(maxsize=None)
+def _programs(mesh: Mesh, chunk: int):
+  """The jitted pieces for rows sharded over every axis of `mesh`; built once per (mesh, chunk), so
+  the many small k-means of upper levels and splits reuse their compilations."""
+  axes = tuple(mesh.axis_names)
   row_spec, vector_spec = P(axes, None), P(axes)
-  mapped = lambda f, ins, outs: jax.jit(jax.shard_map(f, mesh=rows.mesh, in_specs=ins,  # noqa: E731
+  mapped = lambda f, ins, outs: jax.jit(jax.shard_map(f, mesh=mesh, in_specs=ins,  # noqa: E731
                                                       out_specs=outs, check_vma=False))
   first = mapped(lambda x, v, c, i: _first_centre(x, v, c, i, axes),
                  (row_spec, vector_spec, P(), P()), (P(), vector_spec, P()))
   seed = mapped(lambda x, v, c, cl, pot, u, a, b: _seed_block(x, v, c, cl, pot, u, a, b, axes),
                 (row_spec, vector_spec, P(), vector_spec, P(), P(), P(), P()), (P(), vector_spec, P()))
-  iterate = mapped(lambda x, v, c: _lloyd_iteration(x, v, c, rows.chunk, axes),
+  iterate = mapped(lambda x, v, c: _lloyd_iteration(x, v, c, chunk, axes),
                    (row_spec, vector_spec, P()), P())
   return first, seed, iterate
 
@@ -246,7 +256,7 @@ def fit(rows: Rows, n_clusters: int, iterations: int, seed: int, state_dir: str 
     raise ValueError(f"k-means with {n_clusters} clusters needs 1 <= k <= the {rows.num_rows} points.")
   if iterations < 0 or checkpoint_every < 1:
     raise ValueError(f"iterations must be >= 0 and checkpoint_every >= 1, got {iterations}, {checkpoint_every}.")
-  first, block, iterate = _programs(rows)
+  first, block, iterate = _programs(rows.mesh, rows.chunk)
   if state_dir:
     os.makedirs(state_dir, exist_ok=True)
   done = _latest(state_dir, "centroids-{}.npy") if state_dir else None
@@ -257,15 +267,25 @@ def fit(rows: Rows, n_clusters: int, iterations: int, seed: int, state_dir: str 
     centroids = jnp.asarray(np.load(os.path.join(state_dir, f"centroids-{done:04d}.npy")))
     logging.info("k-means: resuming after %d of %d iterations.", done, iterations)
   for step in range(done, iterations):
-    centroids = iterate(rows.x, rows.valid, centroids)
+    # One iteration in flight at a time: queued collective programs can starve XLA:CPU's thread pool.
+    centroids = iterate(rows.x, rows.valid, centroids).block_until_ready()
     if state_dir and jax.process_index() == 0:
       store.atomic_save(os.path.join(state_dir, f"centroids-{step + 1:04d}.npy"), _replicated(centroids))
   return _replicated(centroids)
 
 
-def kmeans(x: np.ndarray, n_clusters: int, iterations: int, seed: int, mesh: Mesh | None = None,
-           chunk: int = 4096) -> np.ndarray:
+def chunk_rows(n_clusters: int) -> int:
+  """Rows assigned at once: a chunk × k distance block of 2^26 floats (256 MB), as the official
+  sizes its chunks by the number of clusters."""
+  return max(1, DISTANCE_BLOCK // n_clusters)
+
+
+@functools.lru_cache(maxsize=None)
+def _local_mesh() -> Mesh:
+  return jax.make_mesh((jax.local_device_count(),), ("rows",), devices=jax.local_devices())
+
+
+def kmeans(x: np.ndarray, n_clusters: int, iterations: int, seed: int) -> np.ndarray:
   """k-means of an array this process holds whole (upper levels, resampled points, one cluster's
-  split), sharded over the local devices unless a mesh is given."""
-  mesh = mesh or jax.make_mesh((jax.local_device_count(),), ("rows",), devices=jax.local_devices())
-  return fit(shard_rows(x, mesh, chunk), n_clusters, iterations, seed)
+  split), its rows sharded over this process's devices and padded to a power of two."""
+  return fit(shard_rows(x, _local_mesh(), chunk_rows(n_clusters), bucket=True), n_clusters, iterations, seed)

@@ -64,8 +64,8 @@ def test_cluster_and_sample_balance_a_long_tailed_pool(tmp_path):
   store.atomic_save(str(tmp_path / "dedup/keep.npy"), np.arange(len(vectors)))
   config = tiny_config()
   config.data.pool = "digits:train"  # only names the keys written beside the ids
-  config.cluster.update(n_clusters=[100, 20, 5], resampling_steps=[0, 10, 10], sample_sizes=[1, 3, 2],
-                        batch_size=1024, epochs=2)
+  config.cluster.update(n_clusters=[100, 20, 5], n_splits=[1, 1, 1], resampling_steps=[1, 10, 10],
+                        sample_sizes=[1, 3, 2])
   config.sample.update(target_size=TARGET, strategy="r")
   # Two processes share the assignment of the shards; the second to finish builds the hierarchy.
   assert cluster.run(config, workdir, process_index=0, process_count=2) is None
