@@ -12,6 +12,7 @@ Input (`config.cluster.input`): `dedup` (the deduplicated pool, as in Vo et al.)
 (the DINOv2 retrieval result).
 """
 
+import math
 import os
 
 import numpy as np
@@ -221,3 +222,34 @@ def run(config, workdir: str, process_index: int = 0, process_count: int = 1) ->
     logging.info("cluster: the split waits for other processes' assignments; rerun once they finish.")
     return None
   return reduce_phase(config, workdir, process_count)
+
+
+def plan(config, pool_size: int, dim: int, hosts: int, devices_per_host: int) -> str:
+  """A dry run of the `cluster` step at scale: memory and FLOPs per host of each stage, from the
+  config's levels (no data read). Counts 2 FLOPs per multiply-add of the distance matmuls, which
+  dominate; float32 throughout."""
+  c = config.cluster
+  check_levels(c)
+  k, splits, iterations = c.n_clusters[0], c.n_splits[0], c.iterations
+  rows = pool_size / hosts
+  chunk = min(lloyd.chunk_rows(k), math.ceil(rows / devices_per_host))
+  memory = rows * (dim + 2) * 4 + devices_per_host * (k * dim * 4 + chunk * k * 4)
+  seeding = 2 * rows * dim * (k - 1) * lloyd.local_trials(k)
+  lloyd_flops = 2 * rows * dim * k * iterations
+  lines = [f"cluster dry run: {pool_size:,} × {dim} pool on {hosts} hosts × {devices_per_host} devices",
+           f"level 1 k-means, {k:,} clusters: {memory / 2**30:,.1f} GiB per host; "
+           f"seeding {seeding:.2e} FLOPs, {iterations} iterations {lloyd_flops:.2e} FLOPs per host"]
+  previous = k
+  if splits > 1:
+    size = pool_size / k
+    per_cluster = 2 * size * dim * splits * (lloyd.local_trials(splits) + iterations)
+    lines.append(f"level 1 split {splits} ways ({k * splits:,} clusters): {rows * dim * 4 / 2**30:,.1f} GiB, "
+                 f"{per_cluster * k / hosts:.2e} FLOPs per host")
+    previous = k * splits
+  for level, (n, steps, size) in enumerate(zip(c.n_clusters[1:], c.resampling_steps[1:], c.sample_sizes[1:]),
+                                           start=2):
+    flops = 2 * dim * n * (lloyd.local_trials(n) + iterations) * (previous + (steps - 1) * min(previous, n * size))
+    lines.append(f"level {level}, {n:,} clusters of {previous:,} centroids, {steps} steps (one process): "
+                 f"{previous * dim * 4 / 2**30:,.1f} GiB, {flops:.2e} FLOPs")
+    previous = n
+  return "\n".join(lines)
