@@ -7,8 +7,16 @@ numbers in `dinojax.config_defaults.curation()`. Point the collections at your d
       --config.data.evaluation=list:/data/benchmark_images.txt \
       --process_index=$i --process_count=$N
 
-then `dedup`, `retrieve`, `cluster`, `sample` the same way (docs/curation.md).
+then `dedup`, `retrieve`, `cluster`, `sample` the same way (docs/curation.md). The first level is
+the official's: 100k k-means clusters over the whole pool, each split 100 ways (10M). A dry run
+prints the memory and FLOPs per host of the `cluster` step for `config.plan` (the official ran its
+level 1 on 16 nodes of 8 GPUs; the pool is the papers' 1.2B images, ViT-g/14 embeddings):
+
+  python -m dinojax.curate plan --config configs/curate_lvd142m.py --config.plan.hosts=32
 """
+
+import ml_collections
+
 
 from dinojax.config_args import parse_arg
 from dinojax.config_defaults import curation
@@ -19,4 +27,5 @@ def get_config(arg=None):
   c = curation()
   c.data.update(pool="list:uncurated_pool.txt", queries="folder:curated_queries",
                 evaluation="list:evaluation_images.txt")
+  c.plan = ml_collections.ConfigDict(dict(pool_size=1_200_000_000, dim=1536, hosts=16, devices_per_host=8))
   return c

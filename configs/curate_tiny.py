@@ -29,7 +29,7 @@ def get_config(arg=None):
   c.search.shards_per_block = 2
   c.dedup.update(threshold=0.99997, evaluation_threshold=0.99997)
   c.retrieve.update(clusters=20, samples_per_query=5, kmeans_batch_size=256, kmeans_epochs=3)
-  c.cluster.update(n_clusters=[60, 12, 4], resampling_steps=[0, 10, 10], sample_sizes=[1, 3, 2],
-                   batch_size=256, epochs=5)
+  c.cluster.update(n_clusters=[60, 12, 4], n_splits=[1, 1, 1], resampling_steps=[1, 10, 10],
+                   sample_sizes=[1, 3, 2], checkpoint_period=20)
   c.sample.update(target_size=400, strategy="r")
   return c

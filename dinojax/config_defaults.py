@@ -134,14 +134,17 @@ def curation() -> ml_collections.ConfigDict:
   c.retrieve = ml_collections.ConfigDict(dict(mode="knn", k=4, clusters=100_000, samples_per_query=10_000,
                                               kmeans_batch_size=65_536, kmeans_epochs=1))
 
-  # Vo et al.: 10M, 500k, 50k, 10k clusters (the official run reaches its 10M first level as 100k
-  # clusters split 100 ways); resampling 10 times from level 2 on, with 10, 5, 3 points per cluster.
+  # Vo et al. (configs/4levels_web_based_images.yaml): 10M, 500k, 50k, 10k clusters, the first level
+  # reached as 100k clusters split 100 ways; `resampling_steps` counts the first k-means (1: no
+  # resampling), then 10 steps with 10, 5, 3 points per cluster; 50 iterations per k-means. The
+  # level-1 k-means saves its state every `checkpoint_period` seeds and every iteration.
   c.cluster = ml_collections.ConfigDict(dict(
-      input="dedup", n_clusters=[10_000_000, 500_000, 50_000, 10_000], resampling_steps=[1, 10, 10, 10],
-      sample_sizes=[1, 10, 5, 3], batch_size=65_536, epochs=1, iterations=50))
+      input="dedup", n_clusters=[100_000, 500_000, 50_000, 10_000], n_splits=[100, 1, 1, 1],
+      resampling_steps=[1, 10, 10, 10], sample_sizes=[1, 10, 5, 3], iterations=50, checkpoint_period=10_000))
 
-  # Balanced hierarchical sampling; "c" (closest to the centroid first) as the official web config.
-  c.sample = ml_collections.ConfigDict(dict(target_size=142_000_000, strategy="c", seed=0))
+  # Balanced hierarchical sampling; random within level-1 clusters, the official default ("c" in its
+  # web config is the resampling strategy of its k-means, not this one).
+  c.sample = ml_collections.ConfigDict(dict(target_size=142_000_000, strategy="r", seed=0))
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
   c.sharding_rules = parallel.DEFAULT_RULES

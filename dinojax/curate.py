@@ -5,6 +5,7 @@
   python -m dinojax.curate retrieve --config configs/curate_tiny.py --workdir DIR
   python -m dinojax.curate cluster  --config configs/curate_tiny.py --workdir DIR
   python -m dinojax.curate sample   --config configs/curate_tiny.py --workdir DIR
+  python -m dinojax.curate plan     --config configs/curate_lvd142m.py   # cluster dry run
 
 Each step reads the previous steps' files from DIR. On many hosts, start process i of P with
 `--process_index=i --process_count=P` (no coordinator needed: processes share only the workdir);
@@ -18,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dinojax import config_check
-from dinojax.curation import pipeline
+from dinojax.curation import cluster, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a curation config file.",
                                           lock_config=True)
@@ -29,6 +30,11 @@ _PROCESS_COUNT = flags.DEFINE_integer("process_count", 1, "Processes sharing the
 
 def main(argv):
   steps = argv[1:]
+  if steps == ["plan"] and _CONFIG.value is not None and "plan" in _CONFIG.value:
+    p = _CONFIG.value.plan
+    print(cluster.plan(_CONFIG.value, pool_size=p.pool_size, dim=p.dim, hosts=p.hosts,
+                       devices_per_host=p.devices_per_host))
+    return
   if len(steps) != 1 or steps[0] not in pipeline.STEPS:
     raise app.UsageError(f"Name one step: {' | '.join(pipeline.STEPS)} (got {steps or 'none'}).")
   if _CONFIG.value is None:

@@ -1,20 +1,26 @@
 """The `cluster` step: hierarchical k-means of the curated-so-far pool (Vo et al., 2024, §4).
 
-Level 1 clusters the pool's embeddings with mini-batch k-means streamed over the shards (the only
-level that touches the pool); every process then assigns its own shards to the level-1 centroids.
-Levels 2.. cluster the previous level's centroids in memory, with resampling (`kmeans.py`). The
-`sample` step reads the resulting hierarchy.
+Level 1 clusters the pool's embeddings with the official k-means (`lloyd.py`): one collective job
+whose rows are sharded over every device of every JAX process, resumable per iteration. With
+`n_splits[0] > 1` each level-1 cluster is then split further by k-means of its own points (the
+official reaches its 10M first-level clusters as 100k clusters split 100 ways); process p splits the
+clusters c with c mod P = p. Every process assigns its own shards to the level-1 centroids. Levels
+2.. cluster the previous level's centroids in memory, with resampling (`kmeans.py`). The `sample`
+step reads the resulting hierarchy.
 
 Input (`config.cluster.input`): `dedup` (the deduplicated pool, as in Vo et al.) or `retrieve`
 (the DINOv2 retrieval result).
 """
 
+import math
 import os
 
 import numpy as np
+import jax
 from absl import logging
 
-from dinojax.curation import dedup, embed, kmeans, retrieve, store
+from dinojax import parallel
+from dinojax.curation import dedup, embed, kmeans, lloyd, retrieve, store
 
 INPUTS = ("dedup", "retrieve")
 
@@ -28,21 +34,49 @@ def input_ids(config, workdir: str) -> np.ndarray:
 
 
 def check_levels(c) -> None:
-  lengths = {len(c.n_clusters), len(c.resampling_steps), len(c.sample_sizes)}
+  lengths = {len(c.n_clusters), len(c.resampling_steps), len(c.sample_sizes), len(c.n_splits)}
   if len(lengths) != 1 or not c.n_clusters:
-    raise ValueError("cluster.n_clusters, resampling_steps and sample_sizes need one entry per level; "
-                     f"got {list(c.n_clusters)}, {list(c.resampling_steps)}, {list(c.sample_sizes)}.")
-  if c.sample_sizes[0] > 1 and c.resampling_steps[0] > 0:
-    raise ValueError("Resampling at level 1 would need the whole pool in memory; set "
-                     "cluster.sample_sizes[0] = 1 (the official 4-level config does not resample there "
-                     "either).")
-  if any(b >= a for a, b in zip(c.n_clusters, c.n_clusters[1:])):
-    raise ValueError(f"cluster.n_clusters must decrease level by level, got {list(c.n_clusters)}.")
+    raise ValueError("cluster.n_clusters, n_splits, resampling_steps and sample_sizes need one entry per "
+                     f"level; got {list(c.n_clusters)}, {list(c.n_splits)}, {list(c.resampling_steps)}, "
+                     f"{list(c.sample_sizes)}.")
+  if min(c.resampling_steps) < 1:
+    raise ValueError("cluster.resampling_steps counts the first k-means as a step (the official "
+                     f"meaning: 1 = no resampling), so every entry must be >= 1; got {list(c.resampling_steps)}.")
+  if min(c.n_splits) < 1 or any(s != 1 for s in c.n_splits[1:]):
+    raise ValueError(f"cluster.n_splits splits level-1 clusters only: [s, 1, 1, ...] with s >= 1; got "
+                     f"{list(c.n_splits)}.")
+  if c.n_splits[0] > 1 and c.resampling_steps[0] > 1:
+    raise ValueError("Level 1 either resamples or splits its clusters (as the official configs), not both.")
+  fine = [c.n_clusters[0] * c.n_splits[0], *c.n_clusters[1:]]
+  if any(b >= a for a, b in zip(fine, fine[1:])):
+    raise ValueError(f"cluster.n_clusters (level 1 times n_splits[0]) must decrease level by level, got {fine}.")
 
 
 def _paths(workdir: str):
   out = os.path.join(workdir, "cluster")
   return out, os.path.join(out, "parts"), os.path.join(out, "level1_centroids.npy")
+
+
+def level1_centroids(config, pool: store.EmbeddingShards, ids: np.ndarray, state_dir: str) -> np.ndarray:
+  """The official k-means of the pool: JAX process i holds the shards i, i+P, ... (P JAX processes),
+  sharded over its devices of the config's mesh; then the level's resampling steps, which need the
+  whole pool in one process."""
+  c = config.cluster
+  k = c.n_clusters[0]
+  shards = store.owned(pool.num_shards, jax.process_index(), jax.process_count())
+  _, local = pool.load_many(shards, ids)
+  rows = lloyd.shard_rows(local, parallel.make_mesh(config.mesh), lloyd.chunk_rows(k))
+  logging.info("cluster: k-means with %d clusters over %d images, %d devices.", k, rows.num_rows,
+               rows.mesh.devices.size)
+  centroids = lloyd.fit(rows, k, c.iterations, config.seed, state_dir=state_dir,
+                        checkpoint_every=c.checkpoint_period)
+  if c.resampling_steps[0] > 1:
+    if jax.process_count() > 1:
+      raise ValueError("Resampling at level 1 needs the whole pool in one process; set "
+                       "cluster.resampling_steps[0] = 1 for a pool spread over hosts.")
+    centroids, _ = kmeans.kmeans_with_resampling(local, k, c.resampling_steps[0], c.sample_sizes[0],
+                                                 config.seed, c.iterations, centroids=centroids)
+  return centroids
 
 
 def map_phase(config, workdir: str, process_index: int, process_count: int) -> None:
@@ -57,9 +91,8 @@ def map_phase(config, workdir: str, process_index: int, process_count: int) -> N
   if os.path.exists(centroids_path):
     centroids = np.load(centroids_path)
   else:
-    logging.info("cluster: mini-batch k-means with %d clusters over %d images.", c.n_clusters[0], len(ids))
-    batches = kmeans.minibatches(pool, ids, c.batch_size, c.epochs, config.seed)
-    centroids = store.save_once(centroids_path, kmeans.fit_streaming(batches, c.n_clusters[0], config.seed))
+    centroids = store.save_once(centroids_path,
+                                level1_centroids(config, pool, ids, os.path.join(out_dir, "level1")))
   for s in store.owned(pool.num_shards, process_index, process_count):
     part = os.path.join(parts_dir, f"assign-{s:05d}.npz")
     if not os.path.exists(part):
@@ -68,22 +101,78 @@ def map_phase(config, workdir: str, process_index: int, process_count: int) -> N
       store.atomic_savez(part, ids=shard_ids, labels=labels, sqdist=sqdist)
 
 
-def reduce_phase(config, workdir: str) -> dict | None:
+def _assignments(parts: list[str]) -> tuple[np.ndarray, ...]:
+  loaded = [np.load(p) for p in parts]
+  return tuple(np.concatenate([p[k] for p in loaded]) for k in ("ids", "labels", "sqdist"))
+
+
+def split_phase(config, workdir: str, process_index: int, process_count: int) -> bool:
+  """Splits the level-1 clusters c with c mod process_count = process_index into up to
+  `n_splits[0]` each; False while other processes' assignment parts are missing."""
+  c = config.cluster
+  pool = store.EmbeddingShards(embed.collection_dir(workdir, "pool"))
+  out_dir, parts_dir, _ = _paths(workdir)
+  part = os.path.join(parts_dir, f"split-{process_index:05d}.npz")
+  if os.path.exists(part):
+    return True
+  parts = [os.path.join(parts_dir, f"assign-{s:05d}.npz") for s in range(pool.num_shards)]
+  if store.missing_parts(parts):
+    return False
+  ids, labels, _ = _assignments(parts)
+  mine = labels % process_count == process_index
+  order = np.argsort(ids[mine])
+  my_ids, my_labels = ids[mine][order], labels[mine][order]
+  _, vectors = pool.load_many(range(pool.num_shards), my_ids)  # shards hold ascending ids
+  arrays = {k: [] for k in ("parents", "centroids", "ids", "labels", "sqdist")}
+  count = 0
+  for cluster_index in np.unique(my_labels):
+    members = my_labels == cluster_index
+    centroids, sub = kmeans.split(vectors[members], c.n_splits[0], config.seed + 1 + int(cluster_index),
+                                  c.iterations)
+    arrays["parents"].append(np.full(len(centroids), cluster_index, np.int64))
+    arrays["centroids"].append(centroids)
+    arrays["ids"].append(my_ids[members])
+    arrays["labels"].append(count + sub)
+    arrays["sqdist"].append(np.sum((vectors[members] - centroids[sub]) ** 2, 1).astype(np.float32))
+    count += len(centroids)
+  empty = {"parents": (0,), "centroids": (0, pool.dim), "ids": (0,), "labels": (0,), "sqdist": (0,)}
+  store.atomic_savez(part, **{k: np.concatenate(v) if v else np.zeros(empty[k]) for k, v in arrays.items()})
+  return True
+
+
+def _split_assignments(parts: list[str]) -> tuple[np.ndarray, ...]:
+  """(ids, labels, sqdist, centroids) of the split clusters, numbered in the order of the level-1
+  cluster they come from (as the official concatenates them)."""
+  loaded = [np.load(p) for p in parts]
+  offsets = np.cumsum([0] + [len(p["centroids"]) for p in loaded])
+  parents = np.concatenate([p["parents"] for p in loaded])
+  order = np.argsort(parents, kind="stable")
+  rank = np.empty_like(order)
+  rank[order] = np.arange(len(order))
+  labels = np.concatenate([rank[o + p["labels"].astype(np.int64)] for o, p in zip(offsets, loaded)])
+  return (np.concatenate([p["ids"] for p in loaded]), labels.astype(np.int32),
+          np.concatenate([p["sqdist"] for p in loaded]),
+          np.concatenate([p["centroids"] for p in loaded])[order].astype(np.float32))
+
+
+def reduce_phase(config, workdir: str, process_count: int = 1) -> dict | None:
   """Upper levels and `cluster/hierarchy.npz`; None while other processes' parts are missing."""
   c = config.cluster
   pool = store.EmbeddingShards(embed.collection_dir(workdir, "pool"))
   out_dir, parts_dir, centroids_path = _paths(workdir)
-  parts = [os.path.join(parts_dir, f"assign-{s:05d}.npz") for s in range(pool.num_shards)]
+  if c.n_splits[0] > 1:
+    parts = [os.path.join(parts_dir, f"split-{p:05d}.npz") for p in range(process_count)]
+  else:
+    parts = [os.path.join(parts_dir, f"assign-{s:05d}.npz") for s in range(pool.num_shards)]
   missing = store.missing_parts(parts)
   if missing:
     logging.info("cluster: waiting for %d parts of other processes (%s ...).", len(missing), missing[0])
     return None
-  loaded = [np.load(p) for p in parts]
-  ids = np.concatenate([p["ids"] for p in loaded])
-  labels = np.concatenate([p["labels"] for p in loaded])
-  sqdist = np.concatenate([p["sqdist"] for p in loaded])
+  if c.n_splits[0] > 1:
+    ids, labels, sqdist, base = _split_assignments(parts)
+  else:
+    (ids, labels, sqdist), base = _assignments(parts), np.load(centroids_path)
   order = np.argsort(ids)
-  base = np.load(centroids_path)
   levels = kmeans.hierarchical_kmeans(base, c.n_clusters[1:], c.resampling_steps[1:], c.sample_sizes[1:],
                                       config.seed, c.iterations)
   arrays = {"ids": ids[order], "labels": labels[order], "sqdist": sqdist[order], "centroids_1": base}
@@ -129,4 +218,38 @@ def top_level_labels(hierarchy: dict) -> np.ndarray:
 
 def run(config, workdir: str, process_index: int = 0, process_count: int = 1) -> dict | None:
   map_phase(config, workdir, process_index, process_count)
-  return reduce_phase(config, workdir)
+  if config.cluster.n_splits[0] > 1 and not split_phase(config, workdir, process_index, process_count):
+    logging.info("cluster: the split waits for other processes' assignments; rerun once they finish.")
+    return None
+  return reduce_phase(config, workdir, process_count)
+
+
+def plan(config, pool_size: int, dim: int, hosts: int, devices_per_host: int) -> str:
+  """A dry run of the `cluster` step at scale: memory and FLOPs per host of each stage, from the
+  config's levels (no data read). Counts 2 FLOPs per multiply-add of the distance matmuls, which
+  dominate; float32 throughout."""
+  c = config.cluster
+  check_levels(c)
+  k, splits, iterations = c.n_clusters[0], c.n_splits[0], c.iterations
+  rows = pool_size / hosts
+  chunk = min(lloyd.chunk_rows(k), math.ceil(rows / devices_per_host))
+  memory = rows * (dim + 2) * 4 + devices_per_host * (k * dim * 4 + chunk * k * 4)
+  seeding = 2 * rows * dim * (k - 1) * lloyd.local_trials(k)
+  lloyd_flops = 2 * rows * dim * k * iterations
+  lines = [f"cluster dry run: {pool_size:,} × {dim} pool on {hosts} hosts × {devices_per_host} devices",
+           f"level 1 k-means, {k:,} clusters: {memory / 2**30:,.1f} GiB per host; "
+           f"seeding {seeding:.2e} FLOPs, {iterations} iterations {lloyd_flops:.2e} FLOPs per host"]
+  previous = k
+  if splits > 1:
+    size = pool_size / k
+    per_cluster = 2 * size * dim * splits * (lloyd.local_trials(splits) + iterations)
+    lines.append(f"level 1 split {splits} ways ({k * splits:,} clusters): {rows * dim * 4 / 2**30:,.1f} GiB, "
+                 f"{per_cluster * k / hosts:.2e} FLOPs per host")
+    previous = k * splits
+  for level, (n, steps, size) in enumerate(zip(c.n_clusters[1:], c.resampling_steps[1:], c.sample_sizes[1:]),
+                                           start=2):
+    flops = 2 * dim * n * (lloyd.local_trials(n) + iterations) * (previous + (steps - 1) * min(previous, n * size))
+    lines.append(f"level {level}, {n:,} clusters of {previous:,} centroids, {steps} steps (one process): "
+                 f"{previous * dim * 4 / 2**30:,.1f} GiB, {flops:.2e} FLOPs")
+    previous = n
+  return "\n".join(lines)

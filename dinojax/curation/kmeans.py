@@ -1,15 +1,13 @@
-"""k-means for curation: mini-batch k-means streamed over embedding shards (the pool never sits in one
-process's memory), nearest-centroid assignment, and the hierarchical k-means with resampling of Vo et
-al. (2024), "Automatic data curation for self-supervised learning: a clustering-based approach", §4.
-
-The clustering itself is scikit-learn's (`MiniBatchKMeans` fed shard by shard through `partial_fit`
-at the first level, `KMeans` on the previous level's centroids above it).
+"""k-means for curation: nearest-centroid assignment, mini-batch k-means streamed over embedding
+shards (the retrieval step's clustering), and the hierarchical k-means with resampling of Vo et al.
+(2024), "Automatic data curation for self-supervised learning: a clustering-based approach", §4,
+whose every k-means is the official one (`lloyd.py`).
 """
 
 import numpy as np
-from sklearn.cluster import KMeans, MiniBatchKMeans
+from sklearn.cluster import MiniBatchKMeans
 
-from dinojax.curation import search, store
+from dinojax.curation import lloyd, search, store
 
 
 def minibatches(shards: store.EmbeddingShards, keep: np.ndarray | None, batch_size: int, epochs: int,
@@ -65,11 +63,10 @@ def assign(vectors: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def kmeans(x: np.ndarray, n_clusters: int, seed: int, iterations: int) -> np.ndarray:
-  """Lloyd's k-means (k-means++ seeding) centroids of an in-memory array."""
+  """Centroids of the official k-means of an in-memory array, over this process's devices."""
   if n_clusters > len(x):
     raise ValueError(f"k-means with {n_clusters} clusters needs at least as many points; got {len(x)}.")
-  model = KMeans(n_clusters, n_init=1, max_iter=iterations, random_state=seed).fit(x)
-  return model.cluster_centers_.astype(np.float32)
+  return lloyd.kmeans(x, n_clusters, iterations, seed)
 
 
 def closest_per_cluster(x: np.ndarray, labels: np.ndarray, sqdist: np.ndarray, count: int) -> np.ndarray:
@@ -82,19 +79,35 @@ def closest_per_cluster(x: np.ndarray, labels: np.ndarray, sqdist: np.ndarray, c
 
 
 def kmeans_with_resampling(x: np.ndarray, n_clusters: int, resampling_steps: int, sample_size: int,
-                           seed: int, iterations: int = 50) -> tuple[np.ndarray, np.ndarray]:
-  """One level of Vo et al.'s hierarchical k-means (§4.2): k-means, then `resampling_steps` times
-  k-means again on the `sample_size` points closest to each centroid, which moves centroids from the
-  dense modes towards a uniform cover of the support. Skipped when sample_size <= 1, as in the
-  official config. Returns (centroids, labels of x)."""
-  centroids = kmeans(x, n_clusters, seed, iterations)
+                           seed: int, iterations: int = 50, centroids: np.ndarray | None = None
+                           ) -> tuple[np.ndarray, np.ndarray]:
+  """One level of Vo et al.'s hierarchical k-means (§4.2), steps counted as the official config
+  counts them: step 1 is k-means of `x` (skipped when its `centroids` are given), each further step
+  k-means of the `sample_size` points closest to each centroid, which moves centroids from the dense
+  modes towards a uniform cover of the support. Returns (centroids, labels of x)."""
+  if resampling_steps < 1:
+    raise ValueError(f"resampling_steps counts the first k-means too, so must be >= 1; got {resampling_steps}.")
+  if centroids is None:
+    centroids = kmeans(x, n_clusters, seed, iterations)
   labels, sqdist = assign(x, centroids)
-  if sample_size > 1:
-    for step in range(resampling_steps):
-      sample = x[closest_per_cluster(x, labels, sqdist, sample_size)]
-      centroids = kmeans(sample, min(n_clusters, len(sample)), seed + 1 + step, iterations)
-      labels, sqdist = assign(x, centroids)
+  for step in range(1, resampling_steps):
+    sample = x[closest_per_cluster(x, labels, sqdist, sample_size)]
+    centroids = kmeans(sample, min(n_clusters, len(sample)), seed + step, iterations)
+    labels, sqdist = assign(x, centroids)
   return centroids, labels
+
+
+def split(x: np.ndarray, n_splits: int, seed: int, iterations: int) -> tuple[np.ndarray, np.ndarray]:
+  """One cluster split into min(n_splits, len(x)) by k-means, empty parts dropped, as the official
+  reaches its 10M first-level clusters. Returns (centroids, labels of x). A cluster of at most
+  n_splits points becomes one part per point: what k-means with k = n gives on distinct points,
+  without compiling a program for every small size."""
+  if len(x) <= n_splits:
+    return x.astype(np.float32), np.arange(len(x), dtype=np.int32)
+  centroids = lloyd.kmeans(x, n_splits, iterations, seed)
+  labels, _ = assign(x, centroids)
+  used = np.unique(labels)
+  return centroids[used], np.searchsorted(used, labels).astype(np.int32)
 
 
 def hierarchical_kmeans(base_centroids: np.ndarray, n_clusters, resampling_steps, sample_sizes,

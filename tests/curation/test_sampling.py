@@ -64,8 +64,8 @@ def test_cluster_and_sample_balance_a_long_tailed_pool(tmp_path):
   store.atomic_save(str(tmp_path / "dedup/keep.npy"), np.arange(len(vectors)))
   config = tiny_config()
   config.data.pool = "digits:train"  # only names the keys written beside the ids
-  config.cluster.update(n_clusters=[100, 20, 5], resampling_steps=[0, 10, 10], sample_sizes=[1, 3, 2],
-                        batch_size=1024, epochs=2)
+  config.cluster.update(n_clusters=[100, 20, 5], n_splits=[1, 1, 1], resampling_steps=[1, 10, 10],
+                        sample_sizes=[1, 3, 2])
   config.sample.update(target_size=TARGET, strategy="r")
   # Two processes share the assignment of the shards; the second to finish builds the hierarchy.
   assert cluster.run(config, workdir, process_index=0, process_count=2) is None
@@ -85,6 +85,16 @@ def test_cluster_and_sample_balance_a_long_tailed_pool(tmp_path):
   assert share[1] > 3 * uniform[1]  # the rare mode gains against plain random sampling
 
 
+def store_of(x):
+  """An in-memory stand-in for `store.EmbeddingShards` with one shard."""
+  class Shards:
+    num_shards, dim = 1, x.shape[1]
+
+    def load(self, shard, keep):
+      return np.arange(len(x)), x
+  return Shards()
+
+
 def test_assignment_matches_brute_force_and_resampling_keeps_k_centroids():
   rng = np.random.default_rng(3)
   x = rng.normal(size=(500, 6)).astype(np.float32)
@@ -99,3 +109,35 @@ def test_assignment_matches_brute_force_and_resampling_keeps_k_centroids():
     cfg = tiny_config().cluster
     cfg.n_clusters = [10, 20, 5]
     cluster.check_levels(cfg)
+
+
+def entropy(counts):
+  p = counts[counts > 0] / counts.sum()
+  return float(-(p * np.log(p)).sum())
+
+
+def test_official_level1_balances_at_least_as_well_as_minibatch():
+  """On a long-tailed pool of 40 concepts (500× between the commonest and the rarest), the curated
+  set's concept histogram with the official level 1 is at least as balanced as with the former
+  mini-batch level 1; a split cluster's parts cover it."""
+  rng = np.random.default_rng(1)
+  sizes = np.round(2000 * 500.0 ** -np.linspace(0, 1, 40)).astype(int)
+  concepts = np.repeat(np.arange(40), sizes)
+  x = normalized(rng.normal(size=(40, 16))[concepts] + 0.3 * rng.normal(size=(len(concepts), 16)))
+
+  def curated_entropy(base):
+    labels, sqdist = kmeans.assign(x, base)
+    levels = kmeans.hierarchical_kmeans(base, [30, 10], [10, 10], [3, 2], seed=0, iterations=20)
+    order = np.lexsort((sqdist, labels))
+    members = np.split(order, np.searchsorted(labels[order], np.arange(1, len(base))))
+    picked = sampling.hierarchical_sampling(members, [lv["parents"] for lv in levels], 1000, "r",
+                                            np.random.default_rng(0))
+    return entropy(np.bincount(concepts[picked], minlength=40))
+
+  minibatch = kmeans.fit_streaming(kmeans.minibatches(store_of(x), None, 1024, 2, 0), 150, 0)
+  official = kmeans.kmeans(x, 150, seed=0, iterations=20)
+  assert curated_entropy(official) >= curated_entropy(minibatch) - 1e-9
+  centroids, labels = kmeans.split(x[:300], 3, seed=0, iterations=10)
+  assert len(centroids) <= 3 and set(labels) == set(range(len(centroids)))
+  np.testing.assert_array_equal(kmeans.split(x[:3], 3, seed=0, iterations=10)[0], x[:3])
+  assert curated_entropy(minibatch) > entropy(np.bincount(concepts[rng.choice(len(x), 1000, replace=False)]))
