@@ -171,7 +171,8 @@ RULES: dict[str, Check] = {
         "num_blocks", "head.layers", "window", "stride", "short_side", "long_side", "max_iter",
         "iterations", "sinkhorn_iterations", "knn_k", "shard_size", "dedup.k", "retrieve.k",
         "clusters", "samples_per_query", "kmeans_batch_size", "kmeans_epochs", "target_size",
-        "num_leaves_to_search", "training_sample_size", "dims_per_block", "shards_per_block"),
+        "num_leaves_to_search", "training_sample_size", "dims_per_block", "shards_per_block",
+        "checkpoint_period", "pool_size", "dim", "hosts", "devices_per_host"),
         positive),
     **dict.fromkeys((
         "seed", "total_steps", "local_number", "num_register_tokens", "mask_group", "max_images",
@@ -202,7 +203,9 @@ RULES: dict[str, Check] = {
     "avgpool": each(lambda v: None if isinstance(v, bool) else "not a boolean", what="booleans"),
     "n_clusters": each(positive, what="positive integers"),
     "sample_sizes": each(positive, what="positive integers"),
-    "resampling_steps": each(count, what="integers >= 0"),
+    # The official count: the first k-means is one of the steps.
+    "resampling_steps": each(positive, what="integers >= 1"),
+    "n_splits": each(positive, what="positive integers"),
     "c_powers": c_powers,
     "templates": templates,
     "test_sets": source_split_pairs,
@@ -303,11 +306,15 @@ def _relations(config) -> Iterator[str]:
       dim = get(dim_path)
       if _sizes(dim, heads) and dim % heads:
         yield _line(dim_path, dim, f"must be divisible by {section}.num_heads={heads}")
-  levels = {k: len(v) for k in ("n_clusters", "resampling_steps", "sample_sizes")
+  splits = get("cluster.n_splits")
+  if isinstance(splits, (list, tuple)) and any(s != 1 for s in splits[1:]):
+    yield _line("cluster.n_splits", splits, "only level 1 can be split further (e.g. '[100, 1, 1, 1]')")
+  levels = {k: len(v) for k in ("n_clusters", "n_splits", "resampling_steps", "sample_sizes")
             if isinstance(v := get(f"cluster.{k}"), (list, tuple))}
   if len(set(levels.values())) > 1:
     yield _line("cluster.n_clusters", get("cluster.n_clusters"),
-                f"n_clusters, resampling_steps and sample_sizes need one entry per level, got {levels}")
+                f"n_clusters, n_splits, resampling_steps and sample_sizes need one entry per level, "
+                f"got {levels}")
 
 
 def mesh_problems(config, num_devices: int) -> Iterator[str]:

@@ -76,3 +76,14 @@ def test_an_unknown_override_is_named_with_the_closest_keys():
       "--config.optimm.lr: config has no key 'optimm'; did you mean --config.optim?")
   assert config_check.unknown_key([*argv, "--config.seed.x=1"]) == (
       "--config.seed.x: config.seed is a value, not a section.")
+
+
+@pytest.mark.parametrize("key,value,problem", [
+    ("cluster.resampling_steps", [0, 10, 10], "--config.cluster.resampling_steps=[0, 10, 10]: must be"),
+    ("cluster.n_splits", [1, 2, 1], "--config.cluster.n_splits=[1, 2, 1]: only level 1 can be split"),
+    ("cluster.n_splits", [1, 1], "--config.cluster.n_clusters=[60, 12, 4]: n_clusters, n_splits"),
+])
+def test_curation_levels_are_checked(key, value, problem):
+  config = config_args.override(config_args.load_config(REPO / "configs/curate_tiny.py"), {key: value})
+  found = config_check.problems(config, num_devices=8)
+  assert len(found) == 1 and found[0].startswith(problem), found
