@@ -86,9 +86,10 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
   assert _knn(straight_run) == _knn(tmp_path)[-1:]
 
 
-# Mask groups default to each device's batch; pinned so that 1 and 8 devices draw the same masks.
+# Mask and loss groups default to each device's batch; pinned so that 1 and 8 devices draw the same
+# masks and compute KoLeo and the iBOT centre over the same images.
 THREE_STEPS = ["--config.total_steps=3", "--config.eval.every=0", "--config.checkpoint.every=3",
-               "--config.ibot.mask_group=2"]
+               "--config.ibot.mask_group=2", "--config.loss_group=2"]
 
 
 @pytest.fixture(scope="module")
