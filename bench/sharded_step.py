@@ -108,6 +108,8 @@ def main():
   config = config_args.load_config(args.config)
   config.batch_size = args.batch
   config.total_steps = 1
+  if "loss_group" in config:  # the recipe's per-GPU batch need not divide --batch: per device
+    config.loss_group = 0
   if config.job == "ssl":
     config.data.update(source="digits", split="train", threads=1)
   if "eval" in config:

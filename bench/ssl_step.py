@@ -172,6 +172,8 @@ def main():
   on_cpu = jax.default_backend() == "cpu"
   config.batch_size = args.batch
   config.total_steps = args.steps
+  if "loss_group" in config:  # the recipe's per-GPU batch need not divide --batch: per device
+    config.loss_group = 0
   config.model.dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
   config.model.attention = args.attention or ("xla" if on_cpu else "cudnn")
   config.data.update(source="digits", split="train", threads=os.cpu_count() or 2)

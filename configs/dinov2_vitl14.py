@@ -15,6 +15,7 @@ def get_config(arg=None):
   arg = parse_arg(arg, high_res=False)
   c = dinov2_lvd_recipe(dinov2_ssl())
   c.model.variant = "vit_large"
+  c.loss_group = 32  # the official 32 images per GPU
   c.data.source = "tfds:imagenet2012"  # the official run used ImageNet-22k
   if arg.high_res:
     high_res(c)

@@ -16,6 +16,7 @@ def get_config(arg=None):
   c.crops.local_size = 98  # a multiple of the 14-px patch, as the official /14 recipes
   if arg.tiny:
     return tiny(c)
+  c.loss_group = 64  # the official 64 images per GPU (× 16 GPUs = batch 1024)
   return c
 
 

@@ -178,7 +178,7 @@ RULES: dict[str, Check] = {
         "seed", "total_steps", "local_number", "num_register_tokens", "mask_group", "max_images",
         "workdir_step", "teacher.step", "resize_size", "warmup_epochs", "warmup_steps",
         "freeze_last_layer_epochs", "warmup_temp_epochs", "eval.every", "num_leaves", "exact_below",
-        "num_devices", "reorder", "hidden_layers"), count),
+        "num_devices", "reorder", "hidden_layers", "loss_group"), count),
     **{f"mesh.{axis}": mesh_axis for axis in parallel.MESH_AXES},
     **{f"mesh_dcn.{axis}": positive for axis in parallel.MESH_AXES},
     # Rates, weights, temperatures.
@@ -306,6 +306,10 @@ def _relations(config) -> Iterator[str]:
       dim = get(dim_path)
       if _sizes(dim, heads) and dim % heads:
         yield _line(dim_path, dim, f"must be divisible by {section}.num_heads={heads}")
+  group, batch = get("loss_group"), get("batch_size")
+  if _sizes(group, batch) and group and batch % group:
+    yield _line("loss_group", group, f"must divide batch_size={batch} (the official per-GPU batch, "
+                "or 0 for each device's batch)")
   splits = get("cluster.n_splits")
   if isinstance(splits, (list, tuple)) and any(s != 1 for s in splits[1:]):
     yield _line("cluster.n_splits", splits, "only level 1 can be split further (e.g. '[100, 1, 1, 1]')")

@@ -31,6 +31,9 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
   c.ibot.head = ml_collections.ConfigDict(dict(prototypes=65536, bottleneck_dim=256, nlayers=3,
                                                hidden_dim=2048))
   c.centering = "softmax"  # or "sinkhorn_knopp"
+  # loss_group: images whose KoLeo nearest neighbours and iBOT centre means are taken together, as
+  # the official code does on each GPU: its `batch_size_per_gpu` (0: each device's batch).
+  c.loss_group = 0
   c.center_momentum = 0.9
   c.sinkhorn_iterations = 3
 

@@ -57,14 +57,21 @@ def softmax_center(teacher_logits: jax.Array, center: jax.Array, teacher_temp: f
 
 
 def update_center(center: jax.Array, teacher_logits: jax.Array, momentum: float = 0.9,
-                  valid: jax.Array | None = None,
+                  valid: jax.Array | None = None, group: jax.Array | None = None, num_groups: int = 1,
                   axis_name: str | Sequence[str] | None = None) -> jax.Array:
-  """EMA of the teacher's batch-mean logits (B, K); the mean is over the global batch's `valid` rows."""
+  """EMA of the teacher's mean logits (B, K), as the official `reduce_center_update`: the mean of
+  the `valid` rows within each of `num_groups` groups (`group`: each row's, in [0, num_groups); one
+  GPU's batch in the original), averaged over the groups. Without groups, the mean over all valid
+  rows. A group without valid rows is left out (the official mean of nothing would be NaN)."""
   logits = teacher_logits.astype(jnp.float32)
   valid = jnp.ones(logits.shape[0], bool) if valid is None else valid
-  total = _psum(jnp.where(valid[:, None], logits, 0.0).sum(0, keepdims=True), axis_name)
-  count = _psum(valid.sum().astype(jnp.float32), axis_name)
-  return center * momentum + (total / count) * (1 - momentum)
+  group = jnp.zeros(logits.shape[0], jnp.int32) if group is None else group
+  counts = _psum(jax.ops.segment_sum(valid.astype(jnp.float32), group, num_groups), axis_name)
+  groups_with_rows = jnp.maximum(jnp.sum(counts > 0), 1)
+  # Each row's share of the average of group means: 1 / (its group's rows · the groups).
+  weights = jnp.where(valid, 1.0 / (jnp.maximum(counts[group], 1.0) * groups_with_rows), 0.0)
+  mean = _psum(jnp.sum(weights[:, None] * logits, axis=0, keepdims=True), axis_name)
+  return center * momentum + mean * (1 - momentum)
 
 
 def sinkhorn_knopp(teacher_logits: jax.Array, teacher_temp: float, n_iterations: int = 3,

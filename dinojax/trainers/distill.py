@@ -156,6 +156,7 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   n_local = crops.local_number
   num_patches = (crops.global_size // config.model.patch_size) ** 2
+  images_per_loss_group = ssl.loss_group(config, mesh, rules)
 
   def train_step(state, teacher, batch):
     step = state["step"]
@@ -179,22 +180,20 @@ def run(config, workdir: str) -> dict:
       s_global = backbone.apply({"params": params["backbone"]}, global_crops)
       s_global_logits, s_patch_logits = heads(
           params, s_global["x_norm_clstoken"], s_global["x_norm_patchtokens"].reshape(-1, backbone.embed_dim))
-      s_local_logits = None
-      if n_local:
-        s_local = backbone.apply({"params": params["backbone"]}, local_crops)
-        s_local_logits = heads.dino_logits(params, s_local["x_norm_clstoken"])
-      parts = ssl.dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls,
-                                    s_global["x_norm_clstoken"])
+      s_local = backbone.apply({"params": params["backbone"]}, local_crops)
+      s_local_logits = heads.dino_logits(params, s_local["x_norm_clstoken"])
+      terms = ssl.dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls,
+                                    s_global["x_norm_clstoken"], images_per_loss_group)
       # Every patch selected: weight 1/patches per patch, so each of the 2b images counts once.
       patch_weights = jnp.full((2 * b, num_patches), 1.0 / num_patches)
-      parts["loss_ibot"] = dino.ibot_loss(s_patch_logits.reshape(2 * b, num_patches, -1), t_patch,
+      terms["loss_ibot"] = dino.ibot_loss(s_patch_logits.reshape(2 * b, num_patches, -1), t_patch,
                                           patch_weights, 2 * b, config.dino.student_temp)
-      return ssl.total_loss(config, parts), parts
+      return ssl.combine_losses(config, terms)
 
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, logged), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     params, opt, grad_norms = ssl.update(config, make_tx, s, state["params"], state["opt"], grads)
     ema = ssl.ema_update(state["ema"], params, s["momentum"])
-    metrics = {"loss": loss, **parts, **s, "teacher_entropy": ssl.target_entropy(t_cls),
+    metrics = {"loss": loss, **logged, **s, "teacher_entropy": ssl.target_entropy(t_cls),
                "param_norm": optax.tree.norm(params),
                **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
     new_state = {"params": params, "ema": ema, "opt": opt, "center": center, "step": step + 1}

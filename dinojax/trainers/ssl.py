@@ -112,17 +112,33 @@ def schedules(config, step: jax.Array, ema=None) -> dict:
   }
 
 
+def device_batch(config, mesh, rules) -> int:
+  """Each device's share of the batch, what one GPU holds in the official code (this host's batch
+  when the batch does not split evenly over the devices)."""
+  shards = parallel.batch_shards(mesh, rules)
+  local_batch = config.batch_size // jax.process_count()
+  if config.batch_size % shards or local_batch % (config.batch_size // shards):
+    return local_batch
+  return config.batch_size // shards
+
+
 def mask_group(config, mesh, rules) -> int:
   """Images whose iBOT mask ratios are stratified together and whose masked patches share one
   buffer: `ibot.mask_group`, by default each device's share of the batch (the official collate runs
   per GPU), so gathering masked patches never crosses devices."""
-  if config.ibot.mask_group:
-    return config.ibot.mask_group
-  shards = parallel.batch_shards(mesh, rules)
-  local_batch = config.batch_size // jax.process_count()
-  if config.batch_size % shards or local_batch % (config.batch_size // shards):
-    return local_batch  # the batch does not split evenly over the devices: group per host
-  return config.batch_size // shards
+  return config.ibot.mask_group or device_batch(config, mesh, rules)
+
+
+def loss_group(config, mesh, rules) -> int:
+  """Images that the official code's per-GPU loss terms see together: KoLeo searches nearest
+  neighbours, and the iBOT centre update averages masked patches, within each group. `loss_group`
+  (the official `batch_size_per_gpu`, so any mesh gives the official regulariser), by default each
+  device's share of the batch."""
+  group = config.loss_group or device_batch(config, mesh, rules)
+  if config.batch_size % group:
+    raise ValueError(f"loss_group={group} does not divide batch_size={config.batch_size}; set "
+                     "--config.loss_group to the official per-GPU batch, or 0 for each device's batch.")
+  return group
 
 
 def masked_patch_index(masks: jax.Array, groups: int, size: int) -> tuple[jax.Array, jax.Array]:
@@ -141,10 +157,21 @@ def take_masked(patches: jax.Array, index: jax.Array) -> jax.Array:
   return jax.vmap(lambda p, i: p[i])(grouped, index).reshape(-1, *patches.shape[2:])
 
 
+def masked_patch_groups(masks: jax.Array, index: jax.Array, loss_group: int) -> jax.Array:
+  """The loss group of the image each masked patch at `masked_patch_index`'s `index` comes from, for
+  the iBOT centre's per-group means ((2b, P) sample-major `masks`, two crops per image)."""
+  crop_group = jnp.arange(masks.shape[0]) // (2 * loss_group)
+  return take_masked(jnp.broadcast_to(crop_group[:, None], masks.shape), index)
+
+
 def multi_crop_data(config, mesh, rules, masks: bool = True):
   """This host's multi-crop batches (with iBOT masks unless `masks=False`), the skipped-image
   counter and the batch shardings."""
   crops = config.crops
+  if crops.local_number < 1:
+    raise ValueError(f"crops.local_number={crops.local_number}: the official DINOv2 code cannot train "
+                     "without local crops (its collate stacks an empty list), so there is no official "
+                     "loss to follow; use at least 1 (the recipes use 8).")
   for name in ("global_size", "local_size"):
     if crops[name] % config.model.patch_size:
       raise ValueError(f"crops.{name}={crops[name]} is not a multiple of model.patch_size="
@@ -192,9 +219,11 @@ def ema_update(ema, params, momentum: jax.Array):
 
 
 def teacher_targets(config, t_cls_logits, t_patch_logits, center: dict, temp: jax.Array,
-                    valid: jax.Array | None = None):
+                    valid: jax.Array | None = None, patch_group: jax.Array | None = None,
+                    num_groups: int = 1):
   """The teacher's target distributions for CLS and patch tokens, centred as configured (Sinkhorn-
-  Knopp, or softmax centering with the centres' EMA updated); `valid` marks real patch rows.
+  Knopp, or softmax centering with the centres' EMA updated); `valid` marks real patch rows and
+  `patch_group` their loss group (of `num_groups`: the iBOT centre averages per-group means).
   Returns (t_cls, t_patch, center), with no gradient."""
   if config.centering == "sinkhorn_knopp":
     t_cls = dino.sinkhorn_knopp(t_cls_logits, temp, config.sinkhorn_iterations)
@@ -204,35 +233,42 @@ def teacher_targets(config, t_cls_logits, t_patch_logits, center: dict, temp: ja
     t_patch = dino.softmax_center(t_patch_logits, center["ibot"], temp)
     center = {"dino": dino.update_center(center["dino"], t_cls_logits, config.center_momentum),
               "ibot": dino.update_center(center["ibot"], t_patch_logits, config.center_momentum,
-                                         valid=valid)}
+                                         valid=valid, group=patch_group, num_groups=num_groups)}
   t_cls, t_patch = jax.lax.stop_gradient((t_cls, t_patch))
   return t_cls, t_patch, center
 
 
-def dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls, s_global_cls) -> dict:
+def dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls, s_global_cls,
+                      loss_group: int) -> dict:
   """DINO loss on CLS tokens (each global view's student against the other view's teacher, every
   local view against both, normalised by the number of pairs as the official `DINOLoss`) and KoLeo
-  within each global view of the student. s_global_logits: (2b, K) and s_local_logits
-  (b·n_local, K), sample-major (None without local crops); t_cls: (b, 2, K) targets; s_global_cls:
-  (2b, D) student CLS tokens."""
+  within each global view of the student, per `loss_group` images. s_global_logits: (2b, K) and
+  s_local_logits (b·n_local, K), sample-major; t_cls: (b, 2, K) targets; s_global_cls: (2b, D)
+  student CLS tokens. The terms as they enter the loss (see `combine_losses`)."""
   b, n_local = t_cls.shape[0], config.crops.local_number
   n_loss_terms = 2 * n_local + 2  # global×local pairs + the two cross-view global pairs
   t_cls_swapped = t_cls[:, ::-1].reshape(2 * b, -1)  # view A's student learns from view B's teacher
   st = config.dino.student_temp
-  parts = {"loss_dino_global": dino.dino_loss([s_global_logits], [t_cls_swapped], st) * 2 / n_loss_terms}
-  if n_local:
-    s_local_logits = s_local_logits.reshape(b, n_local, -1)
-    parts["loss_dino_local"] = dino.dino_loss(
-        [s_local_logits[:, i] for i in range(n_local)], [t_cls[:, 0], t_cls[:, 1]], st) / n_loss_terms
+  s_local_logits = s_local_logits.reshape(b, n_local, -1)
   global_cls = s_global_cls.reshape(b, 2, -1)
   # KoLeo within each global view only (never between two crops of the same image).
-  parts["loss_koleo"] = config.dino.koleo_weight * sum(koleo.koleo_loss(global_cls[:, i]) for i in range(2))
-  return parts
+  koleo_views = sum(koleo.koleo_loss(global_cls[:, i], group_size=loss_group) for i in range(2))
+  return {
+      "loss_dino_global": dino.dino_loss([s_global_logits], [t_cls_swapped], st) * 2 / n_loss_terms,
+      "loss_dino_local": dino.dino_loss([s_local_logits[:, i] for i in range(n_local)],
+                                        [t_cls[:, 0], t_cls[:, 1]], st) / n_loss_terms,
+      "loss_koleo": config.dino.koleo_weight * koleo_views,
+  }
 
 
-def total_loss(config, parts: dict) -> jax.Array:
-  return (config.dino.loss_weight * (parts["loss_dino_global"] + parts.get("loss_dino_local", 0.0))
-          + parts["loss_koleo"] + config.ibot.loss_weight * parts["loss_ibot"])
+def combine_losses(config, terms: dict) -> tuple[jax.Array, dict]:
+  """(the loss minimised, what the log shows). `terms`: DINO's and iBOT's before their weights,
+  KoLeo's after. The log shows them as the official training log does (`loss_dict`, then the sum
+  of its values as `total_loss`): KoLeo and iBOT at half their value in the loss."""
+  loss = (config.dino.loss_weight * (terms["loss_dino_global"] + terms["loss_dino_local"])
+          + terms["loss_koleo"] + config.ibot.loss_weight * terms["loss_ibot"])
+  logged = {**terms, "loss_koleo": terms["loss_koleo"] / 2, "loss_ibot": terms["loss_ibot"] / 2}
+  return loss, {**logged, "total_loss": sum(logged.values())}
 
 
 def target_entropy(t_cls: jax.Array) -> jax.Array:
@@ -294,6 +330,7 @@ def run(config, workdir: str) -> dict:
   mask_groups = config.batch_size // group
   group_max_masked = masking.mask_upper_bound(2 * group, num_patches, config.ibot.mask_ratio,
                                               config.ibot.mask_probability)
+  images_per_loss_group = loss_group(config, mesh, rules)
 
   # ------------------------------------------------------------------------------------------------
   # Model and optimizer
@@ -333,13 +370,15 @@ def run(config, workdir: str) -> dict:
     masked_idx, valid = masked_patch_index(masks, mask_groups, group_max_masked)
     valid = valid.reshape(-1)
     patch_weights = take_masked(dino.masked_patch_weights(masks), masked_idx) * valid
+    patch_group = masked_patch_groups(masks, masked_idx, images_per_loss_group)
 
     # Teacher: global crops, no masks, no drop path, no gradient.
     t_out = backbone.apply({"params": state["teacher"]["backbone"]}, global_crops)
     t_patches = take_masked(t_out["x_norm_patchtokens"], masked_idx)
     t_cls_logits, t_patch_logits = heads(state["teacher"], t_out["x_norm_clstoken"], t_patches)
     t_cls, t_patch, center = teacher_targets(config, t_cls_logits, t_patch_logits, state["center"],
-                                             s["teacher_temp"], valid)
+                                             s["teacher_temp"], valid, patch_group,
+                                             b // images_per_loss_group)
     t_cls = t_cls.reshape(b, 2, -1)
 
     def loss_fn(params):
@@ -349,22 +388,20 @@ def run(config, workdir: str) -> dict:
                                 rngs={"drop_path": rng_global})
       s_global_logits, s_patch_logits = heads(params, s_global["x_norm_clstoken"],
                                               take_masked(s_global["x_norm_patchtokens"], masked_idx))
-      s_local_logits = None
-      if n_local:
-        s_local = backbone.apply({"params": params["backbone"]}, local_crops, train=True,
-                                 rngs={"drop_path": rng_local})
-        s_local_logits = heads.dino_logits(params, s_local["x_norm_clstoken"])
-      parts = dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls,
-                                s_global["x_norm_clstoken"])
+      s_local = backbone.apply({"params": params["backbone"]}, local_crops, train=True,
+                               rngs={"drop_path": rng_local})
+      s_local_logits = heads.dino_logits(params, s_local["x_norm_clstoken"])
+      terms = dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls,
+                                s_global["x_norm_clstoken"], images_per_loss_group)
       # Official scaling: × 2 (global crops processed together) × 1/2 (per global crop).
-      parts["loss_ibot"] = dino.ibot_loss(s_patch_logits, t_patch, patch_weights, 2 * b,
+      terms["loss_ibot"] = dino.ibot_loss(s_patch_logits, t_patch, patch_weights, 2 * b,
                                           config.dino.student_temp)
-      return total_loss(config, parts), parts
+      return combine_losses(config, terms)
 
-    (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (loss, logged), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     params, opt, grad_norms = update(config, make_tx, s, state["params"], state["opt"], grads)
     teacher = ema_update(state["teacher"], params, s["momentum"])
-    metrics = {"loss": loss, **parts, **s, "masked_patches": valid.sum(),
+    metrics = {"loss": loss, **logged, **s, "masked_patches": valid.sum(),
                "teacher_entropy": target_entropy(t_cls),
                "param_norm": optax.tree.norm(params),
                **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}

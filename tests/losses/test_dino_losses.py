@@ -97,7 +97,48 @@ def test_sinkhorn_padded_rows_get_no_mass():
 
 def test_koleo_matches_numpy():
   x = rng.normal(size=(10, 8)).astype(np.float32)
-  np.testing.assert_allclose(koleo.koleo_loss(x), _np_koleo(x.astype(np.float64)), rtol=1e-5)
+  koleo_loss = jax.jit(koleo.koleo_loss, static_argnames="group_size")  # one compile, not one per op
+  np.testing.assert_allclose(koleo_loss(x), _np_koleo(x.astype(np.float64)), rtol=1e-5)
+  # In groups of 5 rows: neighbours only within a group, every group weighing the same.
+  grouped = np.mean([_np_koleo(g) for g in x.astype(np.float64).reshape(2, 5, 8)])
+  np.testing.assert_allclose(koleo_loss(x, group_size=5), grouped, rtol=1e-5)
+  with pytest.raises(ValueError, match="groups of 4 do not divide the batch of 10"):
+    koleo.koleo_loss(x, group_size=4)
+
+
+def test_center_update_averages_group_means():
+  # The official update on G GPUs: each GPU's mean over its rows, averaged over the GPUs.
+  t = rng.normal(size=(12, 6)).astype(np.float32)
+  c = rng.normal(size=(1, 6)).astype(np.float32)
+  group = np.repeat(np.arange(4), 3)
+  valid = np.ones(12, bool)
+  valid[[0, 1, 6, 7, 8]] = False  # group 0 keeps one row, group 2 none (left out)
+  means = [t[(group == g) & valid].mean(0) for g in (0, 1, 3)]
+  expected = 0.9 * c + 0.1 * np.mean(means, axis=0, keepdims=True)
+  update = jax.jit(partial(dino.update_center, momentum=0.9, num_groups=4))
+  got = update(c, t, valid=jnp.asarray(valid), group=jnp.asarray(group))
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def _np_koleo_per_rank(features, ranks):
+  """The official KoLeo on `ranks` GPUs: each GPU's loss on its own consecutive rows, then the
+  average over GPUs (what the all-reduced gradients and logged value amount to)."""
+  return np.mean([_np_koleo(f) for f in np.split(features.astype(np.float64), ranks)])
+
+
+@pytest.mark.parametrize("mesh_axes", [{"data": 8}, {"data": 2, "fsdp": 4}])
+def test_grouped_koleo_on_8_devices_is_the_per_rank_loss(mesh_axes):
+  mesh = parallel.make_mesh(mesh_axes)
+  features = rng.normal(size=(32, 8)).astype(np.float32)
+  sharded = jax.device_put(features, parallel.batch_sharding(mesh, ndim=2))
+  per_device = jax.jit(partial(koleo.koleo_loss, group_size=4))
+  # A group is a device's batch: the neighbour search never leaves the device.
+  hlo = per_device.lower(sharded).compile().as_text()
+  assert "all-gather(" not in hlo and "all-to-all(" not in hlo and "collective-permute(" not in hlo
+  np.testing.assert_allclose(per_device(sharded), _np_koleo_per_rank(features, 8), rtol=1e-5)
+  # Groups spanning two devices (an official GPU batch larger than a device's) are still exact.
+  np.testing.assert_allclose(jax.jit(partial(koleo.koleo_loss, group_size=8))(sharded),
+                             _np_koleo_per_rank(features, 4), rtol=1e-5)
 
 
 @pytest.mark.parametrize("mesh_axes", [{"data": 8}, {"data": 2, "fsdp": 4}])
@@ -105,20 +146,22 @@ def test_batch_reductions_on_8_devices_equal_one_device(mesh_axes):
   mesh = parallel.make_mesh(mesh_axes)
   batch = ("data", "fsdp")
   logits = jnp.asarray(rng.normal(size=(32, 12)), jnp.float32)
-  features = jnp.asarray(rng.normal(size=(32, 8)), jnp.float32)
   valid = jnp.asarray(rng.random(32) < 0.7)
+  group = jnp.asarray(np.repeat(np.arange(4), 8))
   center = jnp.zeros((1, 12))
 
   @partial(jax.shard_map, mesh=mesh, in_specs=(P(batch), P(batch), P(batch), P()),
            out_specs=(P(batch), P(), P(), P(batch)))
-  def sharded(logits, features, valid, center):
+  def sharded(logits, valid, group, center):
     return (dino.sinkhorn_knopp(logits, 0.1, valid=valid, axis_name=batch),
             dino.update_center(center, logits, 0.9, valid=valid, axis_name=batch),
-            koleo.koleo_loss(features, axis_name=batch),
+            dino.update_center(center, logits, 0.9, valid=valid, group=group, num_groups=4,
+                               axis_name=batch),
             dino.sinkhorn_knopp(logits, 0.1, axis_name=batch))
 
-  q_valid, new_center, kl, q = jax.jit(sharded)(logits, features, valid, center)
+  q_valid, new_center, group_center, q = jax.jit(sharded)(logits, valid, group, center)
   np.testing.assert_allclose(q_valid, dino.sinkhorn_knopp(logits, 0.1, valid=valid), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(q, dino.sinkhorn_knopp(logits, 0.1), rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(new_center, dino.update_center(center, logits, 0.9, valid=valid), rtol=1e-5)
-  np.testing.assert_allclose(kl, koleo.koleo_loss(features), rtol=1e-5)
+  np.testing.assert_allclose(group_center, dino.update_center(center, logits, 0.9, valid=valid, group=group,
+                                                              num_groups=4), rtol=1e-5)

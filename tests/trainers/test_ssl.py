@@ -114,9 +114,10 @@ def test_damaged_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tmp_p
   assert rows[1] == rows[0]
 
 
-# Mask groups default to each device's batch; pinned so that 1 and 8 devices draw the same masks.
+# Mask and loss groups default to each device's batch; pinned so that 1 and 8 devices draw the same
+# masks and compute KoLeo and the iBOT centre over the same images.
 THREE_STEPS = ["--config.total_steps=3", "--config.eval.every=0", "--config.checkpoint.every=3",
-               "--config.ibot.mask_group=2"]
+               "--config.ibot.mask_group=2", "--config.loss_group=2"]
 
 
 @pytest.fixture(scope="module")
