@@ -19,9 +19,8 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dinojax import parallel
+from dinojax import loop, parallel
 from dinojax.data import pipeline, sources
-from dinojax.trainers import loop
 
 
 def knn_votes(train_features: jax.Array, train_labels: jax.Array, test_features: jax.Array,

@@ -29,10 +29,10 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dinojax import checkpoint, convert, parallel
+from dinojax import checkpoint, convert, loop, parallel
 from dinojax.data import pipeline, sources
 from dinojax.models import classifier
-from dinojax.trainers import dinotxt, loop
+from dinojax.trainers import dinotxt
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -30,11 +30,10 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dinojax import convert, parallel
+from dinojax import convert, loop, parallel
 from dinojax.data import sources
 from dinojax.evaluators import knn
 from dinojax.ops import platform
-from dinojax.trainers import loop
 
 METRICS = ("mean_accuracy", "mean_per_class_accuracy")
 

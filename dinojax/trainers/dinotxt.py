@@ -20,7 +20,7 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dinojax import checkpoint, convert, hub, optim, parallel
+from dinojax import checkpoint, convert, hub, loop, optim, parallel
 from dinojax.data import captions, clip_tokenizer, pipeline, sources
 from dinojax.data import sentencepiece_tokenizer as spt
 from dinojax.evaluators import zero_shot
@@ -29,7 +29,6 @@ from dinojax.models.dinotxt import VisionHead, encode_image
 from dinojax.models.text import TextTransformer
 from dinojax.ops import platform
 from dinojax.ops.numerics import l2_normalize
-from dinojax.trainers import loop
 from dinojax.trainers.ssl import build_backbone as build_vit
 
 CLIP_VOCAB_SIZE, CLIP_EOT_ID, CLIP_PAD_ID = 49408, 49407, 0

@@ -29,9 +29,9 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from dinojax import checkpoint, convert, parallel
+from dinojax import checkpoint, convert, loop, parallel
 from dinojax.losses import dino
-from dinojax.trainers import loop, ssl
+from dinojax.trainers import ssl
 
 
 def load_teacher(config, mesh, rules):

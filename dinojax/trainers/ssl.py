@@ -14,14 +14,13 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from dinojax import checkpoint, optim, parallel
+from dinojax import checkpoint, loop, optim, parallel
 from dinojax.data import masking, pipeline, sources
 from dinojax.data.multi_crop import MultiCrop
 from dinojax.evaluators import knn
 from dinojax.losses import dino, koleo
 from dinojax.models.heads import DINOHead
 from dinojax.models.vit import ViT, vit
-from dinojax.trainers import loop
 
 
 def build_backbone(model_config) -> ViT:

@@ -18,13 +18,12 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from dinojax import checkpoint, convert, optim, parallel
+from dinojax import checkpoint, convert, loop, optim, parallel
 from dinojax.data import captions
 from dinojax.data.clip_tokenizer import tokenize
 from dinojax.evaluators.talk2dino import load_models
 from dinojax.losses import talk2dino as t2d_loss
 from dinojax.models import talk2dino
-from dinojax.trainers import loop
 
 
 def total_steps(config) -> int:

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 
 import jobs
-from dinojax import config_args, parallel
+from dinojax import config_args, loop, parallel
 from dinojax.data import sources
 from dinojax.evaluators import knn
-from dinojax.trainers import loop
 
 CONFIG = f"{jobs.REPO / 'configs/knn_eval.py'}:tiny"
 

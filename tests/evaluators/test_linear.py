@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import jobs
-from dinojax import checkpoint, config_args, convert, parallel
+from dinojax import checkpoint, config_args, convert, loop, parallel
 from dinojax.evaluators import linear
 from dinojax.models import classifier
-from dinojax.trainers import dinotxt, loop, ssl
+from dinojax.trainers import dinotxt, ssl
 
 CONFIG = f"{jobs.REPO / 'configs/linear_eval.py'}:tiny"
 LRS = config_args.load_config(CONFIG).linear.learning_rates

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 
 import jobs
-from dinojax import config_args, convert
-from dinojax.trainers import dinotxt, loop
+from dinojax import config_args, convert, loop
+from dinojax.trainers import dinotxt
 
 CONFIG = f"{jobs.REPO / 'configs/dinotxt_vitl14.py'}:tiny"
 # A smaller model where only the mechanics are tested (compiles faster).

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import jobs
-from dinojax import checkpoint, config_args, convert, parallel
-from dinojax.trainers import distill, loop, ssl
+from dinojax import checkpoint, config_args, convert, loop, parallel
+from dinojax.trainers import distill, ssl
 
 CONFIG_FILE = jobs.REPO / "configs/distill_vitg14_to_vits14.py"
 # Small enough for CI: 2-block teacher (96 wide) and student (48 wide), 16 images a step.
