@@ -99,7 +99,8 @@ def init_backbone(config, backbone: ViT, mesh, rules):
     raise ValueError("Set one of backbone.workdir and backbone.checkpoint, not both.")
   if b.workdir:
     key = RUN_BACKBONE[read_run_config(b.workdir)["job"]]
-    return restore_from_run(b.workdir, init, (key, "backbone"), mesh, rules, b.workdir_step)
+    return restore_from_run(b.workdir, init, entry=(key, "backbone"), mesh=mesh, rules=rules,
+                            step=b.workdir_step)
   if b.checkpoint:
     state_dict = convert.to_official_naming(convert.load_state_dict(b.checkpoint))
     params = place(backbone, convert.state_dict_to_params(state_dict, backbone), images, mesh, rules)

@@ -62,8 +62,8 @@ def load_teacher(config, mesh, rules):
   heads = ssl.build_heads(t.dino_head, t.ibot_head, t.separate_head, backbone.dtype)
   init = ssl.model_init(backbone, heads, size)
   if t.workdir:
-    params, source = backbones.restore_from_run(t.workdir, init, ("teacher",), mesh, rules, t.step,
-                                                flag="teacher.workdir")
+    params, source = backbones.restore_from_run(t.workdir, init, entry=("teacher",), mesh=mesh,
+                                                rules=rules, step=t.step, flag="teacher.workdir")
     return backbone, heads, params, source
 
   logging.warning("Distilling from a RANDOMLY INITIALISED teacher (teacher.random_init): a test or CPU "
