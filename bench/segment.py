@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from transformers import (CLIPTextConfig, CLIPTextModelWithProjection, Dinov2WithRegistersConfig,
                           Dinov2WithRegistersModel)
 
-from dinojax import convert
+from dinojax import convert, hub
 from dinojax.data.clip_tokenizer import tokenize
 from dinojax.evaluators import open_vocab, talk2dino
 import trace_summary  # bench/, beside this script
@@ -49,16 +49,16 @@ def reference_models(seed: int = 0):
   return vit, clip, psi
 
 
-def converted(vit, clip, psi) -> talk2dino.Talk2DINOModels:
+def converted(vit, clip, psi) -> hub.Talk2DINOModels:
   numpy = lambda m: {k: v.detach().numpy() for k, v in m.state_dict().items()}
-  # attention="auto" as `talk2dino.load_models` sets it.
+  # attention="auto" as `hub.talk2dino` sets it.
   backbone, backbone_params = convert.from_state_dict(numpy(vit), num_heads=12, attention="auto")
   text, text_params = convert.clip_text_from_state_dict(numpy(clip), num_heads=8)
   sd = numpy(psi)
   proj, proj_params = convert.talk2dino_from_state_dict(
       {"linear_layer.weight": sd["0.weight"], "linear_layer.bias": sd["0.bias"],
        "hidden_layers.0.weight": sd["2.weight"], "hidden_layers.0.bias": sd["2.bias"]})
-  return talk2dino.Talk2DINOModels(backbone, backbone_params, text, text_params, proj, proj_params)
+  return hub.Talk2DINOModels(backbone, backbone_params, text, text_params, proj, proj_params)
 
 
 class TorchPipeline:

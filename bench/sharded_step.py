@@ -99,9 +99,8 @@ def main():
   os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={args.devices}")
 
   import jax  # after XLA_FLAGS
-  from dinojax import config_args, parallel
+  from dinojax import config_args, loop, parallel
   from dinojax.main import JOBS
-  from dinojax.trainers import loop
   sys.path.insert(0, os.path.dirname(__file__))
   from ssl_step import step_flops
 

@@ -22,11 +22,11 @@ import time
 import jax
 import numpy as np
 
-from dinojax import config_args
+from dinojax import config_args, loop
 from dinojax.data import sources
 from dinojax.data.multi_crop import MultiCrop
 from dinojax.models.vit import VARIANTS, drop_path_rates, ffn_hidden_dim, stochastic_depth_keep
-from dinojax.trainers import loop, ssl
+from dinojax.trainers import ssl
 import trace_summary  # bench/, beside this script
 
 # Dense bf16 peak per device, for MFU.

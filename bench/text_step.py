@@ -16,8 +16,8 @@ import tempfile
 import jax
 import numpy as np
 
-from dinojax import config_args
-from dinojax.trainers import dinotxt, loop
+from dinojax import config_args, loop
+from dinojax.trainers import dinotxt
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "dinotxt_vitl14.py")
 

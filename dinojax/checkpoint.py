@@ -93,6 +93,16 @@ def latest_step(mgr: ocp.CheckpointManager) -> int | None:
   return mgr.latest_step()
 
 
+def saved_like(mgr: ocp.CheckpointManager, step: int, sharding: Any | None = None) -> Any:
+  """ShapeDtypeStructs of the state saved at `step` of `mgr` (its shapes and dtypes, read from the
+  metadata), each with `sharding`: a target that restores the checkpoint onto this process's mesh
+  whatever mesh it was saved from."""
+  saved = ocp.CheckpointManager(os.fspath(mgr.directory), item_handlers={
+      "state": ocp.StandardCheckpointHandler()}).item_metadata(step)["state"]
+  return dict(jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved,
+                           is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype")))
+
+
 def abstract_like(state: Any, shardings: Any | None = None) -> Any:
   """ShapeDtypeStructs (with shardings) describing `state` (arrays or ShapeDtypeStructs), the target
   of a restore; `shardings` replaces the ones `state` carries."""

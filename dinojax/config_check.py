@@ -24,7 +24,7 @@ from absl import flags
 from dinojax import config_args, parallel
 
 # Jobs whose `batch_size` and `eval.batch_size` are global batches split over the whole `mesh`
-# (`trainers/loop.make_mesh`); the segmentation evaluations split theirs over each host's devices
+# (`loop.make_mesh`); the segmentation evaluations split theirs over each host's devices
 # and curation sizes its own (`embed.num_devices`).
 GLOBAL_BATCH_JOBS = ("dinotxt", "distill", "knn_eval", "linear_eval", "log_regression_eval", "ssl",
                      "talk2dino")

@@ -17,7 +17,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
+from safetensors.numpy import load_file, save_file
 
+from dinojax.models.clip_text import CLIPTextEncoder
 from dinojax.models.dinotxt import VisionHead
 from dinojax.models.heads import DINOHead
 from dinojax.models.talk2dino import ACTIVATIONS, TextToPatchProjection
@@ -39,7 +42,6 @@ def load_state_dict(path: str | os.PathLike) -> StateDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"Checkpoint not found: {path}")
   if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
     return dict(load_file(path))
   if path.endswith((".pth", ".pt", ".bin")):
     torch = _torch(path)
@@ -68,7 +70,6 @@ def save_state_dict(state_dict: StateDict, path: str | os.PathLike) -> None:
   """Writes an official-naming state dict as `.pth` (needs torch) or `.safetensors`."""
   path = os.fspath(path)
   if path.endswith(".safetensors"):
-    from safetensors.numpy import save_file
     save_file({k: np.ascontiguousarray(v) for k, v in state_dict.items()}, path)
   elif path.endswith((".pth", ".pt")):
     torch = _torch(path)
@@ -446,7 +447,6 @@ def talk2dino_from_checkpoint(path: str | os.PathLike, config_path: str | os.Pat
   (`model.act`; tanh, the released models' choice, when no config is given)."""
   act = "tanh"
   if config_path is not None:
-    import yaml
     with open(config_path) as f:
       model_config = (yaml.safe_load(f) or {}).get("model", {})
     act = model_config.get("act", act)
@@ -494,7 +494,6 @@ def clip_text_from_state_dict(sd: StateDict, num_heads: int | None = None):
   `token_embedding`, `positional_embedding`, `ln_final`, `text_projection`); vision keys of a full
   model are ignored. Heads are not visible in shapes: OpenAI's text towers use 64-dim heads,
   assumed unless `num_heads` is given."""
-  from dinojax.models.clip_text import CLIPTextEncoder
   if is_openai_clip(sd):
     sd = _openai_clip_text_to_hf(sd)
   sd = {k: v for k, v in sd.items() if k.startswith(("text_model.", "text_projection."))}

@@ -1,10 +1,12 @@
 """One-line loaders for the released DINOv2 backbones, ImageNet classifiers and semantic
 segmentation heads, mirroring `torch.hub.load("facebookresearch/dinov2", "dinov2_vits14_reg")` (and
-`"dinov2_vits14_reg_lc"`): the same architectures and interpolation settings, our params."""
+`"dinov2_vits14_reg_lc"`): the same architectures and interpolation settings, our params. Also the
+released dino.txt and Talk2DINO models."""
 
+import dataclasses
 import functools
 import os
-from typing import Callable
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -13,11 +15,12 @@ import numpy as np
 
 from dinojax import convert
 from dinojax.data import clip_tokenizer
-from dinojax.models import depther
+from dinojax.models import clip_text, depther
 from dinojax.models.classifier import LinearClassifier, head_from_state_dict
 from dinojax.models.dinotxt import INIT_LOGIT_SCALE, DinoTxt, VisionHead
 from dinojax.models.segmenter import BNHead, LinearSegmenter
 from dinojax.models.segmenter import head_from_state_dict as segmenter_head_from_state_dict
+from dinojax.models.talk2dino import TextToPatchProjection
 from dinojax.models.text import TextTransformer
 from dinojax.models.vit import VARIANTS, ViT
 
@@ -185,3 +188,52 @@ def dinotxt(name: str = "vitl14_reg", backbone: str | os.PathLike | None = None,
             "text": text_params["params"], "logit_scale": np.float32(INIT_LOGIT_SCALE)}
   tokenize = functools.partial(clip_tokenizer.tokenize, context_length=text_model.context_length)
   return model, {"params": params}, tokenize
+
+
+@dataclasses.dataclass
+class Talk2DINOModels:
+  """The three frozen pieces of Talk2DINO and their params: a DINOv2 backbone, a CLIP text tower, ψ."""
+  backbone: Any
+  backbone_params: Any
+  text_encoder: Any
+  text_params: Any
+  projection: Any
+  projection_params: Any
+
+  def __post_init__(self):
+    # Params loaded from a checkpoint are host NumPy arrays (often transposed views); left there,
+    # every jitted call would copy them to the device again: ~0.3 s of a ViT-B image on a CPU.
+    for name in ("backbone_params", "text_params", "projection_params"):
+      setattr(self, name, jax.device_put(getattr(self, name)))
+
+
+def talk2dino(backbone: str = "vitb14_reg", backbone_checkpoint: str | None = None,
+              clip_checkpoint: str | None = None, projection: str | None = None,
+              projection_config: str | None = None, seed: int = 0,
+              backbone_overrides: dict | None = None, text_overrides: dict | None = None,
+              hidden_layers: int = 1) -> Talk2DINOModels:
+  """Talk2DINO's pairing (DINOv2 ViT-B/14-reg, CLIP ViT-B/16 text, ψ): `backbone_checkpoint` as
+  `dinov2`, `clip_checkpoint` a CLIP text tower (`convert.clip_text_from_state_dict`), `projection`
+  the released ψ `.pth` (its activation read from `projection_config`, the official yaml). Any piece
+  without a file is randomly initialised, for trying the pipeline offline (say so to whoever reads
+  the output); `backbone_overrides` / `text_overrides` change the architectures (small random models
+  for tests), `hidden_layers` ψ's depth when it is random."""
+  # Inference only, so the platform's fastest attention ("auto"), in every block: background cleaning
+  # reads only the last block's CLS row of logits, computed on the side (`return_cls_attention`).
+  vit, vit_params = dinov2(backbone, checkpoint=backbone_checkpoint or None, seed=seed,
+                           **{"attention": "auto", **(backbone_overrides or {})})
+  key = jax.random.key(seed)
+  if clip_checkpoint:
+    text, text_params = convert.clip_text_from_state_dict(convert.load_state_dict(clip_checkpoint))
+  else:
+    text = clip_text.CLIPTextEncoder(**{**clip_text.VARIANTS["ViT-B/16"], **(text_overrides or {})})
+    ids = jnp.zeros((1, text.context_length), jnp.int32)
+    text_params = jax.jit(lambda k: nn.unbox(text.init(k, ids)))(key)
+  if projection:
+    proj, proj_params = convert.talk2dino_from_checkpoint(projection, projection_config or None)
+  else:
+    proj = TextToPatchProjection(dino_dim=vit.embed_dim, hidden_layers=hidden_layers)
+    proj_params = nn.unbox(proj.init(key, jnp.zeros((1, text.embed_dim))))
+  if proj.dino_dim != vit.embed_dim:
+    raise ValueError(f"The projection maps into {proj.dino_dim} dims but {backbone} is {vit.embed_dim} wide.")
+  return Talk2DINOModels(vit, vit_params, text, text_params, proj, proj_params)

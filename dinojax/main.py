@@ -9,6 +9,7 @@ import importlib
 import logging as std_logging
 import os
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -41,7 +42,6 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
 def init_distributed() -> None:
   """Joins the other processes of a multi-host run, from flags or (with --distributed) the
   environment; CPU runs exchange data over gloo."""
-  import jax
   if _NUM_PROCESSES.value > 1:
     # Only the CPU backend reads this (it must be set before any backend starts).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -54,7 +54,6 @@ def use_compilation_cache(workdir: str) -> None:
   """XLA's persistent compilation cache in WORKDIR/xla_cache: a resumed or repeated run loads its
   compiled steps instead of compiling them again (minutes for the large models on a pod). The
   JAX_COMPILATION_CACHE_DIR environment variable, when set, decides instead (empty: no cache)."""
-  import jax
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     jax.config.update("jax_compilation_cache_dir", os.path.join(workdir, "xla_cache"))
 
@@ -62,7 +61,6 @@ def use_compilation_cache(workdir: str) -> None:
 def write_config(config, workdir: str) -> None:
   """WORKDIR/config.json, the job's whole config as it starts: later jobs read it (a linear
   evaluation or dino.txt rebuilds an SSL run's backbone from its `model`)."""
-  import jax
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -88,7 +86,6 @@ def main(argv):
   if config.job not in JOBS:
     raise app.UsageError(f"Unknown job {config.job!r}; choose one of {sorted(JOBS)}.")
   init_distributed()
-  import jax
   problems = config_check.problems(config, num_devices=jax.device_count())
   if problems:
     config_check.exit_with(problems)

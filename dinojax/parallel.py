@@ -13,6 +13,7 @@ from typing import Any, Mapping, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from dinojax.ops.sharding import divisible_spec
@@ -73,7 +74,6 @@ def make_mesh(axes: Mapping[str, int] | None = None, devices: Sequence[Any] | No
   if len(devices) % num_slices:
     raise ValueError(f"DCN mesh {dict(dcn_axes)} does not divide {len(devices)} devices.")
   ici = mesh_shape(axes or {"data": -1}, len(devices) // num_slices)
-  from jax.experimental import mesh_utils
   slices = {getattr(d, "slice_index", 0) for d in devices}
   grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
                                               process_is_granule=len(slices) < num_slices)

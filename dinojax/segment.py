@@ -4,17 +4,20 @@
   python -m dinojax.segment --image X --classes "a,b,c" --out mask.png           # one image
 
 The library lives in `dinojax.evaluators.talk2dino` (Talk2DINO's scorer) on top of the model-agnostic
-sliding-window core `dinojax.evaluators.open_vocab`; dataset mIoU is the `talk2dino_eval` job
-(`configs/talk2dino_eval.py`).
+sliding-window core `dinojax.evaluators.open_vocab`, its models load with `dinojax.hub.talk2dino`
+(`load_models` here); dataset mIoU is the `talk2dino_eval` job (`configs/talk2dino_eval.py`).
 """
 
+import argparse
 import os
 
 import numpy as np
+from PIL import Image
 
 from dinojax.data.images import load_image
-from dinojax.evaluators.talk2dino import (DEFAULT_TEMPLATES, TEMPLATES, Talk2DINOModels,  # noqa: F401
-                                          class_embeddings, load_models, segment, segment_many)
+from dinojax.evaluators.talk2dino import (DEFAULT_TEMPLATES, TEMPLATES, class_embeddings,  # noqa: F401
+                                          segment, segment_many)
+from dinojax.hub import Talk2DINOModels, talk2dino as load_models  # noqa: F401
 
 
 def colour_mask(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -24,8 +27,6 @@ def colour_mask(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def main(argv=None):
-  import argparse
-  from PIL import Image
   parser = argparse.ArgumentParser(prog="python -m dinojax.segment",
                                    description="Talk2DINO open-vocabulary segmentation of one image.")
   parser.add_argument("--image", required=True, help="image file, or a scikit-image sample name")

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dinojax.trainers import loop
+from dinojax import loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

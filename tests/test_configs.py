@@ -7,8 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from dinojax import config_args, config_check, main
-from dinojax.trainers import ssl
+from dinojax import backbones, config_args, config_check, main
 
 CONFIGS = sorted((pathlib.Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 VARIANTS = {"dinov2_vitl14.py": [None, "high_res"], "dinov2_vits14.py": [None, "tiny"],
@@ -39,7 +38,7 @@ def test_config_loads(path, arg):
                                                    ("dinov2_vitg14.py", 1136.5)])
 def test_official_backbones_have_the_published_size(name, params_millions):
   config = load(CONFIGS[[p.name for p in CONFIGS].index(name)], None)
-  backbone = ssl.build_backbone(config.model)
+  backbone = backbones.build_vit(config.model)
   size = config.crops.global_size
   shapes = jax.eval_shape(backbone.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
   count = sum(x.size for x in jax.tree.leaves(shapes)) / 1e6

@@ -27,7 +27,7 @@ def load_image(source: str) -> np.ndarray:
   """An RGB uint8 H×W×3 array from an image file path or a scikit-image sample name."""
   if not os.path.exists(source):
     if source in SAMPLE_IMAGES:
-      import skimage.data
+      import skimage.data  # only for the sample names: not paid by every job that reads images
       return to_rgb(np.asarray(getattr(skimage.data, source)()))
     raise FileNotFoundError(f"No image file {source!r} (and not a sample name: {SAMPLE_IMAGES}).")
   try:

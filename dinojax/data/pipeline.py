@@ -2,6 +2,7 @@
 (the iterator state goes into the training checkpoint for exact resume)."""
 
 import hashlib
+import io
 import threading
 
 import grain
@@ -49,7 +50,6 @@ class SkipCounter:
 def decode_image(image) -> np.ndarray:
   """A path, encoded bytes or an array -> uint8 RGB H×W×3."""
   if isinstance(image, (str, bytes)):
-    import io
     with Image.open(image if isinstance(image, str) else io.BytesIO(image)) as img:
       return image_lib.to_rgb(np.asarray(img.convert("RGB")))
   return image_lib.to_rgb(np.asarray(image, np.uint8))

@@ -4,6 +4,7 @@ Every source yields {"image": uint8 H×W×3 or raw encoded bytes/path, "label": 
 in the pipeline so a corrupt file costs one skipped example, not the run.
 """
 
+import importlib.util
 import os
 
 import numpy as np
@@ -40,7 +41,6 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
   """(images 1797×8×8 in 0..16, labels), as `sklearn.datasets.load_digits` gives them. Read straight
   from the CSV that ships inside scikit-learn: importing `sklearn.datasets` takes ~2 s, paid by every
   tiny job and test process; an install without the file falls back to the loader."""
-  import importlib.util
   path = os.path.join(importlib.util.find_spec("sklearn").submodule_search_locations[0],
                       "datasets", "data", "digits.csv.gz")
   if not os.path.isfile(path):

@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dinojax import checkpoint, parallel
+from dinojax import backbones, checkpoint, parallel
 from dinojax.data import images as image_lib
+from dinojax.data.tokenizer import build_tokenizer
 from dinojax.evaluators import open_vocab, zero_shot
-from dinojax.models.dinotxt import encode_image
+from dinojax.models.dinotxt import build_towers, encode_image
 from dinojax.ops.resize import bilinear_resize
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -28,7 +29,7 @@ DEFAULT_TEMPLATES = ("a photo of a {}.",)
 @dataclasses.dataclass
 class DinoTxtModels:
   """A trained dino.txt model: the frozen backbone, the vision head, the text tower, their params
-  (unboxed trees, not {"params": ...}), and the tokenizer (`trainers.dinotxt.Tokenizer`)."""
+  (unboxed trees, not {"params": ...}), and the tokenizer (`data.tokenizer.Tokenizer`)."""
   backbone: Any
   backbone_params: Any
   head: Any
@@ -114,27 +115,20 @@ def check_saved_params(saved: dict, module, *inputs, name: str) -> None:
 def load_models(config, workdir: str) -> DinoTxtModels:
   """The latest checkpoint of a dino.txt run (its config and workdir), on the default devices; the
   frozen backbone and the tokenizer are re-read from the sources the run used."""
-  from dinojax.trainers import dinotxt as trainer
   mesh = parallel.make_mesh({"data": 1, "fsdp": -1, "model": 1})
   rules = tuple(tuple(r) for r in config.sharding_rules)
-  tokenizer = trainer.build_tokenizer(config, workdir, train_source=None)
-  backbone = trainer.build_backbone(config)
-  head, text = trainer.build_models(config, backbone, tokenizer)
-  backbone_params, _ = trainer.init_backbone(config, backbone, mesh, rules)
+  tokenizer = build_tokenizer(config, workdir, train_source=None)
+  backbone = backbones.build_backbone(config)
+  head, text = build_towers(config, backbone, tokenizer)
+  backbone_params, _ = backbones.init_backbone(config, backbone, mesh, rules)
   directory = os.path.join(workdir, "checkpoints")
   mgr = checkpoint.manager(directory, None)
   step = checkpoint.latest_step(mgr)
   if step is None:
     raise FileNotFoundError(f"No dino.txt checkpoint in {directory}.")
-  # Restore onto this process's devices whatever mesh the run was saved from: the saved shapes and
-  # dtypes (read with the state's handler named), replicated here.
-  import orbax.checkpoint as ocp
-  saved = ocp.CheckpointManager(os.path.abspath(directory), item_handlers={
-      "state": ocp.StandardCheckpointHandler()}).item_metadata(step)["state"]
+  # Restore onto this process's devices whatever mesh the run was saved from, replicated here.
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=replicated), saved,
-                        is_leaf=lambda m: hasattr(m, "shape") and hasattr(m, "dtype"))
-  params = checkpoint.restore(mgr, dict(target), step)["params"]
+  params = checkpoint.restore(mgr, checkpoint.saved_like(mgr, step, replicated), step)["params"]
   check_saved_params(params["vision_head"], head, jnp.zeros((1, 2, backbone.embed_dim)), 1,
                      name="vision head")
   check_saved_params(params["text"], text, jnp.zeros((1, config.text.context_length), jnp.int32),

@@ -17,11 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 
-from dinojax import parallel
-from dinojax.data import pipeline, sources
-from dinojax.trainers import loop
+from dinojax import backbones, features, loop, parallel
+from dinojax.data import sources
 
 
 def knn_votes(train_features: jax.Array, train_labels: jax.Array, test_features: jax.Array,
@@ -92,40 +90,14 @@ def few_shot_knn_accuracies(train_features: np.ndarray, train_labels: np.ndarray
           for k in ks}
 
 
-def extract_features(embed, params, source, batch_size: int, image_size: int, mesh, rules,
-                     resize: int | None = None):
-  """(features, labels) of every image of `source` under the evaluation transform (`resize`: see
-  `pipeline.eval_crop`), `embed(params, images)` run on the mesh; every host embeds its slice and
-  ends with the whole set, in order."""
-  shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
-               "label": parallel.batch_sharding(mesh, rules, 1),
-               "valid": parallel.batch_sharding(mesh, rules, 1)}
-  hosts, per_host = jax.process_count(), batch_size // jax.process_count()
-  feats, labels, indices = [], [], []
-  for step, local in enumerate(pipeline.eval_dataset(source, per_host, image_size, jax.process_index(),
-                                                     hosts, resize=resize)):
-    batch = loop.global_batch(local, shardings)
-    out, label, valid = (multihost_utils.process_allgather(x, tiled=True) for x in
-                         (embed(params, batch["image"]), batch["label"], batch["valid"]))
-    feats.append(np.asarray(out, np.float32)[valid])
-    labels.append(label[valid])
-    # Row r came from host r // per_host, which reads every hosts-th image of the source.
-    rows = np.arange(len(valid))
-    indices.append(((step * per_host + rows % per_host) * hosts + rows // per_host)[valid])
-  order = np.argsort(np.concatenate(indices))
-  return np.concatenate(feats)[order], np.concatenate(labels)[order]
-
-
 def cls_embedder(config, mesh, rules):
   """(embed(params, images) -> CLS tokens after the final norm, params, source name) of the
   evaluation jobs' frozen backbone (`config.backbone`: released, a run's workdir, or random)."""
-  # Imported here: dino.txt's trainer imports the SSL trainer, which imports this module.
-  from dinojax.trainers import dinotxt
-  backbone = dinotxt.build_backbone(config)
+  backbone = backbones.build_backbone(config)
   if config.image_size % backbone.patch_size:
     raise ValueError(f"image_size={config.image_size} is not a multiple of the backbone's patch size "
                      f"{backbone.patch_size}.")
-  params, backbone_source = dinotxt.init_backbone(config, backbone, mesh, rules)
+  params, backbone_source = backbones.init_backbone(config, backbone, mesh, rules)
   embed = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
   return embed, params, backbone_source
 
@@ -152,8 +124,8 @@ def run(config, workdir: str) -> dict:
 
   embed, params, backbone_source = cls_embedder(config, mesh, rules)
   with parallel.activation_sharding(mesh, rules):
-    train = extract_features(embed, params, train_source, config.batch_size, config.image_size, mesh, rules)
-    val = extract_features(embed, params, val_source, config.batch_size, config.image_size, mesh, rules)
+    train, val = (features.extract_features(embed, params, source, config.batch_size, config.image_size,
+                                            mesh, rules) for source in (train_source, val_source))
   for split, (feats, _) in ((config.data.train_split, train), (config.data.val_split, val)):
     if not len(feats):
       raise ValueError(f"No readable image in split {split!r} of {config.data.source!r}.")

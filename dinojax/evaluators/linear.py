@@ -29,10 +29,9 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dinojax import checkpoint, convert, parallel
+from dinojax import backbones, checkpoint, convert, loop, parallel
 from dinojax.data import pipeline, sources
 from dinojax.models import classifier
-from dinojax.trainers import dinotxt, loop
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -174,14 +173,14 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # The frozen backbone: the last blocks' tokens, as every probe reads them
   # ------------------------------------------------------------------------------------------------
-  backbone = dinotxt.build_backbone(config)
+  backbone = backbones.build_backbone(config)
   depth = max(p.blocks for p in probes)
   if depth > backbone.depth:
     raise ValueError(f"linear.n_last_blocks asks for {depth} blocks; the backbone has {backbone.depth}.")
   if config.image_size % backbone.patch_size:
     raise ValueError(f"image_size={config.image_size} is not a multiple of the backbone's patch size "
                      f"{backbone.patch_size}.")
-  backbone_params, backbone_source = dinotxt.init_backbone(config, backbone, mesh, rules)
+  backbone_params, backbone_source = backbones.init_backbone(config, backbone, mesh, rules)
   logging.info("Backbone (%s): %.2fM params", backbone_source,
                sum(x.size for x in jax.tree.leaves(backbone_params)) / 1e6)
 

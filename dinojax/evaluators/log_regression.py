@@ -30,11 +30,11 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dinojax import convert, parallel
+from dinojax import convert, loop, parallel
 from dinojax.data import sources
 from dinojax.evaluators import knn
+from dinojax.features import extract_features
 from dinojax.ops import platform
-from dinojax.trainers import loop
 
 METRICS = ("mean_accuracy", "mean_per_class_accuracy")
 
@@ -198,8 +198,8 @@ def run(config, workdir: str) -> dict:
       return cached["features"], cached["labels"]
     source = sources.make_source(config.data.source, split)
     with parallel.activation_sharding(mesh, rules):
-      feats, labels = knn.extract_features(embed, params, source, config.batch_size, config.image_size,
-                                           mesh, rules, resize=resize)
+      feats, labels = extract_features(embed, params, source, config.batch_size, config.image_size, mesh,
+                                       rules, resize=resize)
     if not len(feats):
       raise ValueError(f"No readable image in split {split!r} of {config.data.source!r}.")
     if jax.process_index() == 0:

@@ -5,11 +5,21 @@ segmenters with the `talk2dino_eval` job."""
 
 import collections
 import dataclasses
+import json
+import os
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
+
+from dinojax import hub, parallel
+from dinojax.data import segmentation as seg_data
+from dinojax.evaluators import open_vocab, talk2dino
 
 IGNORE_INDEX = 255
 
@@ -57,9 +67,6 @@ def dataset_miou(source, benchmark, predict, *, max_images: int = 0, progress: b
   0: all): `predict(images)` yields, in order, each RGB image's (H, W) labels in the benchmark's
   evaluation space (background 0 when it has one); confusion matrices summed over every host's
   share of the images."""
-  from jax.experimental import multihost_utils
-  from tqdm import tqdm
-  from dinojax.data.segmentation import to_eval_labels
   count = len(source) if not max_images else min(max_images, len(source))
   if count == 0:
     raise ValueError("The segmentation source has no images.")
@@ -69,7 +76,7 @@ def dataset_miou(source, benchmark, predict, *, max_images: int = 0, progress: b
   def images():
     for i in mine:
       item = source[i]
-      masks.append((item["name"], to_eval_labels(item["mask"], benchmark)))
+      masks.append((item["name"], seg_data.to_eval_labels(item["mask"], benchmark)))
       yield item["image"]
 
   num_classes = benchmark.num_classes
@@ -99,7 +106,6 @@ def evaluate_open_vocab(source, benchmark, score_windows, query_to_class: Sequen
   (`window_kwargs`: short_side, window, stride), scores of synonyms reduced to their class,
   background where no class beats `background_threshold` (only for benchmarks with a background
   class)."""
-  from dinojax.evaluators import open_vocab
   threshold = background_threshold if benchmark.background else None
 
   def predict(images):
@@ -114,7 +120,6 @@ def evaluate_open_vocab(source, benchmark, score_windows, query_to_class: Sequen
 def source_from_config(data, benchmark):
   """The evaluation jobs' `data` section as a `data.segmentation` source (`image_key`/`mask_key`
   name TFDS features)."""
-  from dinojax.data import segmentation as seg_data
   tfds = data.source.startswith("tfds:")
   keys = {"image_key": data.image_key, "mask_key": data.mask_key} if tfds else {}
   return seg_data.make_segmentation_source(data.source, benchmark, data.split, **keys)
@@ -123,7 +128,6 @@ def source_from_config(data, benchmark):
 def local_mesh(config):
   """(mesh, rules) over this host's devices: the evaluation jobs split each batch of windows over
   them and the images over hosts."""
-  from dinojax import parallel
   mesh = parallel.make_mesh(config.mesh, devices=jax.local_devices())
   if config.batch_size % mesh.size:
     raise ValueError(f"batch_size={config.batch_size} is not divisible by the {mesh.size} local devices.")
@@ -132,13 +136,6 @@ def local_mesh(config):
 
 def run(config, workdir: str) -> dict:
   """The `talk2dino_eval` job: Talk2DINO's mIoU on one benchmark (`configs/talk2dino_eval.py`)."""
-  import json
-  import os
-  from absl import logging
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  from dinojax import parallel
-  from dinojax.data import segmentation as seg_data
-  from dinojax.evaluators import talk2dino
   os.makedirs(workdir, exist_ok=True)
   benchmark = seg_data.Benchmark(**{**config.dataset.to_dict(), "classes": tuple(config.dataset.classes)})
   if config.class_names_file:
@@ -148,9 +145,9 @@ def run(config, workdir: str) -> dict:
   source = source_from_config(config.data, benchmark)
   mesh, rules = local_mesh(config)
   m = config.model
-  models = talk2dino.load_models(m.backbone, m.backbone_checkpoint, m.clip_checkpoint, m.projection,
-                                 m.projection_config, config.seed, m.backbone_overrides.to_dict(),
-                                 m.text_overrides.to_dict())
+  models = hub.talk2dino(m.backbone, m.backbone_checkpoint, m.clip_checkpoint, m.projection,
+                         m.projection_config, config.seed, m.backbone_overrides.to_dict(),
+                         m.text_overrides.to_dict())
   missing = [n for n in ("backbone_checkpoint", "clip_checkpoint", "projection") if not m[n]]
   if missing:
     logging.warning("No %s: those parts are randomly initialised; the mIoU measures the pipeline, "

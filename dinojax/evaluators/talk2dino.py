@@ -3,19 +3,19 @@ class name goes through CLIP's text tower and ψ into DINOv2's patch space; ever
 gets sigmoid(cosine) masks per class, the paper's background cleaning and, optionally, PAMR; the
 windows are combined by the model-agnostic sliding-window core of `open_vocab`.
 
-  models = load_models(...)
+  models = hub.talk2dino(...)
   labels, scores = segment(image, ["cat", "grass"], models)
 """
 
-import dataclasses
 import functools
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from dinojax.data import images as image_lib
+from dinojax.hub import Talk2DINOModels
 from dinojax.data.clip_tokenizer import tokenize
 from dinojax.evaluators import open_vocab
 from dinojax.models import talk2dino
@@ -31,23 +31,6 @@ TEMPLATES = {
 }
 DEFAULT_TEMPLATES = TEMPLATES["simple"]
 _TEXT_CHUNK = 256  # prompts per text-tower call
-
-
-@dataclasses.dataclass
-class Talk2DINOModels:
-  """The three frozen pieces and their params: a DINOv2 backbone, a CLIP text tower, ψ."""
-  backbone: Any
-  backbone_params: Any
-  text_encoder: Any
-  text_params: Any
-  projection: Any
-  projection_params: Any
-
-  def __post_init__(self):
-    # Params loaded from a checkpoint are host NumPy arrays (often transposed views); left there,
-    # every jitted call would copy them to the device again: ~0.3 s of a ViT-B image on a CPU.
-    for name in ("backbone_params", "text_params", "projection_params"):
-      setattr(self, name, jax.device_put(getattr(self, name)))
 
 
 def resolve_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
@@ -162,35 +145,3 @@ def segment(image: np.ndarray | str, classes: Sequence[str], models: Talk2DINOMo
                            background_cleaning=background_cleaning, lambda_bg=lambda_bg, pamr=pamr,
                            short_side=short_side, window=window, stride=stride, batch_size=1,
                            templates=templates))
-
-
-def load_models(backbone: str = "vitb14_reg", backbone_checkpoint: str | None = None,
-                clip_checkpoint: str | None = None, projection: str | None = None,
-                projection_config: str | None = None, seed: int = 0,
-                backbone_overrides: dict | None = None, text_overrides: dict | None = None,
-                hidden_layers: int = 1) -> Talk2DINOModels:
-  """The paper's pairing (DINOv2 ViT-B/14-reg, CLIP ViT-B/16 text, ψ). Any piece without a file is
-  randomly initialised, for trying the pipeline offline (say so to whoever reads the output);
-  `backbone_overrides` / `text_overrides` change the architectures (small random models for tests),
-  `hidden_layers` ψ's depth when it is random."""
-  import flax.linen as nn
-  from dinojax import convert, hub
-  from dinojax.models.clip_text import VARIANTS, CLIPTextEncoder
-  # Inference only, so the platform's fastest attention ("auto"), in every block: background cleaning
-  # reads only the last block's CLS row of logits, computed on the side (`return_cls_attention`).
-  vit, vit_params = hub.dinov2(backbone, checkpoint=backbone_checkpoint or None, seed=seed,
-                               **{"attention": "auto", **(backbone_overrides or {})})
-  key = jax.random.key(seed)
-  if clip_checkpoint:
-    text, text_params = convert.clip_text_from_state_dict(convert.load_state_dict(clip_checkpoint))
-  else:
-    text = CLIPTextEncoder(**{**VARIANTS["ViT-B/16"], **(text_overrides or {})})
-    text_params = jax.jit(lambda k: nn.unbox(text.init(k, jnp.zeros((1, text.context_length), jnp.int32))))(key)
-  if projection:
-    proj, proj_params = convert.talk2dino_from_checkpoint(projection, projection_config or None)
-  else:
-    proj = talk2dino.TextToPatchProjection(dino_dim=vit.embed_dim, hidden_layers=hidden_layers)
-    proj_params = nn.unbox(proj.init(key, jnp.zeros((1, text.embed_dim))))
-  if proj.dino_dim != vit.embed_dim:
-    raise ValueError(f"The projection maps into {proj.dino_dim} dims but {backbone} is {vit.embed_dim} wide.")
-  return Talk2DINOModels(vit, vit_params, text, text_params, proj, proj_params)

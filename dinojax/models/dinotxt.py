@@ -124,3 +124,21 @@ class DinoTxt(nn.Module):
     return {"image_embeds": l2_normalize(self.encode_image(images)["image_embeds"]),
             "text_embeds": l2_normalize(self.encode_text(token_ids)["text_embeds"]),
             "logit_scale": jnp.exp(self.logit_scale)}
+
+
+def build_towers(config, backbone: ViT, tokenizer) -> tuple[VisionHead, TextTransformer]:
+  """The vision head and the text tower a dino.txt config describes (`config.vision`, `config.text`),
+  on `backbone` and with the vocabulary and pooling/padding ids of `tokenizer`
+  (`data.tokenizer.Tokenizer`)."""
+  v = config.vision
+  head = VisionHead(embed_dim=config.embed_dim, num_heads=backbone.num_heads, num_blocks=v.num_blocks,
+                    drop_path=v.drop_path, use_linear_projection=v.use_linear_projection,
+                    init_values=v.init_values, qkv_bias=v.qkv_bias, norm_eps=v.norm_eps,
+                    attention=config.backbone.attention, dtype=backbone.dtype)
+  t = config.text
+  text = TextTransformer(vocab_size=tokenizer.vocab_size, context_length=t.context_length, width=t.width,
+                         depth=t.depth, num_heads=t.num_heads, embed_dim=config.embed_dim,
+                         pooling=t.pooling, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id,
+                         activation=t.activation, qkv_bias=t.qkv_bias, attention=t.attention,
+                         dtype=jnp.dtype(t.dtype))
+  return head, text

@@ -9,10 +9,8 @@ gradient, no optimizer state and no checkpoint (it is re-read from its source on
 `backbone.freeze=False` trains it too (a full CLIP-style step, for comparison).
 """
 
-import json
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,140 +18,13 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dinojax import checkpoint, convert, hub, optim, parallel
-from dinojax.data import captions, clip_tokenizer, pipeline, sources
-from dinojax.data import sentencepiece_tokenizer as spt
+from dinojax import backbones, checkpoint, convert, features, loop, optim, parallel
+from dinojax.data import captions, pipeline, sources
+from dinojax.data.tokenizer import build_tokenizer
 from dinojax.evaluators import zero_shot
 from dinojax.losses import contrastive
-from dinojax.models.dinotxt import VisionHead, encode_image
-from dinojax.models.text import TextTransformer
-from dinojax.ops import platform
+from dinojax.models.dinotxt import build_towers, encode_image
 from dinojax.ops.numerics import l2_normalize
-from dinojax.trainers import loop
-from dinojax.trainers.ssl import build_backbone as build_vit
-
-CLIP_VOCAB_SIZE, CLIP_EOT_ID, CLIP_PAD_ID = 49408, 49407, 0
-
-
-# ---------------------------------------------------------------------------------------------------
-# Building blocks (also used by bench/text_step.py)
-# ---------------------------------------------------------------------------------------------------
-class Tokenizer:
-  """Captions -> fixed-length int32 ids, with the ids the text tower pools and pads by."""
-
-  def __init__(self, encode, vocab_size: int, eot_id: int, pad_id: int, description: str):
-    self.encode, self.vocab_size, self.eot_id, self.pad_id = encode, vocab_size, eot_id, pad_id
-    self.description = description
-
-  def __call__(self, text: str) -> np.ndarray:
-    return self.encode([text])[0]
-
-
-def build_tokenizer(config, workdir: str, train_source) -> Tokenizer:
-  """CLIP's BPE, a SentencePiece `.model`, or a SentencePiece model trained on the training captions
-  (kept in the workdir, so a resumed run reads the same one)."""
-  t, length = config.tokenizer, config.text.context_length
-  if t.kind == "clip":
-    return Tokenizer(lambda texts: clip_tokenizer.tokenize(list(texts), length), CLIP_VOCAB_SIZE,
-                     CLIP_EOT_ID, CLIP_PAD_ID, "clip")
-  if t.kind != "sentencepiece":
-    raise ValueError(f"Unknown tokenizer.kind {t.kind!r}; choose 'clip' or 'sentencepiece'.")
-  path = t.model or os.path.join(workdir, "tokenizer.model")
-  if os.path.exists(path) or t.model:
-    model = spt.SentencePieceTokenizer(path, length)
-  elif train_source is None:
-    raise FileNotFoundError(f"No SentencePiece model at {path}, and no captions to train one on.")
-  else:
-    count = min(len(train_source), t.train_examples)
-    corpus = [c for i in range(count) for c in train_source[i]["captions"]]
-    model = spt.SentencePieceTokenizer(spt.train(corpus, t.vocab_size, t.model_type), length)
-    if jax.process_index() == 0:
-      with open(path, "wb") as f:
-        f.write(model.serialized())
-    logging.info("Trained a %d-piece SentencePiece tokenizer on %d captions -> %s", model.vocab_size,
-                 len(corpus), path)
-  return Tokenizer(model.encode, model.vocab_size, model.eos_id, model.pad_id, f"sentencepiece:{path}")
-
-
-# The state entry of a dinojax run that holds the backbone to reuse: SSL's EMA teacher, distillation's
-# EMA of the student (the one it exports).
-RUN_BACKBONE = {"ssl": "teacher", "distill": "ema"}
-
-
-def read_run_config(workdir: str) -> dict:
-  """The config a dinojax SSL or distillation run recorded in WORKDIR/config.json."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"backbone.workdir={workdir!r} has no config.json: not a dinojax run, or "
-                            "one started before runs recorded their config.")
-  with open(path) as f:
-    run = json.load(f)
-  if run.get("job") not in RUN_BACKBONE:
-    raise ValueError(f"backbone.workdir={workdir!r} is a {run.get('job')!r} run; a backbone comes from "
-                     f"one of {sorted(RUN_BACKBONE)}.")
-  return run
-
-
-def build_backbone(config):
-  """The frozen DINOv2 ViT: the backbone of a dinojax run (`backbone.workdir`, its architecture from
-  the run's config), a released architecture by hub name, or the one `backbone.model` describes."""
-  b = config.backbone
-  overrides = dict(attention=b.attention, dtype=platform.compute_dtype(b.dtype), remat=b.remat,
-                   scan_blocks=b.scan_blocks)
-  if b.workdir:
-    return build_vit({**read_run_config(b.workdir)["model"], **overrides})
-  if b.name:
-    return hub.dinov2_model(b.name, **overrides)
-  if not b.model:
-    raise ValueError("Set backbone.name (e.g. 'vitl14_reg'), backbone.workdir (a dinojax SSL run) or "
-                     "describe the ViT in backbone.model.")
-  return build_vit({**b.model.to_dict(), **overrides})
-
-
-def build_models(config, backbone, tokenizer: Tokenizer) -> tuple[VisionHead, TextTransformer]:
-  v = config.vision
-  head = VisionHead(embed_dim=config.embed_dim, num_heads=backbone.num_heads, num_blocks=v.num_blocks,
-                    drop_path=v.drop_path, use_linear_projection=v.use_linear_projection,
-                    init_values=v.init_values, qkv_bias=v.qkv_bias, norm_eps=v.norm_eps,
-                    attention=config.backbone.attention, dtype=backbone.dtype)
-  t = config.text
-  text = TextTransformer(vocab_size=tokenizer.vocab_size, context_length=t.context_length, width=t.width,
-                         depth=t.depth, num_heads=t.num_heads, embed_dim=config.embed_dim,
-                         pooling=t.pooling, eot_id=tokenizer.eot_id, pad_id=tokenizer.pad_id,
-                         activation=t.activation, qkv_bias=t.qkv_bias, attention=t.attention,
-                         dtype=jnp.dtype(t.dtype))
-  return head, text
-
-
-def init_backbone(config, backbone, mesh, rules):
-  """(params, description) of the frozen backbone, placed on the mesh: a dinojax run's (at
-  `backbone.workdir_step`, 0: its latest checkpoint), a converted checkpoint, or random weights from
-  the seed (said loudly: a random backbone only suits tests and the tiny run)."""
-  b = config.backbone
-  images = jnp.zeros((1, config.image_size, config.image_size, 3))
-  init = lambda rng: backbone.init(rng, images)["params"]
-  if b.workdir and b.checkpoint:
-    raise ValueError("Set one of backbone.workdir and backbone.checkpoint, not both.")
-  if b.workdir:
-    key = RUN_BACKBONE[read_run_config(b.workdir)["job"]]
-    directory = os.path.join(b.workdir, "checkpoints")
-    if not os.path.isdir(directory):
-      raise FileNotFoundError(f"backbone.workdir={b.workdir!r} has no checkpoints/ yet.")
-    step = b.workdir_step or checkpoint.latest_step(checkpoint.manager(directory, None))
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    shardings = parallel.logical_to_shardings(abstract, mesh, rules)
-    target = checkpoint.abstract_like(nn.unbox(abstract), shardings)
-    params = checkpoint.restore_subtree(directory, {key: {"backbone": target}}, step)[key]["backbone"]
-    return params, f"workdir:{os.path.abspath(b.workdir)}@{step}"
-  if b.checkpoint:
-    state_dict = convert.to_official_naming(convert.load_state_dict(b.checkpoint))
-    params = convert.state_dict_to_params(state_dict, backbone)["params"]
-    shardings = parallel.logical_to_shardings(jax.eval_shape(init, jax.random.key(0)), mesh, rules)
-    return parallel.to_device(params, shardings), f"checkpoint:{b.checkpoint}"
-  logging.warning("No backbone.checkpoint or backbone.workdir: the frozen backbone has RANDOM weights "
-                  "(seed %d).", config.seed)
-  params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed + 2))
-  return params, f"random:{config.seed + 2}"
 
 
 def export_towers(params: dict, workdir: str) -> None:
@@ -205,12 +76,12 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # Models, the frozen backbone, and the optimizer
   # ------------------------------------------------------------------------------------------------
-  backbone = build_backbone(config)
+  backbone = backbones.build_backbone(config)
   if config.image_size % backbone.patch_size:
     raise ValueError(f"image_size={config.image_size} is not a multiple of the backbone's patch size "
                      f"{backbone.patch_size}.")
-  head, text = build_models(config, backbone, tokenizer)
-  backbone_params, backbone_source = init_backbone(config, backbone, mesh, rules)
+  head, text = build_towers(config, backbone, tokenizer)
+  backbone_params, backbone_source = backbones.init_backbone(config, backbone, mesh, rules)
   freeze = config.backbone.freeze
   num_tokens = 1 + backbone.num_register_tokens + (config.image_size // backbone.patch_size) ** 2
 
@@ -307,33 +178,26 @@ def run(config, workdir: str) -> dict:
   # Zero-shot classification and image↔text retrieval
   # ------------------------------------------------------------------------------------------------
   eval_images, eval_texts = jax.jit(image_embeddings), jax.jit(text_embeddings)
-  eval_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
-                    "tokens": parallel.batch_sharding(mesh, rules, 2),
-                    "label": parallel.batch_sharding(mesh, rules, 1),
-                    "valid": parallel.batch_sharding(mesh, rules, 1)}
   per_host = config.eval.batch_size // jax.process_count()
 
-  def gather(x):
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True), np.float32)
-
   def embed_source(params, batches, with_text):
-    """Every host embeds its slice; all hosts end with the whole set (in the same order)."""
-    out = {"image": [], "text": [], "label": []}
-    for local in batches:
-      batch = loop.global_batch(local, {k: eval_shardings[k] for k in local})
-      valid = np.asarray(multihost_utils.process_allgather(batch["valid"], tiled=True))
-      out["image"].append(gather(eval_images(params, frozen, batch["image"]))[valid])
-      out["label"].append(np.asarray(multihost_utils.process_allgather(batch["label"], tiled=True))[valid])
+    """{"image", ["text",] "label"} of every example of `batches`, on every host, in order."""
+
+    def embed(batch):
+      out = {"image": eval_images(params, frozen, batch["image"])}
       if with_text:
-        out["text"].append(gather(eval_texts(params, batch["tokens"]))[valid])
-    return {k: np.concatenate(v) for k, v in out.items() if v}
+        out["text"] = eval_texts(params, batch["tokens"])
+      return out
+
+    return features.embed_dataset(batches, embed, mesh, rules)
 
   def encode_prompts(params, prompts):
     ids = tokenizer.encode(prompts)
     pad = -len(ids) % data_devices  # whole rows per device
     ids = np.concatenate([ids, np.repeat(ids[:1], pad, axis=0)])
-    sharded = jax.make_array_from_callback(ids.shape, eval_shardings["tokens"], lambda i: ids[i])
-    return gather(eval_texts(params, sharded))[:len(prompts)]
+    sharded = jax.make_array_from_callback(ids.shape, batch_shardings["tokens"], lambda i: ids[i])
+    text = multihost_utils.process_allgather(eval_texts(params, sharded), tiled=True)
+    return np.asarray(text, np.float32)[:len(prompts)]
 
   def evaluate(params) -> dict:
     results = {}

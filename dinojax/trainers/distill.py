@@ -23,15 +23,14 @@ step, checkpoint and resume, k-NN evaluation of the student's EMA, the loop, exp
 import functools
 import os
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from absl import logging
 
-from dinojax import checkpoint, convert, parallel
+from dinojax import backbones, checkpoint, convert, loop, parallel
 from dinojax.losses import dino
-from dinojax.trainers import loop, ssl
+from dinojax.trainers import ssl
 
 
 def load_teacher(config, mesh, rules):
@@ -59,19 +58,13 @@ def load_teacher(config, mesh, rules):
     source = f"checkpoint:{os.path.abspath(t.checkpoint)}"
     return backbone, heads, parallel.to_device(params, shardings), source
 
-  backbone = ssl.build_backbone(t.model)
+  backbone = backbones.build_vit(t.model)
   heads = ssl.build_heads(t.dino_head, t.ibot_head, t.separate_head, backbone.dtype)
   init = ssl.model_init(backbone, heads, size)
   if t.workdir:
-    directory = os.path.join(t.workdir, "checkpoints")
-    if not os.path.isdir(directory):
-      raise FileNotFoundError(f"teacher.workdir={t.workdir!r} has no checkpoints/ (not a dinojax SSL run?).")
-    step = t.step or checkpoint.latest_step(checkpoint.manager(directory, None))
-    abstract = jax.eval_shape(init, jax.random.key(0))
-    target = {"teacher": checkpoint.abstract_like(
-        nn.unbox(abstract), parallel.logical_to_shardings(abstract, mesh, rules))}
-    params = checkpoint.restore_subtree(directory, target, step)["teacher"]
-    return backbone, heads, params, f"workdir:{os.path.abspath(t.workdir)}@{step}"
+    params, source = backbones.restore_from_run(t.workdir, init, entry=("teacher",), mesh=mesh,
+                                                rules=rules, step=t.step, flag="teacher.workdir")
+    return backbone, heads, params, source
 
   logging.warning("Distilling from a RANDOMLY INITIALISED teacher (teacher.random_init): a test or CPU "
                   "demo of the mechanics only. Set teacher.workdir or teacher.checkpoint for a real one.")
@@ -133,7 +126,7 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # Student and optimizer
   # ------------------------------------------------------------------------------------------------
-  backbone = ssl.build_backbone(config.model)
+  backbone = backbones.build_vit(config.model)
   heads = ssl.build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
   check_compatible(config, backbone, heads, t_backbone, t_heads)
   init = ssl.model_init(backbone, heads, crops.global_size)

@@ -14,21 +14,13 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from dinojax import checkpoint, optim, parallel
+from dinojax import backbones, checkpoint, features, loop, optim, parallel
 from dinojax.data import masking, pipeline, sources
 from dinojax.data.multi_crop import MultiCrop
 from dinojax.evaluators import knn
 from dinojax.losses import dino, koleo
 from dinojax.models.heads import DINOHead
-from dinojax.models.vit import ViT, vit
-from dinojax.trainers import loop
-
-
-def build_backbone(model_config) -> ViT:
-  kwargs = dict(model_config)
-  variant = kwargs.pop("variant", None)
-  kwargs["dtype"] = jnp.dtype(kwargs.get("dtype", "float32"))
-  return vit(variant, **kwargs) if variant is not None else ViT(**kwargs)
+from dinojax.models.vit import ViT
 
 
 def build_head(head_config, dtype) -> DINOHead:
@@ -301,8 +293,8 @@ def knn_evaluator(config, mesh, rules, backbone: ViT):
     if eval_sources is None:
       eval_sources = (sources.make_source(config.eval.source, config.eval.train_split),
                       sources.make_source(config.eval.source, config.eval.heldout_split))
-    train, test = (knn.extract_features(embed, params, source, config.eval.batch_size,
-                                        config.crops.global_size, mesh, rules) for source in eval_sources)
+    train, test = (features.extract_features(embed, params, source, config.eval.batch_size,
+                                             config.crops.global_size, mesh, rules) for source in eval_sources)
     k = config.eval.knn_k
     return knn.knn_accuracies(*train, *test, eval_sources[0].num_classes, (k,),
                               config.eval.knn_temperature)[k]["top1"]
@@ -335,7 +327,7 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # Model and optimizer
   # ------------------------------------------------------------------------------------------------
-  backbone = build_backbone(config.model)
+  backbone = backbones.build_vit(config.model)
   heads = build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
   init = model_init(backbone, heads, crops.global_size)
   params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))

@@ -18,23 +18,15 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from dinojax import checkpoint, convert, optim, parallel
+from dinojax import backbones, checkpoint, convert, hub, loop, optim, parallel
 from dinojax.data import captions
 from dinojax.data.clip_tokenizer import tokenize
-from dinojax.evaluators.talk2dino import load_models
 from dinojax.losses import talk2dino as t2d_loss
 from dinojax.models import talk2dino
-from dinojax.trainers import loop
 
 
 def total_steps(config) -> int:
   return config.total_steps or config.optim.epochs * config.steps_per_epoch
-
-
-def place(module, params, example, mesh, rules):
-  """Puts loaded params on the shardings their logical axes map to (frozen models)."""
-  abstract = jax.eval_shape(module.init, jax.random.key(0), example)
-  return parallel.to_device(params, parallel.logical_to_shardings(abstract, mesh, rules))
 
 
 def run(config, workdir: str) -> dict:
@@ -50,7 +42,7 @@ def run(config, workdir: str) -> dict:
   # Frozen models: DINOv2 backbone and CLIP text tower (released weights, or random for tiny runs)
   # ------------------------------------------------------------------------------------------------
   m = config.model
-  frozen = load_models(m.backbone, m.backbone_checkpoint, m.clip_checkpoint, seed=config.seed,
+  frozen = hub.talk2dino(m.backbone, m.backbone_checkpoint, m.clip_checkpoint, seed=config.seed,
                        backbone_overrides=m.backbone_overrides.to_dict(),
                        text_overrides=m.text_overrides.to_dict())
   missing = [n for n in ("backbone_checkpoint", "clip_checkpoint") if not m[n]]
@@ -64,8 +56,10 @@ def run(config, workdir: str) -> dict:
                      f"{backbone.patch_size}.")
   context = text_encoder.context_length
   frozen_params = {
-      "backbone": place(backbone, frozen.backbone_params, jnp.zeros((1, size, size, 3)), mesh, rules),
-      "text": place(text_encoder, frozen.text_params, jnp.zeros((1, context), jnp.int32), mesh, rules),
+      "backbone": backbones.place(backbone, frozen.backbone_params, jnp.zeros((1, size, size, 3)), mesh,
+                                  rules),
+      "text": backbones.place(text_encoder, frozen.text_params, jnp.zeros((1, context), jnp.int32), mesh,
+                              rules),
   }
 
   # ------------------------------------------------------------------------------------------------

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from dinojax.data import images as image_lib
+from dinojax.data.tokenizer import Tokenizer
 from dinojax.evaluators import dinotxt, open_vocab
 from dinojax.models.dinotxt import VisionHead, backbone_tokens
 from dinojax.models.text import TextTransformer
 from dinojax.models.vit import ViT
-from dinojax.trainers.dinotxt import Tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 import jobs
-from dinojax import config_args, parallel
+from dinojax import config_args, loop, parallel
 from dinojax.data import sources
 from dinojax.evaluators import knn
-from dinojax.trainers import loop
+from dinojax.features import extract_features
 
 CONFIG = f"{jobs.REPO / 'configs/knn_eval.py'}:tiny"
 
@@ -98,8 +98,8 @@ def test_float16_backbone_runs_on_cpu_near_float32():
     mesh, rules = loop.make_mesh(config)
     embed, params, _ = knn.cls_embedder(config, mesh, rules)
     with parallel.activation_sharding(mesh, rules):
-      features[dtype], labels = knn.extract_features(embed, params, source, 16, config.image_size,
-                                                     mesh, rules)
+      features[dtype], labels = extract_features(embed, params, source, 16, config.image_size, mesh,
+                                                 rules)
   assert features["float16"].shape == (16, 96) and labels.tolist() == [d["label"] for d in source]
   error = np.abs(features["float16"] - features["float32"]).max() / np.abs(features["float32"]).max()
   assert 0 < error < 1e-2

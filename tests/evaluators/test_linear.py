@@ -13,10 +13,9 @@ import pytest
 import torch
 
 import jobs
-from dinojax import checkpoint, config_args, convert, parallel
+from dinojax import backbones, checkpoint, config_args, convert, loop, parallel
 from dinojax.evaluators import linear
 from dinojax.models import classifier
-from dinojax.trainers import dinotxt, loop, ssl
 
 CONFIG = f"{jobs.REPO / 'configs/linear_eval.py'}:tiny"
 LRS = config_args.load_config(CONFIG).linear.learning_rates
@@ -118,7 +117,7 @@ def test_backbone_is_read_from_a_dinojax_run(tmp_path, job, key):
   mesh, rules = loop.make_mesh(config)
   model = {**config.backbone.model.to_dict(), "depth": 2, "drop_path_rate": 0.1, "drop_path_uniform": True,
            "scan_blocks": True}
-  run_backbone = ssl.build_backbone(model)
+  run_backbone = backbones.build_vit(model)
   abstract = jax.eval_shape(lambda k: run_backbone.init(k, jnp.zeros((1, 32, 32, 3)))["params"],
                             jax.random.key(0))
   params = parallel.to_device(jax.tree.map(lambda x: np.random.default_rng(0).normal(size=x.shape).astype(
@@ -128,29 +127,29 @@ def test_backbone_is_read_from_a_dinojax_run(tmp_path, job, key):
   # The run's architecture, not the hub name's; the evaluation's own compile options (the params
   # tree is the same with blocks scanned or not).
   config.backbone.update(name="vits14", workdir=str(tmp_path / "run"))
-  backbone = dinotxt.build_backbone(config)
+  backbone = backbones.build_backbone(config)
   assert (backbone.depth, backbone.embed_dim, backbone.scan_blocks) == (2, 96, False)
-  restored, source = dinotxt.init_backbone(config, backbone, mesh, rules)
+  restored, source = backbones.init_backbone(config, backbone, mesh, rules)
   assert source.endswith("run@3")
   jobs.assert_same_state(params, restored)
 
   config.backbone.checkpoint = "x.pth"
   with pytest.raises(ValueError, match="one of backbone.workdir and backbone.checkpoint"):
-    dinotxt.init_backbone(config, backbone, mesh, rules)
+    backbones.init_backbone(config, backbone, mesh, rules)
 
 
 def test_a_workdir_that_is_not_a_backbone_run_is_named(tmp_path):
   config = _config(**{"backbone.workdir": str(tmp_path)})
   with pytest.raises(FileNotFoundError, match="has no config.json"):
-    dinotxt.build_backbone(config)
+    backbones.build_backbone(config)
   (tmp_path / "config.json").write_text(json.dumps({"job": "talk2dino", "model": {}}))
   with pytest.raises(ValueError, match="is a 'talk2dino' run"):
-    dinotxt.build_backbone(config)
+    backbones.build_backbone(config)
   # An SSL run that has not written a checkpoint yet.
   (tmp_path / "config.json").write_text(json.dumps({"job": "ssl", "model": config.backbone.model.to_dict()}))
   mesh, rules = loop.make_mesh(config)
   with pytest.raises(FileNotFoundError, match="has no checkpoints/ yet"):
-    dinotxt.init_backbone(config, dinotxt.build_backbone(config), mesh, rules)
+    backbones.init_backbone(config, backbones.build_backbone(config), mesh, rules)
 
 
 @pytest.mark.parametrize("overrides, message", [

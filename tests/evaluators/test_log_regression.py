@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 
 import jobs
 from dinojax import config_args, convert, parallel
-from dinojax.evaluators import knn, log_regression
+from dinojax.evaluators import log_regression
 
 CONFIG = f"{jobs.REPO / 'configs/log_regression_eval.py'}:tiny"
 
@@ -108,7 +108,7 @@ def test_job_sweeps_c_refits_the_best_and_resumes_a_half_done_sweep(tmp_path, mo
   fits = []
   fit = log_regression.fit_logistic_regression
   monkeypatch.setattr(log_regression, "fit_logistic_regression", lambda *a, **k: fits.append(a[3]) or fit(*a, **k))
-  monkeypatch.setattr(knn, "extract_features", lambda *a, **k: pytest.fail("features extracted again"))
+  monkeypatch.setattr(log_regression, "extract_features", lambda *a, **k: pytest.fail("features extracted again"))
   log_regression.run(_config(), str(tmp_path))
   assert fits[:3] == pytest.approx([1, 10, 100]) and len(fits) == 4
   assert json.loads((tmp_path / "results_eval_log_regression.json").read_text()) == results

@@ -37,11 +37,13 @@ def test_image_embedding_concatenates_cls_and_mean_patch(embed_dim):
 def test_the_vitl14_recipe_builds_2048_d_image_and_text_embeddings():
   import pathlib
   from dinojax import config_args
-  from dinojax.trainers import dinotxt as trainer
+  from dinojax import backbones
+  from dinojax.data.tokenizer import build_tokenizer
+  from dinojax.models.dinotxt import build_towers
   config = config_args.load_config(pathlib.Path(__file__).resolve().parents[2] / "configs/dinotxt_vitl14.py")
-  tokenizer = trainer.build_tokenizer(config, "", train_source=None)
-  backbone = trainer.build_backbone(config)
-  head, text = trainer.build_models(config, backbone, tokenizer)
+  tokenizer = build_tokenizer(config, "", train_source=None)
+  backbone = backbones.build_backbone(config)
+  head, text = build_towers(config, backbone, tokenizer)
   tokens = jnp.zeros((1, 1 + 4 + 16 * 16, backbone.embed_dim))  # ViT-L/14 reg at 224
   head_out, head_params = jax.eval_shape(lambda t: head.init_with_output(jax.random.key(0), t, 5), tokens)
   assert head_out["image_embeds"].shape == (1, 2048) and "projection" not in head_params["params"]

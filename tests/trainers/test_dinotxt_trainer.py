@@ -6,8 +6,7 @@ import jax
 import numpy as np
 
 import jobs
-from dinojax import config_args, convert
-from dinojax.trainers import dinotxt, loop
+from dinojax import backbones, config_args, convert, loop
 
 CONFIG = f"{jobs.REPO / 'configs/dinotxt_vitl14.py'}:tiny"
 # A smaller model where only the mechanics are tested (compiles faster).
@@ -78,9 +77,9 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
 
 def test_backbone_takes_remat_and_scan_blocks_from_the_config():
   config = config_args.load_config(jobs.REPO / "configs/dinotxt_vitl14.py")
-  assert not dinotxt.build_backbone(config).scan_blocks
+  assert not backbones.build_backbone(config).scan_blocks
   config.backbone.update(remat=True, scan_blocks=True)
-  backbone = dinotxt.build_backbone(config)
+  backbone = backbones.build_backbone(config)
   assert backbone.remat and backbone.scan_blocks and backbone.depth == 24
 
 

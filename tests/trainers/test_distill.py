@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import jobs
-from dinojax import checkpoint, config_args, convert, parallel
-from dinojax.trainers import distill, loop, ssl
+from dinojax import backbones, checkpoint, config_args, convert, loop, parallel
+from dinojax.trainers import distill, ssl
 
 CONFIG_FILE = jobs.REPO / "configs/distill_vitg14_to_vits14.py"
 # Small enough for CI: 2-block teacher (96 wide) and student (48 wide), 16 images a step; KoLeo in
@@ -101,7 +101,7 @@ def _tiny_teacher():
   """An official-layout training checkpoint (`model` with `teacher.*` keys) of a tiny teacher: a
   dinojax ViT exported to the official naming, torch reference heads, and the student's keys."""
   config = load_config(**SMALL)
-  backbone = ssl.build_backbone(config.teacher.model)
+  backbone = backbones.build_vit(config.teacher.model)
   backbone_params = _random_params(
       jax.eval_shape(backbone.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))["params"], 1)
   torch.manual_seed(1)
@@ -155,7 +155,7 @@ def test_a_missing_teacher_key_is_named(tmp_path, key):
 def test_teacher_loads_from_an_ssl_run(tmp_path):
   config = load_config(**SMALL)
   mesh, rules = loop.make_mesh(config)
-  backbone = ssl.build_backbone(config.teacher.model)
+  backbone = backbones.build_vit(config.teacher.model)
   heads = ssl.build_heads(config.teacher.dino_head, config.teacher.ibot_head, False, backbone.dtype)
   abstract = jax.eval_shape(ssl.model_init(backbone, heads, 32), jax.random.key(0))
   shardings = parallel.logical_to_shardings(abstract, mesh, rules)
@@ -181,16 +181,16 @@ def test_teacher_loads_from_an_ssl_run(tmp_path):
 
 def test_incompatible_teacher_or_student_is_an_error():
   config = load_config(**SMALL)
-  t_backbone = ssl.build_backbone(config.teacher.model)
+  t_backbone = backbones.build_vit(config.teacher.model)
   t_heads = ssl.build_heads(config.teacher.dino_head, config.teacher.ibot_head, False, jnp.float32)
   heads = ssl.build_heads(config.dino.head, config.ibot.head, False, jnp.float32)
   with pytest.raises(ValueError, match="patch grids"):
-    distill.check_compatible(config, ssl.build_backbone({**config.model, "patch_size": 8}), heads,
+    distill.check_compatible(config, backbones.build_vit({**config.model, "patch_size": 8}), heads,
                              t_backbone, t_heads)
   fewer = ml_collections.ConfigDict({**config.dino.head, "prototypes": 256})
   wrong = ssl.build_heads(fewer, config.ibot.head, False, jnp.float32)
   with pytest.raises(ValueError, match="dino.head.prototypes=256"):
-    distill.check_compatible(config, ssl.build_backbone(config.model), wrong, t_backbone, t_heads)
+    distill.check_compatible(config, backbones.build_vit(config.model), wrong, t_backbone, t_heads)
   config.model.drop_path_rate = 0.1
   with pytest.raises(ValueError, match="stochastic depth"):
     distill.check_config(config)
@@ -225,7 +225,7 @@ def test_default_config_builds_vits14_and_the_vitg14_teacher_at_full_size():
   config = load_config(None)
 
   def count(model_config):
-    shapes = jax.eval_shape(ssl.build_backbone(model_config).init, jax.random.key(0),
+    shapes = jax.eval_shape(backbones.build_vit(model_config).init, jax.random.key(0),
                             jnp.zeros((1, 224, 224, 3)))
     return sum(x.size for x in jax.tree.leaves(shapes)) / 1e6
 
@@ -239,7 +239,7 @@ def test_tiny_teacher_is_the_tiny_ssl_model():
   config = load_config("tiny")
 
   def shapes(model, dino_head, ibot_head, separate):
-    backbone = ssl.build_backbone(model)
+    backbone = backbones.build_vit(model)
     init = ssl.model_init(backbone, ssl.build_heads(dino_head, ibot_head, separate, backbone.dtype), 32)
     return jax.tree.map(lambda x: x.shape, nn.unbox(jax.eval_shape(init, jax.random.key(0))))
 

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 import jobs
-from dinojax import convert
-from dinojax.trainers import loop
+from dinojax import convert, loop
 
 CONFIG = f"{jobs.REPO / 'configs/dinov2_vits14.py'}:tiny"
 SMALL = ["--config.model.depth=2", "--config.batch_size=16", "--config.eval.batch_size=200",

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dinojax import config_args, parallel
+from dinojax import backbones, config_args, parallel
 from dinojax.trainers import ssl
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -65,7 +65,7 @@ def test_fsdp_shards_the_whole_state_heads_and_adam_moments_included():
   config = _tiny_config()
   mesh = parallel.make_mesh({"fsdp": 8})
   rules = parallel.DEFAULT_RULES
-  backbone = ssl.build_backbone(config.model)
+  backbone = backbones.build_vit(config.model)
   heads = ssl.build_heads(config.dino.head, config.ibot.head, True, backbone.dtype)
   params, shardings = parallel.init_sharded(ssl.model_init(backbone, heads, config.crops.global_size),
                                             mesh, rules, jax.random.key(0))

@@ -4,8 +4,7 @@ and gives the same losses on one device and on 8 (the InfoNCE spans the global b
 import numpy as np
 
 import jobs
-from dinojax import convert
-from dinojax.trainers import loop
+from dinojax import convert, loop
 
 CONFIG = f"{jobs.REPO / 'configs/talk2dino_vitb14reg.py'}:tiny"
 DEFAULTS = ["--config.log_every=1", "--config.data.threads=1"]

@@ -1,5 +1,5 @@
-"""Pieces every trainer's loop uses: the mesh, metrics files, progress, finiteness checks, global
-batches, resuming from a checkpoint, and the training loop itself."""
+"""Pieces every trainer and evaluation job runs on: the mesh, metrics files, progress, finiteness
+checks, global batches, resuming from a checkpoint, and the training loop itself."""
 
 import json
 import math

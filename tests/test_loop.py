@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dinojax import checkpoint, parallel
-from dinojax.trainers import loop
+from dinojax import checkpoint, loop, parallel
 
 CONFIG = ml_collections.ConfigDict({"batch_size": 8, "log_every": 1, "checkpoint": {"every": 2},
                                     "eval": {"every": 4}})
