@@ -14,29 +14,38 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from dinojax import checkpoint, convert, parallel
+from dinojax import checkpoint, convert, event_files, parallel
 
 
 class MetricWriter:
-  """Appends `{"step": s, **metrics}` lines to `<workdir>/metrics.jsonl` (process 0 only)."""
+  """Appends `{"step": s, **metrics}` lines to `<workdir>/metrics.jsonl` and the same scalars to a
+  TensorBoard event file in `<workdir>` (process 0 only)."""
 
   def __init__(self, workdir: str):
+    self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = jax.process_index() == 0
+    self.events = event_files.EventWriter(workdir)
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
-    row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+    row = {k: float(v) for k, v in metrics.items()}
     with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+      f.write(json.dumps({"step": step, **row}) + "\n")
+    self.events.scalars(step, row)
+
+  def close(self) -> None:
+    self.events.close()
 
   def resume_at(self, step: int) -> bool:
     """Forgets the rows after `step`, written by a run that died before checkpointing them (the
     resumed run writes them again, so each step is logged once, by the run that reached it), and a
     line cut short by that death. Returns whether an evaluation's row (one without a training loss)
-    at `step` survives; every process gets process 0's answer."""
+    at `step` survives; every process gets process 0's answer. The event files' later steps are
+    purged by the next one (`event_files.EventWriter`'s `purge_step`)."""
     evaluated = False
+    self.events = event_files.EventWriter(self.workdir, purge_step=step + 1)
     if self.enabled and os.path.exists(self.path):
       with open(self.path) as f:
         lines = f.readlines()
@@ -221,6 +230,7 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
           run_eval(step)
   finally:  # A failing run still finishes the checkpoint it was writing.
     bar.close()
+    writer.close()
     ckpt.wait_until_finished()
   return state, summary
 

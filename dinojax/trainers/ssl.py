@@ -277,6 +277,15 @@ def target_entropy(t_cls: jax.Array) -> jax.Array:
   return -jnp.sum(t_cls * jnp.log(t_cls + 1e-12), axis=-1).mean()
 
 
+def center_norms(config, center: dict) -> dict:
+  """The norms of the softmax centres (DINO's and iBOT's; Sinkhorn-Knopp keeps none): with the
+  targets' entropy, what tells a collapsing run (one prototype dominating the centre) from a
+  learning one."""
+  if config.centering != "softmax":
+    return {}
+  return {f"center_norm_{k}": jnp.linalg.norm(v) for k, v in center.items()}
+
+
 def init_state(config, make_tx, params, param_shardings, ema_key: str) -> dict:
   """The training state: params, their EMA under `ema_key` (SSL's teacher, distillation's spare
   student EMA) starting as a copy, AdamW state sharded as the params, the centres and the step."""
@@ -402,7 +411,7 @@ def run(config, workdir: str) -> dict:
     params, opt, grad_norms = update(config, make_tx, s, state["params"], state["opt"], grads)
     teacher = ema_update(state["teacher"], params, s["momentum"])
     metrics = {"loss": loss, **logged, **s, "masked_patches": valid.sum(),
-               "teacher_entropy": target_entropy(t_cls),
+               "teacher_entropy": target_entropy(t_cls), **center_norms(config, center),
                "param_norm": optax.tree.norm(params),
                **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
     new_state = {"params": params, "teacher": teacher, "opt": opt, "center": center, "step": step + 1}

@@ -3,7 +3,6 @@ as an uninterrupted run's once resumed (rows past the checkpoint dropped, a due 
 wrote run again)."""
 
 import json
-import types
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+import jobs
 from dinojax import checkpoint, parallel
+from dinojax.data import pipeline
 from dinojax.trainers import loop
 
 CONFIG = ml_collections.ConfigDict({"batch_size": 8, "log_every": 1, "checkpoint": {"every": 2},
@@ -48,7 +49,7 @@ def _run(workdir, die_at=None):
   state = {"w": jnp.zeros((), jnp.float32), "step": jnp.zeros((), jnp.int32)}
   shardings = jax.tree.map(lambda _: replicated, state)
   ckpt = checkpoint.manager(workdir / "checkpoints", None, CONFIG.checkpoint.every)
-  data, skipped = Counting(), types.SimpleNamespace(count=0)
+  data, skipped = Counting(), pipeline.SkipCounter()
   state, start = loop.restore(ckpt, state, shardings, data, skipped)
 
   def train_step(state, batch):
@@ -82,3 +83,8 @@ def test_a_resumed_run_logs_each_step_once_and_makes_up_a_lost_evaluation(tmp_pa
   straight, resumed = (loop.read_metrics(tmp_path / run) for run in ("straight", "dead"))
   assert ([(r["step"], r.get("loss"), r.get("w")) for r in resumed] ==
           [(r["step"], r.get("loss"), r.get("w")) for r in straight])
+  # TensorBoard reads the same scalars; the resumed run's restart purged the dead run's steps 5-7
+  # (its evaluation at step 4, deleted above by hand, is the dead run's and stays in its file).
+  jobs.assert_events_match_metrics(tmp_path / "straight")
+  assert ([(e.step, e.value) for e in jobs.events(tmp_path / "dead").Scalars("loss")] ==
+          [(r["step"], r["loss"]) for r in straight if "loss" in r])

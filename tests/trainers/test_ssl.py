@@ -58,6 +58,10 @@ def _knn(workdir):
 def test_tiny_run_trains_and_evaluates(straight_run):
   losses = jobs.losses(straight_run)
   assert len(losses) == 20 and all(np.isfinite(list(losses.values())))
+  # TensorBoard's scalars are metrics.jsonl's, with the numbers that tell collapse from learning.
+  jobs.assert_events_match_metrics(straight_run)
+  assert {"teacher_entropy", "center_norm_dino", "center_norm_ibot", "lr", "images_per_s"} <= set(
+      loop.read_metrics(straight_run)[-2])
   knn = _knn(straight_run)
   assert len(knn) == 1 and knn[0] > 0.2  # 10 classes: chance is 0.1
   step, state = jobs.final_state(straight_run)
@@ -92,6 +96,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
   jobs.assert_same_state(a, b)
   assert jobs.losses(straight_run)[20] == jobs.losses(tmp_path)[20]
   assert _knn(straight_run) == _knn(tmp_path)[-1:]
+  jobs.assert_events_match_metrics(tmp_path)  # the restart purged the killed run's later steps
 
 
 def test_damaged_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tmp_path, straight_run):
@@ -112,6 +117,7 @@ def test_damaged_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tmp_p
   rows = [[(r["step"], r.get("loss"), r.get("knn_top1")) for r in loop.read_metrics(run)]
           for run in (straight_run, tmp_path)]
   assert rows[1] == rows[0]
+  jobs.assert_events_match_metrics(tmp_path)
 
 
 # Mask and loss groups default to each device's batch; pinned so that 1 and 8 devices draw the same
