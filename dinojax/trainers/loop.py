@@ -14,7 +14,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from dinojax import checkpoint, convert, event_files, parallel
+from dinojax import checkpoint, convert, event_files, parallel, profile
 
 
 class MetricWriter:
@@ -186,6 +186,7 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
   evaluated = writer.resume_at(start)
   throughput = Throughput(config.batch_size)
   bar = progress_bar(num_steps, start, config.batch_size)
+  profiler = profile.Window(config.get("profile", {}).get("steps"), workdir)
   last_saved = start or None  # the checkpoint resumed from was verified (checkpoint.damage)
   summary = {}
 
@@ -211,7 +212,9 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
         batch = global_batch(next(data_iter), batch_shardings)
         if step == start + 1:
           train_step = compiled_on_every_process(train_step, state, batch)
+        profiler.before(step)
         state, metrics = train_step(state, batch)
+        profiler.after(step, state)
         bar.update(1)
         is_last = step == num_steps
         if step % config.log_every == 0 or is_last:
@@ -231,6 +234,7 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
   finally:  # A failing run still finishes the checkpoint it was writing.
     bar.close()
     writer.close()
+    profiler.close()
     ckpt.wait_until_finished()
   return state, summary
 
