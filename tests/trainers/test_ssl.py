@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jobs
-from dinojax import convert
+from dinojax import convert, report
 from dinojax.trainers import loop
 
 CONFIG = f"{jobs.REPO / 'configs/dinov2_vits14.py'}:tiny"
@@ -153,7 +153,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
-def test_a_new_phase_starts_from_an_earlier_run(tmp_path, straight_run):
+def test_a_new_phase_starts_from_an_earlier_run(tmp_path, straight_run, capsys):
   # Larger crops (the high-resolution phase, in miniature), zero lr: the weights must be the first run's.
   _run(tmp_path, "--config.total_steps=1", "--config.eval.every=0", "--config.checkpoint.every=1",
        "--config.crops.global_size=48", "--config.crops.local_size=24", "--config.optim.base_lr=0.0",
@@ -161,3 +161,12 @@ def test_a_new_phase_starts_from_an_earlier_run(tmp_path, straight_run):
   (_, low), (_, high) = jobs.final_state(straight_run), jobs.final_state(tmp_path)
   assert int(high["step"]) == 1
   jobs.assert_same_state(low["params"], high["params"])
+
+  # The two runs side by side: what their configs change, their losses and evaluations.
+  report.main([str(straight_run), str(tmp_path), "--plot", str(tmp_path / "report.png")])
+  out = capsys.readouterr().out
+  table = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in out.splitlines())}
+  assert table["config crops.global_size"] == ["32", "48"]
+  assert table["loss (last)"] == [f"{jobs.losses(straight_run)[20]:.4g} @20", f"{jobs.losses(tmp_path)[1]:.4g} @1"]
+  assert table["knn_top1 (best)"] == [f"{_knn(straight_run)[0]:.4g} @20", "-"]
+  assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG")
