@@ -12,6 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+from PIL import Image
 from tqdm import tqdm
 
 from dinojax import checkpoint, convert, event_files, parallel, profile
@@ -34,6 +35,15 @@ class MetricWriter:
     with open(self.path, "a") as f:
       f.write(json.dumps({"step": step, **row}) + "\n")
     self.events.scalars(step, row)
+
+  def images(self, step: int, images: dict[str, np.ndarray]) -> None:
+    """(h, w, 3) uint8 pictures: TensorBoard images, and `<workdir>/pictures/<name>_<step>.png`."""
+    if not self.enabled:
+      return
+    os.makedirs(os.path.join(self.workdir, "pictures"), exist_ok=True)
+    for name, image in images.items():
+      Image.fromarray(image).save(os.path.join(self.workdir, "pictures", f"{name}_{step:07d}.png"))
+    self.events.images(step, images)
 
   def close(self) -> None:
     self.events.close()
@@ -174,14 +184,16 @@ def compiled_on_every_process(step_fn: Callable, *args) -> Callable:
 def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, data_iter,
           batch_shardings: dict, ckpt, skipped, start: int, num_steps: int,
           evaluate: Callable[[Any], dict] | None = None,
-          run_meta: dict | None = None) -> tuple[Any, dict]:
+          run_meta: dict | None = None,
+          pictures: Callable[[Any], dict] | None = None) -> tuple[Any, dict]:
   """Steps `start + 1 .. num_steps` of `state, batch -> state, metrics`: metrics every
   `config.log_every` steps (metrics.jsonl, progress bar), checkpoints every `config.checkpoint.every`
   (with the data iterator's state, so resuming is exact), `evaluate(state) -> {name: value}` every
   `config.eval.every` (0: never) and at the end. A non-finite metric stops the run naming the step.
   Resumed at `start`, the rows a dead run wrote past it are dropped, and an evaluation due at `start`
-  that it did not write runs first. Returns (final state, summary of the last logged loss and
-  evaluations)."""
+  that it did not write runs first. `pictures(state) -> {name: image}` is drawn at each evaluation
+  and before the first step (`MetricWriter.images`). Returns (final state, summary of the last
+  logged loss and evaluations)."""
   writer = MetricWriter(workdir)
   evaluated = writer.resume_at(start)
   throughput = Throughput(config.batch_size)
@@ -203,11 +215,15 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
     writer.write(step, results)
     log_metrics(step, results)
     summary.update(results)
+    if pictures is not None:
+      writer.images(step, pictures(state))
 
   try:
     with parallel.activation_sharding(mesh, rules):
       if start and eval_due(start) and not evaluated:  # the dead run saved, then died before it
         run_eval(start)
+      if not start and pictures is not None and config.eval.every:  # the features before training
+        writer.images(0, pictures(state))
       for step in range(start + 1, num_steps + 1):
         batch = global_batch(next(data_iter), batch_shardings)
         if step == start + 1:

@@ -17,7 +17,7 @@ from absl import logging
 from dinojax import checkpoint, optim, parallel
 from dinojax.data import masking, pipeline, sources
 from dinojax.data.multi_crop import MultiCrop
-from dinojax.evaluators import knn
+from dinojax.evaluators import knn, pictures
 from dinojax.losses import dino, koleo
 from dinojax.models.heads import DINOHead
 from dinojax.models.vit import ViT, vit
@@ -319,6 +319,21 @@ def knn_evaluator(config, mesh, rules, backbone: ViT):
   return knn_eval
 
 
+def pictures_evaluator(config, mesh, rules, backbone: ViT):
+  """`draw(backbone_params) -> {name: image}`: the patch PCA and CLS attention of the first images of
+  the k-NN evaluation's held-out split (`evaluators.pictures`; read on first use)."""
+  drawn = None
+
+  def draw(params):
+    nonlocal drawn
+    if drawn is None:
+      drawn = pictures.Pictures(backbone, pictures.fixed_images(
+          config.eval.source, config.eval.heldout_split, config.crops.global_size), mesh, rules)
+    return drawn(params)
+
+  return draw
+
+
 def run(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   num_steps = total_steps(config)
@@ -434,13 +449,15 @@ def run(config, workdir: str) -> dict:
   # k-NN evaluation of the teacher's CLS features
   # ------------------------------------------------------------------------------------------------
   knn_eval = knn_evaluator(config, mesh, rules, backbone)
+  draw = pictures_evaluator(config, mesh, rules, backbone)
 
   # ------------------------------------------------------------------------------------------------
   # The loop, then the export of the EMA teacher's backbone
   # ------------------------------------------------------------------------------------------------
   state, summary = loop.train(config, workdir, mesh, rules, state, train_step, data_iter,
                               batch_shardings, ckpt, skipped, start, num_steps,
-                              evaluate=lambda state: {"knn_top1": knn_eval(state["teacher"]["backbone"])})
+                              evaluate=lambda state: {"knn_top1": knn_eval(state["teacher"]["backbone"])},
+                              pictures=lambda state: draw(state["teacher"]["backbone"]))
   # The model a run produces, as the official `teacher_checkpoint.pth`'s backbone, for PyTorch.
   loop.export_backbone(state["teacher"]["backbone"], os.path.join(workdir, "teacher_backbone.safetensors"))
   if skipped.count:

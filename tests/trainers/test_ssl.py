@@ -9,6 +9,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 import jobs
 from dinojax import convert, report
@@ -62,6 +63,15 @@ def test_tiny_run_trains_and_evaluates(straight_run):
   jobs.assert_events_match_metrics(straight_run)
   assert {"teacher_entropy", "center_norm_dino", "center_norm_ibot", "lr", "images_per_s"} <= set(
       loop.read_metrics(straight_run)[-2])
+  # Pictures before training and at the evaluation, as PNGs and TensorBoard images, in colours
+  # that vary over the patches; 20 warm-up steps move the EMA teacher little, but not nothing.
+  accumulator = jobs.events(straight_run)
+  for name in ("pca", "cls_attention"):
+    assert [e.step for e in accumulator.Images(name)] == [0, 20]
+    init, trained = (np.asarray(Image.open(straight_run / f"pictures/{name}_{s:07d}.png")) for s in (0, 20))
+    assert init.shape == trained.shape and init.shape[0] >= 4 * 128
+    assert len(np.unique(trained[:, trained.shape[1] // 2:].reshape(-1, 3), axis=0)) > 50
+    assert not np.array_equal(init, trained)
   knn = _knn(straight_run)
   assert len(knn) == 1 and knn[0] > 0.2  # 10 classes: chance is 0.1
   step, state = jobs.final_state(straight_run)
@@ -97,6 +107,8 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
   assert jobs.losses(straight_run)[20] == jobs.losses(tmp_path)[20]
   assert _knn(straight_run) == _knn(tmp_path)[-1:]
   jobs.assert_events_match_metrics(tmp_path)  # the restart purged the killed run's later steps
+  for name in ("pca_0000020.png", "cls_attention_0000020.png"):
+    assert (tmp_path / "pictures" / name).read_bytes() == (straight_run / "pictures" / name).read_bytes()
 
 
 def test_damaged_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tmp_path, straight_run):
