@@ -53,7 +53,7 @@ ssl() {  # the device's step time alone (--data cached); batch 32 if 64 fails (o
   local attention=${SSL_ATTENTION:-cudnn} extra
   read -r -a extra <<< "${SSL_ARGS:-}"
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 step ssl 240 python3 bench/ssl_step.py \
-    --config configs/dinov2_vitl14.py --batch 64 --steps 20 --data cached --attention "$attention" --profile_steps 3 "${extra[@]}"
+    --config configs/dinov2_vitl14.py --batch 64 --steps 20 --data cached --attention "$attention" --set 'profile.steps=(4,7)' "${extra[@]}"
   local rc=$?
   if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then
     XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 step ssl 160 python3 bench/ssl_step.py \

@@ -2,7 +2,7 @@
 
   python bench/ssl_step.py                                  # CPU: ViT-S/14, official crops, batch 2
   python bench/ssl_step.py --config configs/dinov2_vitl14.py --batch 64 --steps 20 --data cached \
-      --profile_steps 3                                     # one H100/H200, with its top kernels
+      --set 'profile.steps=(4,7)'                           # one H100/H200, with its top kernels
 
 Runs the real trainer (`dinojax.trainers.ssl.run`) for a few steps with synthetic-free real data
 (the offline digits set, resized by the crops) and reads its step times; the first steps (compile,
@@ -12,6 +12,8 @@ student's blocks counted only for the samples stochastic depth computes (officia
 path 0.4 on every block, so ~60 %); "MFU (no drop)" counts every sample, as if nothing were dropped.
 `--data cached` serves the pipeline's first batch at every step, so the step time is the device's
 alone (what MFU should measure); `--data pipeline` (the default) includes waiting for the crops.
+`--set profile.steps=(start,stop)` traces those steps as a training run does (`dinojax.profile`)
+and prints the top kernels.
 """
 
 import argparse
@@ -122,33 +124,13 @@ class _FirstBatchForever(_Wrapped):
     return self._first
 
 
-class _Profiled(_Wrapped):
-  """The wrapped iterator, tracing the steps whose batches are its calls `start` .. `start+count-1`
-  (the loop fetches a step's batch only after the previous step's metrics are back)."""
-
-  def __init__(self, iterator, start: int, count: int, directory: str):
-    super().__init__(iterator)
-    self._calls, self._start, self._stop, self._directory = 0, start, start + count, directory
-
-  def __next__(self):
-    self._calls += 1
-    if self._calls == self._start:
-      jax.profiler.start_trace(self._directory, create_perfetto_trace=True)
-    elif self._calls == self._stop:
-      jax.profiler.stop_trace()
-    return next(self._iterator)
-
-
-def wrap_data(cached: bool, profile_steps: int, directory: str):
-  """Makes the trainer's multi-crop data cached and/or profiled."""
+def wrap_data(cached: bool):
+  """Makes the trainer's multi-crop data cached."""
   multi_crop_data = ssl.multi_crop_data
 
   def wrapped(*args, **kwargs):
     dataset, skipped, shardings = multi_crop_data(*args, **kwargs)
-    iterator = _FirstBatchForever(iter(dataset)) if cached else iter(dataset)
-    if profile_steps:
-      iterator = _Profiled(iterator, start=4, count=profile_steps, directory=directory)
-    return iterator, skipped, shardings
+    return _FirstBatchForever(iter(dataset)) if cached else iter(dataset), skipped, shardings
 
   ssl.multi_crop_data = wrapped
 
@@ -162,8 +144,6 @@ def main():
   parser.add_argument("--dtype", default=None, help="override model dtype (float32 on CPU by default)")
   parser.add_argument("--data", default="pipeline", choices=["pipeline", "cached"])
   parser.add_argument("--attention", default=None, help="override (xla on CPU, cudnn on GPU by default)")
-  parser.add_argument("--profile_steps", type=int, default=0,
-                      help="trace this many steps after 3 warm-up steps and print the top kernels")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="config override, e.g. --set model.drop_path_rate=0.0 (a Python literal, else a string)")
   args = parser.parse_args()
@@ -183,13 +163,11 @@ def main():
   config.mesh.update(data=-1, fsdp=1, model=1)
   config_args.override(config, config_args.parse_overrides(args.set))
 
-  if args.profile_steps and args.steps < 3 + args.profile_steps + 1:
-    raise SystemExit(f"--profile_steps {args.profile_steps} needs --steps ≥ {4 + args.profile_steps}.")
   with tempfile.TemporaryDirectory() as workdir:
-    wrap_data(args.data == "cached", args.profile_steps, os.path.join(workdir, "trace"))
+    wrap_data(args.data == "cached")
     ssl.run(config, workdir)
     times = [r["step_time_s"] for r in loop.read_metrics(workdir) if "step_time_s" in r]
-    profile = trace_summary.summarise(os.path.join(workdir, "trace")) if args.profile_steps else ""
+    profile = trace_summary.summarise(workdir) if config.profile.steps else ""
   step_time = float(np.median(times[len(times) // 2:]))
   flops, all_flops = step_flops(config), step_flops(config, executed=False)
   peak = peak_flops()
@@ -206,7 +184,8 @@ def main():
       f"{stats['peak_bytes_in_use'] / 2**30:.1f}" if "peak_bytes_in_use" in stats else "n/a",
       f"{data_throughput(config):.1f}"]))
   if profile:
-    print(f"\nProfile of {args.profile_steps} steps:\n{profile}")
+    start, stop = config.profile.steps
+    print(f"\nProfile of steps {start}-{stop - 1}:\n{profile}")
 
 
 if __name__ == "__main__":

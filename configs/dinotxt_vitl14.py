@@ -17,7 +17,7 @@ import ml_collections
 
 from dinojax import parallel
 from dinojax.config_args import parse_arg
-from dinojax.config_defaults import frozen_backbone
+from dinojax.config_defaults import frozen_backbone, profile
 from dinojax.data import captions
 from dinojax.evaluators import zero_shot
 
@@ -74,6 +74,7 @@ def get_config(arg=None):
   c.eval.retrieval = ml_collections.ConfigDict(dict(source="tfds:coco_captions", split="val"))
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=5))
   c.log_every = 50
+  c.profile = profile()
 
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "model": 1})
   c.mesh_dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "model": 1})

@@ -16,7 +16,7 @@ import ml_collections
 
 from dinojax import parallel
 from dinojax.config_args import parse_arg
-from dinojax.config_defaults import OFFICIAL_EPOCH_LENGTH, TINY_VIT, frozen_backbone
+from dinojax.config_defaults import OFFICIAL_EPOCH_LENGTH, TINY_VIT, frozen_backbone, profile
 
 # The official grid of base learning rates (scaled by the global batch / 256).
 LEARNING_RATES = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1)
@@ -47,6 +47,7 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict(dict(every=OFFICIAL_EPOCH_LENGTH, batch_size=256))
   c.checkpoint = ml_collections.ConfigDict(dict(every=OFFICIAL_EPOCH_LENGTH, keep=2))
   c.log_every = 10
+  c.profile = profile()
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
   c.sharding_rules = parallel.DEFAULT_RULES

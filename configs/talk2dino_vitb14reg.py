@@ -20,6 +20,7 @@ import ml_collections
 
 from dinojax import parallel
 from dinojax.config_args import parse_arg
+from dinojax.config_defaults import profile
 
 COCO_TRAIN2014_CAPTIONS = 414_113
 
@@ -47,6 +48,7 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict(dict(source="tfds:coco_captions", split="train", threads=16))
   c.checkpoint = ml_collections.ConfigDict(dict(every=2000, keep=3))
   c.log_every = 50
+  c.profile = profile()
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
   c.mesh_dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "model": 1})

@@ -158,6 +158,15 @@ def c_powers(value):
   return None
 
 
+def profile_window(value):
+  if value in ((), None):
+    return None
+  if (not isinstance(value, (tuple, list)) or len(value) != 2 or not all(map(_is_int, value))
+      or not 0 <= value[0] < value[1]):
+    return "must be (start, stop) steps with 0 <= start < stop, e.g. '(10, 15)', or () for none"
+  return None
+
+
 _FLOAT_DTYPES = ("float32", "bfloat16", "float16")
 _BACKBONES = "dinojax.hub:NAMES"
 
@@ -207,6 +216,7 @@ RULES: dict[str, Check] = {
     "resampling_steps": each(positive, what="integers >= 1"),
     "n_splits": each(positive, what="positive integers"),
     "c_powers": c_powers,
+    "profile.steps": profile_window,
     "templates": templates,
     "test_sets": source_split_pairs,
     # Names of implementations.

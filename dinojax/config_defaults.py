@@ -56,6 +56,7 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
       batch_size=256, knn_k=20, knn_temperature=0.07))
   c.checkpoint = ml_collections.ConfigDict(dict(every=1250, keep=3))
   c.log_every = 50
+  c.profile = profile()
   c.init_from = ""  # workdir of an earlier run to start from (weights, teacher, centres)
 
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "model": 1})
@@ -64,6 +65,11 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
   c.sharding_rules = parallel.DEFAULT_RULES
   return c
 
+
+def profile() -> ml_collections.ConfigDict:
+  """The `profile` section of every training job: `steps=(start, stop)` traces steps start .. stop-1
+  into the workdir (`dinojax.profile`); () traces nothing."""
+  return ml_collections.ConfigDict(dict(steps=()))
 
 
 def frozen_backbone(name: str, attention: str = "auto", dtype: str = "auto") -> ml_collections.ConfigDict:

@@ -12,31 +12,50 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+from PIL import Image
 from tqdm import tqdm
 
-from dinojax import checkpoint, convert, parallel
+from dinojax import checkpoint, convert, event_files, parallel, profile
 
 
 class MetricWriter:
-  """Appends `{"step": s, **metrics}` lines to `<workdir>/metrics.jsonl` (process 0 only)."""
+  """Appends `{"step": s, **metrics}` lines to `<workdir>/metrics.jsonl` and the same scalars to a
+  TensorBoard event file in `<workdir>` (process 0 only)."""
 
   def __init__(self, workdir: str):
+    self.workdir = workdir
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = jax.process_index() == 0
+    self.events = event_files.EventWriter(workdir)
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.enabled:
       return
-    row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+    row = {k: float(v) for k, v in metrics.items()}
     with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+      f.write(json.dumps({"step": step, **row}) + "\n")
+    self.events.scalars(step, row)
+
+  def images(self, step: int, images: dict[str, np.ndarray]) -> None:
+    """(h, w, 3) uint8 pictures: TensorBoard images, and `<workdir>/pictures/<name>_<step>.png`."""
+    if not self.enabled:
+      return
+    os.makedirs(os.path.join(self.workdir, "pictures"), exist_ok=True)
+    for name, image in images.items():
+      Image.fromarray(image).save(os.path.join(self.workdir, "pictures", f"{name}_{step:07d}.png"))
+    self.events.images(step, images)
+
+  def close(self) -> None:
+    self.events.close()
 
   def resume_at(self, step: int) -> bool:
     """Forgets the rows after `step`, written by a run that died before checkpointing them (the
     resumed run writes them again, so each step is logged once, by the run that reached it), and a
     line cut short by that death. Returns whether an evaluation's row (one without a training loss)
-    at `step` survives; every process gets process 0's answer."""
+    at `step` survives; every process gets process 0's answer. The event files' later steps are
+    purged by the next one (`event_files.EventWriter`'s `purge_step`)."""
     evaluated = False
+    self.events = event_files.EventWriter(self.workdir, purge_step=step + 1)
     if self.enabled and os.path.exists(self.path):
       with open(self.path) as f:
         lines = f.readlines()
@@ -165,18 +184,21 @@ def compiled_on_every_process(step_fn: Callable, *args) -> Callable:
 def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, data_iter,
           batch_shardings: dict, ckpt, skipped, start: int, num_steps: int,
           evaluate: Callable[[Any], dict] | None = None,
-          run_meta: dict | None = None) -> tuple[Any, dict]:
+          run_meta: dict | None = None,
+          pictures: Callable[[Any], dict] | None = None) -> tuple[Any, dict]:
   """Steps `start + 1 .. num_steps` of `state, batch -> state, metrics`: metrics every
   `config.log_every` steps (metrics.jsonl, progress bar), checkpoints every `config.checkpoint.every`
   (with the data iterator's state, so resuming is exact), `evaluate(state) -> {name: value}` every
   `config.eval.every` (0: never) and at the end. A non-finite metric stops the run naming the step.
   Resumed at `start`, the rows a dead run wrote past it are dropped, and an evaluation due at `start`
-  that it did not write runs first. Returns (final state, summary of the last logged loss and
-  evaluations)."""
+  that it did not write runs first. `pictures(state) -> {name: image}` is drawn at each evaluation
+  and before the first step (`MetricWriter.images`). Returns (final state, summary of the last
+  logged loss and evaluations)."""
   writer = MetricWriter(workdir)
   evaluated = writer.resume_at(start)
   throughput = Throughput(config.batch_size)
   bar = progress_bar(num_steps, start, config.batch_size)
+  profiler = profile.Window(config.get("profile", {}).get("steps"), workdir)
   last_saved = start or None  # the checkpoint resumed from was verified (checkpoint.damage)
   summary = {}
 
@@ -193,16 +215,22 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
     writer.write(step, results)
     log_metrics(step, results)
     summary.update(results)
+    if pictures is not None:
+      writer.images(step, pictures(state))
 
   try:
     with parallel.activation_sharding(mesh, rules):
       if start and eval_due(start) and not evaluated:  # the dead run saved, then died before it
         run_eval(start)
+      if not start and pictures is not None and config.eval.every:  # the features before training
+        writer.images(0, pictures(state))
       for step in range(start + 1, num_steps + 1):
         batch = global_batch(next(data_iter), batch_shardings)
         if step == start + 1:
           train_step = compiled_on_every_process(train_step, state, batch)
+        profiler.before(step)
         state, metrics = train_step(state, batch)
+        profiler.after(step, state)
         bar.update(1)
         is_last = step == num_steps
         if step % config.log_every == 0 or is_last:
@@ -221,6 +249,8 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
           run_eval(step)
   finally:  # A failing run still finishes the checkpoint it was writing.
     bar.close()
+    writer.close()
+    profiler.close()
     ckpt.wait_until_finished()
   return state, summary
 

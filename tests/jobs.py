@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from tensorboard.backend.event_processing import event_accumulator
 
 from dinojax import loop
 
@@ -70,6 +71,29 @@ def final_state(workdir) -> tuple[int, dict]:
 def losses(workdir) -> dict[int, float]:
   """{step: loss} from the run's metrics file."""
   return {r["step"]: r["loss"] for r in loop.read_metrics(workdir) if "loss" in r}
+
+
+def events(workdir) -> event_accumulator.EventAccumulator:
+  """The run's TensorBoard event files as TensorBoard reads them (a restart's purges applied), every
+  event kept."""
+  accumulator = event_accumulator.EventAccumulator(str(workdir), size_guidance={
+      event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0})
+  return accumulator.Reload()
+
+
+def assert_events_match_metrics(workdir) -> None:
+  """Each of the run's event-file scalar series (as TensorBoard reads them) has the steps and values
+  (float32) of that metric's rows in metrics.jsonl, each step once."""
+  accumulator = events(workdir)
+  rows = loop.read_metrics(workdir)
+  names = {k for r in rows for k in r if k != "step"}
+  assert set(accumulator.Tags()["scalars"]) == names
+  for name in names:
+    logged = [(r["step"], r[name]) for r in rows if name in r]
+    read = [(e.step, e.value) for e in accumulator.Scalars(name)]
+    assert [s for s, _ in read] == [s for s, _ in logged], name
+    assert len({s for s, _ in read}) == len(read), f"{name} logged twice at a step"
+    np.testing.assert_allclose([v for _, v in read], [v for _, v in logged], rtol=1e-6, err_msg=name)
 
 
 def assert_same_state(a, b) -> None:

@@ -35,6 +35,7 @@ def ssl_tiny():
     ("init_from", "/no/such/run", "--config.init_from='/no/such/run': no such file or directory."),
     ("mesh.data", 0, "--config.mesh.data=0: must be a positive size or -1"),
     ("loss_group", 48, "--config.loss_group=48: must divide batch_size=64"),
+    ("profile.steps", (5, 5), "--config.profile.steps=(5, 5): must be (start, stop) steps with 0 <= start"),
 ])
 def test_a_value_that_makes_no_sense_is_named(ssl_tiny, key, value, problem):
   config = config_args.override(ssl_tiny.copy_and_resolve_references(), {key: value})

@@ -3,7 +3,6 @@ as an uninterrupted run's once resumed (rows past the checkpoint dropped, a due 
 wrote run again)."""
 
 import json
-import types
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,9 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+import jobs
 from dinojax import checkpoint, loop, parallel
+from dinojax.data import pipeline
 
 CONFIG = ml_collections.ConfigDict({"batch_size": 8, "log_every": 1, "checkpoint": {"every": 2},
                                     "eval": {"every": 4}})
@@ -40,14 +41,15 @@ def _step(state, batch):
   return {"w": state["w"] + batch["x"].sum(), "step": state["step"] + 1}, {"loss": batch["x"].mean()}
 
 
-def _run(workdir, die_at=None):
-  """The loop to step 8 (resuming from `workdir`'s checkpoints), dying in step `die_at`."""
+def _run(workdir, die_at=None, profile_steps=()):
+  """The loop to step 8 (resuming from `workdir`'s checkpoints), dying in step `die_at`, tracing
+  `profile_steps`."""
   mesh = parallel.make_mesh({"data": 8})
   replicated = NamedSharding(mesh, P())
   state = {"w": jnp.zeros((), jnp.float32), "step": jnp.zeros((), jnp.int32)}
   shardings = jax.tree.map(lambda _: replicated, state)
   ckpt = checkpoint.manager(workdir / "checkpoints", None, CONFIG.checkpoint.every)
-  data, skipped = Counting(), types.SimpleNamespace(count=0)
+  data, skipped = Counting(), pipeline.SkipCounter()
   state, start = loop.restore(ckpt, state, shardings, data, skipped)
 
   def train_step(state, batch):
@@ -61,13 +63,18 @@ def _run(workdir, die_at=None):
     evaluated.append(int(state["step"]))
     return {"w": state["w"]}
 
-  loop.train(CONFIG, str(workdir), mesh, (), state, train_step, data,
+  config = CONFIG.copy_and_resolve_references()
+  config.profile = {"steps": profile_steps}
+  loop.train(config, str(workdir), mesh, (), state, train_step, data,
              {"x": NamedSharding(mesh, P("data"))}, ckpt, skipped, start, 8, evaluate=evaluate)
   return evaluated
 
 
 def test_a_resumed_run_logs_each_step_once_and_makes_up_a_lost_evaluation(tmp_path):
-  assert _run(tmp_path / "straight") == [4, 8]
+  assert _run(tmp_path / "straight", profile_steps=(2, 4)) == [4, 8]
+  traces = {t.name: t.stat().st_size for t in (tmp_path / "straight/plugins/profile").glob("*/*")}
+  xplane = [name for name in traces if name.endswith(".xplane.pb")]  # TensorBoard's; then Perfetto's
+  assert len(xplane) == 1 and traces[xplane[0]] > 1000 and traces["perfetto_trace.json.gz"] > 1000
   with pytest.raises(KeyboardInterrupt):  # died in step 7, after checkpoint 6
     _run(tmp_path / "dead", die_at=7)
   # ... and had died between checkpoint 4 and its evaluation before: lose checkpoint 6 and that row.
@@ -81,3 +88,8 @@ def test_a_resumed_run_logs_each_step_once_and_makes_up_a_lost_evaluation(tmp_pa
   straight, resumed = (loop.read_metrics(tmp_path / run) for run in ("straight", "dead"))
   assert ([(r["step"], r.get("loss"), r.get("w")) for r in resumed] ==
           [(r["step"], r.get("loss"), r.get("w")) for r in straight])
+  # TensorBoard reads the same scalars; the resumed run's restart purged the dead run's steps 5-7
+  # (its evaluation at step 4, deleted above by hand, is the dead run's and stays in its file).
+  jobs.assert_events_match_metrics(tmp_path / "straight")
+  assert ([(e.step, e.value) for e in jobs.events(tmp_path / "dead").Scalars("loss")] ==
+          [(r["step"], r["loss"]) for r in straight if "loss" in r])

@@ -211,6 +211,7 @@ def run(config, workdir: str) -> dict:
   # k-NN evaluation of the student's EMA (the final model)
   # ------------------------------------------------------------------------------------------------
   knn_eval = ssl.knn_evaluator(config, mesh, rules, backbone)
+  draw = ssl.pictures_evaluator(config, mesh, rules, backbone)
 
   # ------------------------------------------------------------------------------------------------
   # The loop, then the export of the final model
@@ -218,7 +219,8 @@ def run(config, workdir: str) -> dict:
   state, summary = loop.train(
       config, workdir, mesh, rules, state, lambda state, batch: jitted_step(state, teacher, batch),
       data_iter, batch_shardings, ckpt, skipped, start, num_steps,
-      evaluate=lambda state: {"knn_top1": knn_eval(state["ema"]["backbone"])}, run_meta=run_meta)
+      evaluate=lambda state: {"knn_top1": knn_eval(state["ema"]["backbone"])}, run_meta=run_meta,
+      pictures=lambda state: draw(state["ema"]["backbone"]))
   loop.export_backbone(state["ema"]["backbone"], os.path.join(workdir, "student_ema.safetensors"))
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)

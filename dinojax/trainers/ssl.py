@@ -17,7 +17,7 @@ from absl import logging
 from dinojax import backbones, checkpoint, features, loop, optim, parallel
 from dinojax.data import masking, pipeline, sources
 from dinojax.data.multi_crop import MultiCrop
-from dinojax.evaluators import knn
+from dinojax.evaluators import knn, pictures
 from dinojax.losses import dino, koleo
 from dinojax.models.heads import DINOHead
 from dinojax.models.vit import ViT
@@ -269,6 +269,15 @@ def target_entropy(t_cls: jax.Array) -> jax.Array:
   return -jnp.sum(t_cls * jnp.log(t_cls + 1e-12), axis=-1).mean()
 
 
+def center_norms(config, center: dict) -> dict:
+  """The norms of the softmax centres (DINO's and iBOT's; Sinkhorn-Knopp keeps none): with the
+  targets' entropy, what tells a collapsing run (one prototype dominating the centre) from a
+  learning one."""
+  if config.centering != "softmax":
+    return {}
+  return {f"center_norm_{k}": jnp.linalg.norm(v) for k, v in center.items()}
+
+
 def init_state(config, make_tx, params, param_shardings, ema_key: str) -> dict:
   """The training state: params, their EMA under `ema_key` (SSL's teacher, distillation's spare
   student EMA) starting as a copy, AdamW state sharded as the params, the centres and the step."""
@@ -300,6 +309,21 @@ def knn_evaluator(config, mesh, rules, backbone: ViT):
                               config.eval.knn_temperature)[k]["top1"]
 
   return knn_eval
+
+
+def pictures_evaluator(config, mesh, rules, backbone: ViT):
+  """`draw(backbone_params) -> {name: image}`: the patch PCA and CLS attention of the first images of
+  the k-NN evaluation's held-out split (`evaluators.pictures`; read on first use)."""
+  drawn = None
+
+  def draw(params):
+    nonlocal drawn
+    if drawn is None:
+      drawn = pictures.Pictures(backbone, pictures.fixed_images(
+          config.eval.source, config.eval.heldout_split, config.crops.global_size), mesh, rules)
+    return drawn(params)
+
+  return draw
 
 
 def run(config, workdir: str) -> dict:
@@ -394,7 +418,7 @@ def run(config, workdir: str) -> dict:
     params, opt, grad_norms = update(config, make_tx, s, state["params"], state["opt"], grads)
     teacher = ema_update(state["teacher"], params, s["momentum"])
     metrics = {"loss": loss, **logged, **s, "masked_patches": valid.sum(),
-               "teacher_entropy": target_entropy(t_cls),
+               "teacher_entropy": target_entropy(t_cls), **center_norms(config, center),
                "param_norm": optax.tree.norm(params),
                **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
     new_state = {"params": params, "teacher": teacher, "opt": opt, "center": center, "step": step + 1}
@@ -417,13 +441,15 @@ def run(config, workdir: str) -> dict:
   # k-NN evaluation of the teacher's CLS features
   # ------------------------------------------------------------------------------------------------
   knn_eval = knn_evaluator(config, mesh, rules, backbone)
+  draw = pictures_evaluator(config, mesh, rules, backbone)
 
   # ------------------------------------------------------------------------------------------------
   # The loop, then the export of the EMA teacher's backbone
   # ------------------------------------------------------------------------------------------------
   state, summary = loop.train(config, workdir, mesh, rules, state, train_step, data_iter,
                               batch_shardings, ckpt, skipped, start, num_steps,
-                              evaluate=lambda state: {"knn_top1": knn_eval(state["teacher"]["backbone"])})
+                              evaluate=lambda state: {"knn_top1": knn_eval(state["teacher"]["backbone"])},
+                              pictures=lambda state: draw(state["teacher"]["backbone"]))
   # The model a run produces, as the official `teacher_checkpoint.pth`'s backbone, for PyTorch.
   loop.export_backbone(state["teacher"]["backbone"], os.path.join(workdir, "teacher_backbone.safetensors"))
   if skipped.count:

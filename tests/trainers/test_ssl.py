@@ -9,9 +9,10 @@ import shutil
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 import jobs
-from dinojax import convert, loop
+from dinojax import convert, loop, report
 
 CONFIG = f"{jobs.REPO / 'configs/dinov2_vits14.py'}:tiny"
 SMALL = ["--config.model.depth=2", "--config.batch_size=16", "--config.eval.batch_size=200",
@@ -57,6 +58,19 @@ def _knn(workdir):
 def test_tiny_run_trains_and_evaluates(straight_run):
   losses = jobs.losses(straight_run)
   assert len(losses) == 20 and all(np.isfinite(list(losses.values())))
+  # TensorBoard's scalars are metrics.jsonl's, with the numbers that tell collapse from learning.
+  jobs.assert_events_match_metrics(straight_run)
+  assert {"teacher_entropy", "center_norm_dino", "center_norm_ibot", "lr", "images_per_s"} <= set(
+      loop.read_metrics(straight_run)[-2])
+  # Pictures before training and at the evaluation, as PNGs and TensorBoard images, in colours
+  # that vary over the patches; 20 warm-up steps move the EMA teacher little, but not nothing.
+  accumulator = jobs.events(straight_run)
+  for name in ("pca", "cls_attention"):
+    assert [e.step for e in accumulator.Images(name)] == [0, 20]
+    init, trained = (np.asarray(Image.open(straight_run / f"pictures/{name}_{s:07d}.png")) for s in (0, 20))
+    assert init.shape == trained.shape and init.shape[0] >= 4 * 128
+    assert len(np.unique(trained[:, trained.shape[1] // 2:].reshape(-1, 3), axis=0)) > 50
+    assert not np.array_equal(init, trained)
   knn = _knn(straight_run)
   assert len(knn) == 1 and knn[0] > 0.2  # 10 classes: chance is 0.1
   step, state = jobs.final_state(straight_run)
@@ -91,6 +105,9 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
   jobs.assert_same_state(a, b)
   assert jobs.losses(straight_run)[20] == jobs.losses(tmp_path)[20]
   assert _knn(straight_run) == _knn(tmp_path)[-1:]
+  jobs.assert_events_match_metrics(tmp_path)  # the restart purged the killed run's later steps
+  for name in ("pca_0000020.png", "cls_attention_0000020.png"):
+    assert (tmp_path / "pictures" / name).read_bytes() == (straight_run / "pictures" / name).read_bytes()
 
 
 def test_damaged_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tmp_path, straight_run):
@@ -111,6 +128,7 @@ def test_damaged_checkpoints_are_skipped_and_the_run_ends_as_uninterrupted(tmp_p
   rows = [[(r["step"], r.get("loss"), r.get("knn_top1")) for r in loop.read_metrics(run)]
           for run in (straight_run, tmp_path)]
   assert rows[1] == rows[0]
+  jobs.assert_events_match_metrics(tmp_path)
 
 
 # Mask and loss groups default to each device's batch; pinned so that 1 and 8 devices draw the same
@@ -146,7 +164,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state["params"]))
 
 
-def test_a_new_phase_starts_from_an_earlier_run(tmp_path, straight_run):
+def test_a_new_phase_starts_from_an_earlier_run(tmp_path, straight_run, capsys):
   # Larger crops (the high-resolution phase, in miniature), zero lr: the weights must be the first run's.
   _run(tmp_path, "--config.total_steps=1", "--config.eval.every=0", "--config.checkpoint.every=1",
        "--config.crops.global_size=48", "--config.crops.local_size=24", "--config.optim.base_lr=0.0",
@@ -154,3 +172,12 @@ def test_a_new_phase_starts_from_an_earlier_run(tmp_path, straight_run):
   (_, low), (_, high) = jobs.final_state(straight_run), jobs.final_state(tmp_path)
   assert int(high["step"]) == 1
   jobs.assert_same_state(low["params"], high["params"])
+
+  # The two runs side by side: what their configs change, their losses and evaluations.
+  report.main([str(straight_run), str(tmp_path), "--plot", str(tmp_path / "report.png")])
+  out = capsys.readouterr().out
+  table = {cells[0]: cells[1:] for cells in (re.split(r"\s{2,}", line.strip()) for line in out.splitlines())}
+  assert table["config crops.global_size"] == ["32", "48"]
+  assert table["loss (last)"] == [f"{jobs.losses(straight_run)[20]:.4g} @20", f"{jobs.losses(tmp_path)[1]:.4g} @1"]
+  assert table["knn_top1 (best)"] == [f"{_knn(straight_run)[0]:.4g} @20", "-"]
+  assert (tmp_path / "report.png").read_bytes().startswith(b"\x89PNG")

@@ -1,0 +1,66 @@
+"""What a training run's features look like, drawn at each evaluation on a few fixed images: the PCA
+of the patch features (the DINOv2 paper's Fig. 1, `pca.pca_rgb`) and the last block's CLS attention
+of each head (the DINO paper's attention maps). The loop writes them as TensorBoard images and PNGs
+(`loop.MetricWriter.images`)."""
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from dinojax import parallel
+from dinojax.data import images as image_lib
+from dinojax.data import pipeline, sources
+from dinojax.evaluators import pca
+from dinojax.models.vit import ViT
+
+
+def fixed_images(source_spec: str, split: str, size: int, count: int = 4) -> np.ndarray:
+  """The first `count` images of a source, as the evaluations crop them: (count, size, size, 3) uint8."""
+  source = sources.make_source(source_spec, split)
+  return np.stack([pipeline.eval_crop(pipeline.decode_image(source[i]["image"]), size)
+                   for i in range(min(count, len(source)))])
+
+
+def _heat(x: np.ndarray) -> np.ndarray:
+  """(h, w) -> (h, w, 3) grey levels in [0, 1], min to max."""
+  lo, hi = x.min(), x.max()
+  return np.repeat(((x - lo) / (hi - lo if hi > lo else 1.0))[..., None], 3, axis=-1)
+
+
+def _upsample(colours: np.ndarray, size: int) -> np.ndarray:
+  """(h, w, 3) in [0, 1] -> (size, size, 3) uint8, each patch a block of pixels."""
+  pixels = (colours * 255).round().astype(np.uint8)
+  return pixels.repeat(size // pixels.shape[0], axis=0).repeat(size // pixels.shape[1], axis=1)
+
+
+class Pictures:
+  """`pictures(backbone_params) -> {"pca", "cls_attention"}`: one row per fixed image (uint8 RGB),
+  the image then its patch PCA, and the image then each head's CLS attention over the patches."""
+
+  def __init__(self, backbone: ViT, images: np.ndarray, mesh, rules):
+    self.images = images
+    shards = parallel.batch_shards(mesh, rules)
+    padded = np.concatenate([images, np.zeros((-len(images) % shards, *images.shape[1:]), np.uint8)])
+    batch = image_lib.normalize(padded)
+    self.batch = jax.make_array_from_callback(batch.shape, parallel.batch_sharding(mesh, rules, 4),
+                                              lambda index: batch[index])
+    self.forward = jax.jit(lambda params, x: backbone.apply({"params": params}, x,
+                                                            return_cls_attention=True))
+    self.grid = images.shape[1] // backbone.patch_size
+    self.num_register_tokens = backbone.num_register_tokens
+
+  def __call__(self, params) -> dict[str, np.ndarray]:
+    out = self.forward(params, self.batch)
+    gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))[:len(self.images)]
+    patches = gather(out["x_norm_patchtokens"]).reshape(len(self.images), self.grid, self.grid, -1)
+    # The CLS query's softmax over every token, then its weights on the patches alone.
+    attention = jax.nn.softmax(out["cls_attention_logits"], axis=-1)[:, :, 1 + self.num_register_tokens:]
+    attention = gather(attention).reshape(len(self.images), -1, self.grid, self.grid)
+    size = self.images.shape[1]
+    pca_rows = [np.concatenate([image, _upsample(pca.pca_rgb(p), size)], axis=1)
+                for image, p in zip(self.images, patches)]
+    attention_rows = [np.concatenate([image, *(_upsample(_heat(head), size) for head in heads)], axis=1)
+                      for image, heads in zip(self.images, attention)]
+    scale = max(1, 128 // size)  # rows of at least 128 px: tiny images stay visible
+    return {name: np.concatenate(rows).repeat(scale, axis=0).repeat(scale, axis=1)
+            for name, rows in (("pca", pca_rows), ("cls_attention", attention_rows))}
