@@ -23,7 +23,8 @@ def main():
   args = parser.parse_args()
   workdir = args.workdir or tempfile.mkdtemp(prefix="bench-pairs-")
   shutil.rmtree(workdir, ignore_errors=True)
-  config = config_args.load_config(os.path.join(os.path.dirname(__file__), "../configs/curate_dinotxt_tiny.py"))
+  config = config_args.load_config(os.path.join(os.path.dirname(__file__),
+                                                "../configs/curate_dinotxt_tiny.py"))
   num_pairs = len(pairs.pair_source(config))
   seconds = {}
   for name, step in pairs.STEPS.items():

@@ -176,8 +176,8 @@ def embed_step(config, workdir: str, process_index: int = 0, process_count: int 
 def dedup_step(config, workdir: str, process_index: int = 0, process_count: int = 1) -> dict | None:
   """Each side's deduplication, then the pairs both keep -> `dedup/keep.npy`; None while parts of
   other processes are missing."""
-  sides = {side: dedup.run(side_config(config, side, workdir), side_dir(workdir, side), process_index, process_count)
-           for side in SIDES}
+  sides = {side: dedup.run(side_config(config, side, workdir), side_dir(workdir, side), process_index,
+                           process_count) for side in SIDES}
   if any(s is None for s in sides.values()):
     return None
   if config.pair_dedup == "either":
@@ -199,7 +199,8 @@ def dedup_step(config, workdir: str, process_index: int = 0, process_count: int 
 def _keep_unless_both_repeat(config, workdir: str) -> np.ndarray:
   """Pairs with a readable image, less all but the lowest id of each component of the graph whose
   edges are duplicates on both sides, less the image side's near-evaluation ones."""
-  image, text = (dedup.found_edges(side_config(config, side, workdir), side_dir(workdir, side)) for side in SIDES)
+  image, text = (dedup.found_edges(side_config(config, side, workdir), side_dir(workdir, side))
+                 for side in SIDES)
   span = int(max(image.max(initial=0), text.max(initial=0))) + 1
   common = image[np.isin(image[:, 0] * span + image[:, 1], text[:, 0] * span + text[:, 1])]
   removed, _ = dedup.components_to_remove(common)
@@ -211,8 +212,8 @@ def _keep_unless_both_repeat(config, workdir: str) -> np.ndarray:
 
 def cluster_step(config, workdir: str, process_index: int = 0, process_count: int = 1) -> dict | None:
   """Each side's hierarchical k-means; None while either waits for other processes."""
-  sides = {side: cluster.run(side_config(config, side, workdir), side_dir(workdir, side), process_index, process_count)
-           for side in SIDES}
+  sides = {side: cluster.run(side_config(config, side, workdir), side_dir(workdir, side), process_index,
+                             process_count) for side in SIDES}
   return None if any(s is None for s in sides.values()) else sides
 
 

@@ -18,6 +18,7 @@ import jobs
 from dinojax import config_args, config_check
 from dinojax.curation import embed, pairs, store
 from dinojax.data import captions
+from dinojax.trainers import dinotxt
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_search import normalized  # noqa: E402
@@ -47,15 +48,12 @@ def synthetic_pool(seed=0, dim=16):
   originals = rng.choice(len(image), PAIR_COPIES + IMAGE_COPIES, replace=False)
   copies = np.arange(len(image), len(image) + len(originals))
   jitter = lambda x: x + 1e-4 * rng.normal(size=x.shape)  # noqa: E731
-  fresh_text = centres[1][text_concept[originals[PAIR_COPIES:]]] + 0.3 * rng.normal(size=(IMAGE_COPIES, dim))
+  fresh_text = (centres[1][text_concept[originals[PAIR_COPIES:]]]
+                + 0.3 * rng.normal(size=(IMAGE_COPIES, dim)))
   image = np.concatenate([image, jitter(image[originals])])
   text = np.concatenate([text, jitter(text[originals[:PAIR_COPIES]]), fresh_text])
   return (normalized(image), normalized(text), np.concatenate([image_concept, image_concept[originals]]),
           np.concatenate([text_concept, text_concept[originals]]), np.stack([originals, copies], 1))
-
-
-def entropy(labels):
-  return pairs.concept_entropy(labels)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +62,8 @@ def curated(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("pairs"))
   image, text, image_concept, text_concept, planted = synthetic_pool()
   for side, vectors in (("image", image), ("text", text)):
-    store.write_embeddings(embed.collection_dir(pairs.side_dir(workdir, side), "pool"), vectors, shard_size=400)
+    store.write_embeddings(embed.collection_dir(pairs.side_dir(workdir, side), "pool"), vectors,
+                           shard_size=400)
   config = tiny_config()
   for side in pairs.SIDES:
     config[side].dedup.threshold = 0.999
@@ -99,7 +98,7 @@ def test_curation_flattens_both_sides_and_removes_duplicates(curated):
   # Balance: each side's concept histogram gains entropy, and the summary's cluster entropies agree.
   for side in pairs.SIDES:
     concepts = curated[f"{side}_concept"]
-    before, after = entropy(concepts[keep]), entropy(concepts[selected])
+    before, after = pairs.concept_entropy(concepts[keep]), pairs.concept_entropy(concepts[selected])
     assert after - before >= GAP_CLOSED * (np.log(CONCEPTS) - before), (side, before, after)
     stated = curated["summary"][f"{side}_entropy"]
     assert stated["selected"] > stated["kept"]
@@ -110,10 +109,12 @@ def test_tiny_dinotxt_run_trains_on_the_curated_pairs(curated, tmp_path):
   folder = os.path.join(curated["workdir"], "sample")
   source = captions.make_caption_source(f"curated:{folder}", "ignored")
   assert len(source) == TARGET and source[0]["captions"]
-  jobs.run_main(f"{jobs.REPO / 'configs/dinotxt_vitl14.py'}:tiny", tmp_path, f"--config.data.source=curated:{folder}",
-                "--config.data.threads=1", "--config.backbone.model.depth=2", "--config.text.depth=1",
-                "--config.batch_size=32", "--config.total_steps=2", "--config.eval.every=0",
-                "--config.checkpoint.every=2", "--config.log_every=1")
+  # In process: the trainer's programs compile once per session (its own tests share them).
+  config = config_args.load_config(f"{jobs.REPO / 'configs/dinotxt_vitl14.py'}:tiny")
+  config_args.override(config, config_args.parse_overrides([
+      f"data.source=curated:{folder}", "data.threads=1", "backbone.model.depth=2", "text.depth=1",
+      "batch_size=32", "total_steps=2", "eval.every=0", "checkpoint.every=2", "log_every=1"]))
+  dinotxt.run(config, str(tmp_path))
   losses = jobs.losses(tmp_path)
   assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
 
@@ -125,7 +126,8 @@ def test_embed_step_gives_both_sides_and_the_config_is_checked(tmp_path):
   config.pair_dedup = "neither"
   config.text.cluster.n_splits = [1, 2, 1]
   assert sorted(p.split(":")[0] for p in config_check.problems(config)) == [
-      "--config.pair_dedup='neither'", "--config.sample.text_fraction=1.5", "--config.text.cluster.n_splits=[1, 2, 1]"]
+      "--config.pair_dedup='neither'", "--config.sample.text_fraction=1.5",
+      "--config.text.cluster.n_splits=[1, 2, 1]"]
   config = tiny_config()
   config.data.split = "train[0:40]"
   config.embed.shard_size = 16
