@@ -123,10 +123,19 @@ def existing_path(value):
 
 
 def data_source(value):
-  """A spec `sources.make_source` reads."""
-  if value == "digits" or re.fullmatch(r"(folder|list|tfds):.+", str(value)):
+  """A spec `sources.make_source` or, for the text-alignment jobs, `captions.make_caption_source`
+  reads."""
+  if value == "digits" or re.fullmatch(r"(folder|list|tfds|jsonl|curated):.+", str(value)):
     return None
-  return "must name a data source: 'digits', 'folder:<root>', 'list:<file>' or 'tfds:<name>'"
+  return ("must name a data source: 'digits', 'folder:<root>', 'list:<file>', 'tfds:<name>', "
+          "'jsonl:<file>' or 'curated:<folder>'")
+
+
+def caption_source(value):
+  """A spec of image–caption pairs a curation reads (`captions.make_caption_source`)."""
+  if value == "digits" or re.fullmatch(r"(jsonl|tfds):.+", str(value)):
+    return None
+  return "must name image–caption pairs: 'digits', 'jsonl:<file>' or 'tfds:<name>'"
 
 
 def collection(value):
@@ -202,6 +211,7 @@ RULES: dict[str, Check] = {
                      "adam_beta2"), interval(0, 1, open_high=True)),
     "layerwise_decay": interval(0, 1, open_low=True),
     **dict.fromkeys(("dedup.threshold", "dedup.evaluation_threshold"), interval(-1, 1)),  # cosines
+    "sample.text_fraction": interval(0, 1),
     # Ranges and lists.
     **dict.fromkeys(("global_scale", "local_scale", "crop_scale"), pair(0, 1, open_low=True)),
     "mask_ratio": pair(0, 1),
@@ -239,6 +249,8 @@ RULES: dict[str, Check] = {
     "search.method": one_of("dinojax.curation.search:METHODS"),
     "cluster.input": one_of("dinojax.curation.cluster:INPUTS"),
     "sample.strategy": one_of("dinojax.curation.sampling:STRATEGIES"),
+    "text_model.variant": one_of("dinojax.models.clip_text:VARIANTS"),
+    "pair_dedup": one_of("dinojax.curation.pairs:PAIR_DEDUP"),
     **dict.fromkeys(("model.name", "model.backbone"), one_of(_BACKBONES)),
     "backbone.name": optional(one_of(_BACKBONES)),  # empty: the ViT `backbone.model` describes
     # Data.
@@ -246,6 +258,7 @@ RULES: dict[str, Check] = {
     # "": skipped (an evaluation source; `eval.source` is needed when `eval.every` is not 0).
     **dict.fromkeys(("zero_shot.source", "retrieval.source", "eval.source"), optional(data_source)),
     "data.pool": collection,
+    "data.pairs": caption_source,
     **dict.fromkeys(("data.queries", "data.evaluation"), optional(collection)),
     # Files read before the run starts.
     **dict.fromkeys((
@@ -320,15 +333,16 @@ def _relations(config) -> Iterator[str]:
   if _sizes(group, batch) and group and batch % group:
     yield _line("loss_group", group, f"must divide batch_size={batch} (the official per-GPU batch, "
                 "or 0 for each device's batch)")
-  splits = get("cluster.n_splits")
-  if isinstance(splits, (list, tuple)) and any(s != 1 for s in splits[1:]):
-    yield _line("cluster.n_splits", splits, "only level 1 can be split further (e.g. '[100, 1, 1, 1]')")
-  levels = {k: len(v) for k in ("n_clusters", "n_splits", "resampling_steps", "sample_sizes")
-            if isinstance(v := get(f"cluster.{k}"), (list, tuple))}
-  if len(set(levels.values())) > 1:
-    yield _line("cluster.n_clusters", get("cluster.n_clusters"),
-                f"n_clusters, n_splits, resampling_steps and sample_sizes need one entry per level, "
-                f"got {levels}")
+  for section in ("cluster", "image.cluster", "text.cluster"):  # image curation; both sides of pairs'
+    splits = get(f"{section}.n_splits")
+    if isinstance(splits, (list, tuple)) and any(s != 1 for s in splits[1:]):
+      yield _line(f"{section}.n_splits", splits, "only level 1 can be split further (e.g. '[100, 1, 1, 1]')")
+    levels = {k: len(v) for k in ("n_clusters", "n_splits", "resampling_steps", "sample_sizes")
+              if isinstance(v := get(f"{section}.{k}"), (list, tuple))}
+    if len(set(levels.values())) > 1:
+      yield _line(f"{section}.n_clusters", get(f"{section}.n_clusters"),
+                  f"n_clusters, n_splits, resampling_steps and sample_sizes need one entry per level, "
+                  f"got {levels}")
 
 
 def mesh_problems(config, num_devices: int) -> Iterator[str]:

@@ -158,3 +158,41 @@ def curation() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "model": 1})
   c.sharding_rules = parallel.DEFAULT_RULES
   return c
+
+
+def curation_pairs() -> ml_collections.ConfigDict:
+  """Curation of image–caption pairs for dino.txt (Jose et al., 2025: "curating data using both text
+  and image modalities"; docs/curation.md says what the paper leaves open and what is chosen here).
+  Each side is Vo et al. (2024) on its own embeddings: deduplication, the 4-level hierarchical
+  k-means of `curation()`, balanced sampling; the curated set is the union of a text-balanced and
+  an image-balanced sample, `sample.text_fraction` of it from the text side."""
+  base = curation()
+  c = ml_collections.ConfigDict()
+  c.job = "curate_pairs"
+  c.seed = 0
+  # The pairs: a caption source (`digits`, `jsonl:<file>`, `tfds:<name>`) and its split (may end in
+  # a slice, `train[0:1000]`); `evaluation` optionally an image collection (as `curation()`) whose
+  # near-duplicates are dropped from the image side.
+  c.data = ml_collections.ConfigDict(dict(pairs="", split="train", evaluation="", image_size=224))
+  c.model = base.model  # the frozen DINOv2 that embeds the images
+  # The caption encoder: a CLIP text tower (`checkpoint`: OpenAI or Hugging Face CLIP weights;
+  # None: random weights of `variant`, announced). A pair's text embedding is the normalised mean of
+  # its captions' normalised `text_embeds`.
+  c.text_model = ml_collections.ConfigDict(dict(variant="ViT-L/14", overrides=ml_collections.ConfigDict(),
+                                                context_length=77, batch_size=256, attention="xla"))
+  c.text_model.checkpoint = ml_collections.FieldReference(None, field_type=str)
+  c.embed, c.search = base.embed, base.search
+  # Vo et al.'s settings on both sides. Captions are near-duplicates from cosine 0.95 (ours: at the
+  # images' 0.6, unrelated captions of a CLIP text tower would merge). A pair is dropped when either
+  # side repeats another pair's ("both": only when both repeat the same pair).
+  for side in ("image", "text"):
+    c[side] = ml_collections.ConfigDict(dict(dedup=base.dedup.to_dict(), cluster=base.cluster.to_dict()))
+    del c[side].cluster.input  # always the side's deduplicated pairs
+  del c.text.dedup.evaluation_threshold  # evaluation images are compared with images only
+  c.text.dedup.threshold = 0.95
+  c.pair_dedup = "either"
+  # One pass of the official schedule (50k steps of 8192 pairs); the paper's curated size is its own.
+  c.sample = ml_collections.ConfigDict(dict(target_size=409_600_000, strategy="r", seed=0, text_fraction=0.5))
+  c.mesh = base.mesh
+  c.sharding_rules = base.sharding_rules
+  return c

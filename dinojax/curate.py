@@ -7,6 +7,9 @@
   python -m dinojax.curate sample   --config configs/curate_tiny.py --workdir DIR
   python -m dinojax.curate plan     --config configs/curate_lvd142m.py   # cluster dry run
 
+Image–caption pairs for dino.txt (`dinojax/curation/pairs.py`): the steps embed, dedup, cluster and
+sample with `--config configs/curate_dinotxt_tiny.py` (or `curate_dinotxt.py`).
+
 Each step reads the previous steps' files from DIR. On many hosts, start process i of P with
 `--process_index=i --process_count=P` (no coordinator needed: processes share only the workdir);
 see docs/curation.md. `python -m dinojax.main --config configs/curate_tiny.py --workdir DIR` runs
@@ -19,13 +22,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from dinojax import config_check
-from dinojax.curation import cluster, pipeline
+from dinojax.curation import cluster, pairs, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a curation config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory the steps read and write.")
 _PROCESS_INDEX = flags.DEFINE_integer("process_index", 0, "This process's index (0..process_count-1).")
 _PROCESS_COUNT = flags.DEFINE_integer("process_count", 1, "Processes sharing the work.")
+
+STEPS = {"curate": pipeline.STEPS, "curate_pairs": pairs.STEPS}  # by config.job
 
 
 def main(argv):
@@ -35,8 +40,9 @@ def main(argv):
     print(cluster.plan(_CONFIG.value, pool_size=p.pool_size, dim=p.dim, hosts=p.hosts,
                        devices_per_host=p.devices_per_host))
     return
-  if len(steps) != 1 or steps[0] not in pipeline.STEPS:
-    raise app.UsageError(f"Name one step: {' | '.join(pipeline.STEPS)} (got {steps or 'none'}).")
+  known = STEPS.get(_CONFIG.value.job if _CONFIG.value is not None else "curate", pipeline.STEPS)
+  if len(steps) != 1 or steps[0] not in known:
+    raise app.UsageError(f"Name one step: {' | '.join(known)} (got {steps or 'none'}).")
   if _CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config configs/curate_tiny.py")
   if _WORKDIR.value is None:
@@ -46,8 +52,7 @@ def main(argv):
     config_check.exit_with(problems)
   logging.info("Config:\n%s", _CONFIG.value)
   try:
-    result = pipeline.STEPS[steps[0]](_CONFIG.value, _WORKDIR.value, _PROCESS_INDEX.value,
-                                      _PROCESS_COUNT.value)
+    result = known[steps[0]](_CONFIG.value, _WORKDIR.value, _PROCESS_INDEX.value, _PROCESS_COUNT.value)
   except (FileNotFoundError, ValueError) as e:  # missing inputs, bad settings: say what, no traceback
     sys.exit(f"curate {steps[0]}: {e}")
   print(f"{steps[0]}: {result}")

@@ -18,6 +18,7 @@ from dinojax import config_check
 # Job name -> module with `run(config, workdir)`.
 JOBS = {
     "curate": "dinojax.curation.pipeline",
+    "curate_pairs": "dinojax.curation.pairs",
     "dinotxt": "dinojax.trainers.dinotxt",
     "distill": "dinojax.trainers.distill",
     "knn_eval": "dinojax.evaluators.knn",

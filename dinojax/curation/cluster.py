@@ -26,6 +26,10 @@ INPUTS = ("dedup", "retrieve")
 
 
 def input_ids(config, workdir: str) -> np.ndarray:
+  """The sorted pool ids to cluster: `cluster.input` names the step whose result they are, or is a
+  `.npy` file of them (the pairs both sides of a pair curation keep, `pairs.py`)."""
+  if config.cluster.input.endswith(".npy"):
+    return np.load(store.require(config.cluster.input, "The ids to cluster", "dedup"))
   if config.cluster.input == "dedup":
     return dedup.load_keep(workdir)
   if config.cluster.input == "retrieve":

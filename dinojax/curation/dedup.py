@@ -141,6 +141,15 @@ def reduce_phase(config, workdir: str) -> dict | None:
   return summary
 
 
+def found_edges(config, workdir: str) -> np.ndarray:
+  """The unique duplicate (low, high) id pairs every map part found (once all parts exist)."""
+  pool, _ = _inputs(config, workdir)
+  _, parts_dir = _dirs(workdir)
+  blocks = range(len(pool.blocks(config.search.shards_per_block)))
+  paths = [store.require(_part(parts_dir, "edges", b), "A deduplication part", "dedup") for b in blocks]
+  return np.unique(np.concatenate([np.load(p) for p in paths]).reshape(-1, 2), axis=0)
+
+
 def load_keep(workdir: str) -> np.ndarray:
   """The deduplicated pool's sorted ids (what `retrieve` and `cluster` start from)."""
   return np.load(store.require(os.path.join(workdir, "dedup", "keep.npy"), "The deduplicated pool",

@@ -209,7 +209,8 @@ def _manifest(config, spec: str, num_images: int) -> dict:
           "seed": config.seed}
 
 
-def _check_or_write_manifest(shards: store.EmbeddingShards, manifest: dict) -> None:
+def check_or_write_manifest(shards: store.EmbeddingShards, manifest: dict) -> None:
+  """Records the settings of a new embedding directory, or refuses to continue one made with others."""
   path = os.path.join(shards.directory, store.MANIFEST)
   if os.path.exists(path):
     old = store.read_json(path)
@@ -223,12 +224,13 @@ def _check_or_write_manifest(shards: store.EmbeddingShards, manifest: dict) -> N
 
 
 def embed_collection(config, name: str, spec: str, workdir: str, embedder_fn, process_index: int,
-                     process_count: int) -> store.EmbeddingShards:
-  """Embeds this process's unfinished shards of one collection."""
-  source = make_collection(spec, config.data.image_size)
+                     process_count: int, source=None) -> store.EmbeddingShards:
+  """Embeds this process's unfinished shards of one collection: `source` (any source of {"image"}
+  items, e.g. image–caption pairs) or, by default, the image collection `spec` names."""
+  source = make_collection(spec, config.data.image_size) if source is None else source
   shards = store.EmbeddingShards(collection_dir(workdir, name))
   manifest = _manifest(config, spec, len(source))
-  _check_or_write_manifest(shards, manifest)
+  check_or_write_manifest(shards, manifest)
   size, n = manifest["shard_size"], manifest["num_images"]
   todo = [s for s in store.owned(manifest["num_shards"], process_index, process_count)
           if not shards.done(s)]

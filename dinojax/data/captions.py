@@ -7,6 +7,7 @@ training does with its five captions per image.
 
 import json
 import os
+import re
 from typing import Callable
 
 import grain
@@ -94,9 +95,57 @@ class TfdsCaptions:
     return {"image": example["image"], "captions": captions, "label": -1}
 
 
+class SlicedCaptions:
+  """Pairs [start, stop) of a caption source, renumbered from 0 (`split="train[0:1000]"`)."""
+
+  def __init__(self, source, indices: range):
+    self.source, self.indices = source, indices
+
+  def __len__(self):
+    return len(self.indices)
+
+  def __getitem__(self, i):
+    return self.source[self.indices[i]]
+
+
+class CuratedCaptions:
+  """The pairs a curation kept (`python -m dinojax.curate sample` with a dino.txt curation config,
+  docs/curation.md): `<folder>/selected.npy` holds pair ids of the caption source and split named in
+  `<folder>/selection.json`, so the folder alone says what to read."""
+
+  def __init__(self, folder: str, **kwargs):
+    manifest = os.path.join(folder, "selection.json")
+    if not os.path.isfile(manifest):
+      raise FileNotFoundError(f"No curated selection at {folder} (no selection.json): run the "
+                              "curation's `sample` step first (python -m dinojax.curate sample ...).")
+    with open(manifest) as f:
+      selection = json.load(f)
+    self.source = make_caption_source(selection["pairs"], selection["split"], **kwargs)
+    self.ids = np.load(os.path.join(folder, "selected.npy"))
+    if len(self.ids) == 0:
+      raise ValueError(f"The curated selection at {folder} is empty.")
+    if self.ids.min() < 0 or self.ids.max() >= len(self.source):
+      raise ValueError(f"The curated selection at {folder} names pairs outside "
+                       f"{selection['pairs']}:{selection['split']} ({len(self.source)} pairs).")
+
+  def __len__(self):
+    return len(self.ids)
+
+  def __getitem__(self, i):
+    return self.source[int(self.ids[i])]
+
+
 def make_caption_source(name: str, split: str, **kwargs):
-  """`digits`, `jsonl:<file>` (or `jsonl:<folder>`, reading `<folder>/<split>.jsonl`) or
-  `tfds:<name>`."""
+  """`digits`, `jsonl:<file>` (or `jsonl:<folder>`, reading `<folder>/<split>.jsonl`), `tfds:<name>`,
+  or `curated:<folder>` (a curation's selection, which names its own source and split: `split` is
+  not used). A split may end in a slice, `train[0:1000]`."""
+  if name.startswith("curated:"):
+    return CuratedCaptions(name[len("curated:"):], **kwargs)
+  match = re.fullmatch(r"(.*?)\[(\d*):(\d*)\]", split)
+  if match:
+    source = make_caption_source(name, match.group(1), **kwargs)
+    return SlicedCaptions(source, range(len(source))[slice(int(match.group(2) or 0),
+                                                           int(match.group(3)) if match.group(3) else None)])
   if name == "digits":
     return DigitCaptions(split, **kwargs)
   if name.startswith("jsonl:"):
@@ -104,7 +153,8 @@ def make_caption_source(name: str, split: str, **kwargs):
     return JsonlCaptions(os.path.join(path, f"{split}.jsonl") if os.path.isdir(path) else path)
   if name.startswith("tfds:"):
     return TfdsCaptions(name[len("tfds:"):], split, **kwargs)
-  raise ValueError(f"Unknown caption source {name!r}; use 'digits', 'jsonl:<path>' or 'tfds:<name>'.")
+  raise ValueError(f"Unknown caption source {name!r}; use 'digits', 'jsonl:<path>', 'tfds:<name>' or "
+                   "'curated:<folder>'.")
 
 
 def caption_dataset(source, global_batch: int, image_size: int, seed: int,
