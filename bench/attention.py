@@ -44,11 +44,11 @@ def _time(fn, *args, iters=10):
 
 
 def _implementations(names):
-  impls = {name: partial(attention.dot_product_attention, implementation=name)
+  impls = {name: partial(attention.dot_product_attention, attention=name)
            for name in ("pallas", "chunked", "xla")}
   if jax.default_backend() == "gpu":
     impls["pallas-triton"] = flash_attention
-    impls["cudnn"] = partial(attention.dot_product_attention, implementation="cudnn")
+    impls["cudnn"] = partial(attention.dot_product_attention, attention="cudnn")
   unknown = set(names) - set(impls)
   if unknown:
     raise SystemExit(f"Unknown --impls {sorted(unknown)}; on this platform: {sorted(impls)}.")
@@ -72,7 +72,7 @@ def compile_for_tpu(topology: str, args):
     spec = jax.ShapeDtypeStruct((args.batch, t, args.heads, args.head_dim), jnp.dtype(args.dtype),
                                 sharding=sharding)
     for name in [n for n in args.impls.split(",") if n] or ["pallas", "xla"]:
-      impl = partial(attention.dot_product_attention, implementation=name)
+      impl = partial(attention.dot_product_attention, attention=name)
       passes = {"fwd": impl, "fwd+bwd": lambda q, k, v, do, impl=impl: jax.vjp(impl, q, k, v)[1](do)}
       for kind, fn in passes.items():
         specs = (spec,) * (3 if kind == "fwd" else 4)
@@ -110,7 +110,7 @@ def main():
     keys = jax.random.split(jax.random.key(0), 4)
     q, k, v, do = (jax.random.normal(key, shape, jnp.dtype(args.dtype)) for key in keys)
     exact = [x.astype(jnp.float32) for x in (q, k, v, do)]
-    xla = partial(attention.dot_product_attention, implementation="xla")
+    xla = partial(attention.dot_product_attention, attention="xla")
     want_out = jax.jit(xla)(*exact[:3])
     want_grads = jax.jit(lambda q, k, v, do: jax.vjp(xla, q, k, v)[1](do))(*exact)
     flops = 4 * args.batch * args.heads * t * t * args.head_dim

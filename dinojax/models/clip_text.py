@@ -45,7 +45,7 @@ class TextBlock(nn.Module):
     y = _layer_norm("layer_norm1", self.dtype)(x)
     q, k, v = (Linear((self.num_heads, head_dim), ("embed",), ("heads", "kv"), use_bias=self.qkv_bias,
                       dtype=self.dtype, name=f"{n}_proj")(y) for n in "qkv")
-    y = attention_ops.dot_product_attention(q, k, v, self.attention, causal=True)
+    y = attention_ops.dot_product_attention(q, k, v, attention=self.attention, causal=True)
     x = x + Linear((width,), ("heads", "kv"), ("embed",), dtype=self.dtype, name="out_proj")(y)
     y = _layer_norm("layer_norm2", self.dtype)(x)
     y = ACTIVATIONS[self.activation](Linear((4 * width,), ("embed",), ("mlp",), dtype=self.dtype,
@@ -76,7 +76,7 @@ class CLIPTextEncoder(nn.Module):
                            (self.context_length, self.width))
     x = (tokens[input_ids] + positions[:input_ids.shape[-1]]).astype(self.dtype)
     for i in range(self.depth):
-      x = TextBlock(self.num_heads, self.attention, self.dtype, name=f"layers_{i}")(x)
+      x = TextBlock(self.num_heads, attention=self.attention, dtype=self.dtype, name=f"layers_{i}")(x)
     x = _layer_norm("final_layer_norm", self.dtype)(x)
     pooled = x[jnp.arange(x.shape[0]), input_ids.argmax(axis=-1)]
     projection = self.param("text_projection", with_axes(nn.initializers.normal(self.width ** -0.5),

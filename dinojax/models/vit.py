@@ -154,7 +154,7 @@ class Attention(nn.Module):
   num_heads: int
   qkv_bias: bool = True
   proj_bias: bool = True
-  implementation: str = "xla"
+  attention: str = "xla"
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -162,19 +162,19 @@ class Attention(nn.Module):
   def __call__(self, x: jax.Array, logits: str | None = None):
     """Returns (output, logits): with `logits="all"` the pre-softmax scores q·k/√d (B, heads, T, T),
     from the materialising reference path; with `"cls"` only the CLS query's row (B, heads, T),
-    beside `implementation`'s attention, so no T×T array is built (Talk2DINO reads just that row)."""
+    beside the `attention` implementation's output, so no T×T array is built (Talk2DINO reads just that row)."""
     dim = x.shape[-1]
     qkv = Linear((3, self.num_heads, dim // self.num_heads), ("embed",), (None, "heads", "kv"),
-                 self.qkv_bias, self.dtype, self.param_dtype, name="qkv")(x)
+                 use_bias=self.qkv_bias, dtype=self.dtype, param_dtype=self.param_dtype, name="qkv")(x)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     if logits == "all":
       scores = attention_ops.attention_logits(q, k)
       out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1).astype(v.dtype), v)
     else:
-      out = attention_ops.dot_product_attention(q, k, v, self.implementation)
+      out = attention_ops.dot_product_attention(q, k, v, attention=self.attention)
       scores = attention_ops.attention_logits(q[:, :1], k)[:, :, 0] if logits == "cls" else None
-    out = Linear((dim,), ("heads", "kv"), ("embed",), self.proj_bias, self.dtype, self.param_dtype,
-                 name="proj")(out)
+    out = Linear((dim,), ("heads", "kv"), ("embed",), use_bias=self.proj_bias, dtype=self.dtype,
+                 param_dtype=self.param_dtype, name="proj")(out)
     return out, scores
 
 
@@ -239,11 +239,12 @@ class Block(nn.Module):
 
   def setup(self):
     self.norm1 = layer_norm("norm1", self.dtype, self.param_dtype, self.norm_eps)
-    self.attn = Attention(self.num_heads, self.qkv_bias, self.proj_bias, self.attention, self.dtype,
-                          self.param_dtype)
+    self.attn = Attention(self.num_heads, qkv_bias=self.qkv_bias, proj_bias=self.proj_bias,
+                          attention=self.attention, dtype=self.dtype, param_dtype=self.param_dtype)
     self.norm2 = layer_norm("norm2", self.dtype, self.param_dtype, self.norm_eps)
     ffn_cls = {"mlp": Mlp, "swiglu": SwiGLU}[self.ffn]
-    self.mlp = ffn_cls(self.mlp_hidden_dim, self.ffn_bias, self.dtype, self.param_dtype)
+    self.mlp = ffn_cls(self.mlp_hidden_dim, bias=self.ffn_bias, dtype=self.dtype,
+                       param_dtype=self.param_dtype)
     identity = lambda x: x
     self.ls1 = LayerScale(self.init_values) if self.init_values else identity
     self.ls2 = LayerScale(self.init_values) if self.init_values else identity
@@ -342,9 +343,10 @@ class ViT(nn.Module):
 
   def _block(self, rate: float) -> "Block":
     """An unbound `Block`, applied to each block's params (`block_params`)."""
-    return Block(self.num_heads, ffn_hidden_dim(self.embed_dim, self.mlp_ratio, self.ffn), self.ffn,
-                 self.qkv_bias, self.proj_bias, self.ffn_bias, self.init_values, rate, self.attention,
-                 self.dtype, self.param_dtype, parent=None)
+    return Block(self.num_heads, ffn_hidden_dim(self.embed_dim, self.mlp_ratio, self.ffn), ffn=self.ffn,
+                 qkv_bias=self.qkv_bias, proj_bias=self.proj_bias, ffn_bias=self.ffn_bias,
+                 init_values=self.init_values, drop_path=rate, attention=self.attention,
+                 dtype=self.dtype, param_dtype=self.param_dtype, parent=None)
 
   def _init_block_params(self) -> list:
     """Each block's params as one `blocks_i` param (the tree a `Block` submodule would hold), all

@@ -134,14 +134,15 @@ def _auto(q, k, v, causal=False):
 _DISPATCH = {"xla": _xla, "chunked": _chunked, "cudnn": _cudnn, "pallas": _pallas, "auto": _auto}
 
 
-def check_implementation(implementation: str) -> None:
-  if implementation not in _DISPATCH:
+def check_implementation(attention: str) -> None:
+  if attention not in _DISPATCH:
     raise ValueError(
-        f"Unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}.")
+        f"Unknown attention implementation {attention!r}; choose one of {IMPLEMENTATIONS}.")
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                          implementation: str = "xla", causal: bool = False) -> jax.Array:
-  """Multi-head attention over (B, T, heads, head_dim) inputs, same layout out."""
-  check_implementation(implementation)
-  return _DISPATCH[implementation](q, k, v, causal)
+                          attention: str = "xla", causal: bool = False) -> jax.Array:
+  """Multi-head attention over (B, T, heads, head_dim) inputs, same layout out, computed by the
+  implementation named `attention` (the models' and configs' `attention`)."""
+  check_implementation(attention)
+  return _DISPATCH[attention](q, k, v, causal)

@@ -19,7 +19,7 @@ def test_xla_matches_numpy_softmax_attention():
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
   ref = np.einsum("bhqk,bkhd->bqhd", p, np.asarray(v))
-  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, "xla"), ref, atol=1e-5)
+  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, attention="xla"), ref, atol=1e-5)
 
 
 def test_weights_are_probabilities():
@@ -31,7 +31,7 @@ def test_weights_are_probabilities():
 
 def test_xla_matches_jax_nn_in_bf16():
   q, k, v = _qkv(dtype=jnp.bfloat16)
-  ours = attention.dot_product_attention(q, k, v, "xla").astype(jnp.float32)
+  ours = attention.dot_product_attention(q, k, v, attention="xla").astype(jnp.float32)
   ref = jax.nn.dot_product_attention(q, k, v, implementation="xla").astype(jnp.float32)
   np.testing.assert_allclose(ours, ref, atol=3e-2)
 
@@ -39,7 +39,7 @@ def test_xla_matches_jax_nn_in_bf16():
 def test_unknown_implementation_is_clear():
   q, k, v = _qkv(t=8)
   with pytest.raises(ValueError, match="Unknown attention implementation 'flash'"):
-    attention.dot_product_attention(q, k, v, "flash")
+    attention.dot_product_attention(q, k, v, attention="flash")
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -47,15 +47,15 @@ def test_unknown_implementation_is_clear():
 def test_chunked_matches_xla(monkeypatch, causal, t):
   monkeypatch.setattr(attention, "_CHUNK_SCORES", 2 * t * 16)  # ≈ t/16 query chunks per head
   q, k, v = _qkv(t=t)
-  ours = attention.dot_product_attention(q, k, v, "chunked", causal=causal)
-  ref = attention.dot_product_attention(q, k, v, "xla", causal=causal)
+  ours = attention.dot_product_attention(q, k, v, attention="chunked", causal=causal)
+  ref = attention.dot_product_attention(q, k, v, attention="xla", causal=causal)
   np.testing.assert_allclose(ours, ref, atol=1e-6)
 
 
 def test_chunked_matches_xla_in_bf16():
   q, k, v = _qkv(dtype=jnp.bfloat16)
-  ours = attention.dot_product_attention(q, k, v, "chunked").astype(jnp.float32)
-  ref = attention.dot_product_attention(q, k, v, "xla").astype(jnp.float32)
+  ours = attention.dot_product_attention(q, k, v, attention="chunked").astype(jnp.float32)
+  ref = attention.dot_product_attention(q, k, v, attention="xla").astype(jnp.float32)
   np.testing.assert_allclose(ours, ref, atol=2e-2)
 
 
@@ -64,18 +64,18 @@ def test_chunked_keeps_batch_sharding():
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   keys = jax.random.split(jax.random.key(1), 3)
   q, k, v = (jax.device_put(jax.random.normal(key, (8, 37, 2, 8)), sharding) for key in keys)
-  ours = jax.jit(lambda q, k, v: attention.dot_product_attention(q, k, v, "chunked"))(q, k, v)
+  ours = jax.jit(lambda q, k, v: attention.dot_product_attention(q, k, v, attention="chunked"))(q, k, v)
   assert ours.sharding.is_equivalent_to(sharding, 4)
-  np.testing.assert_allclose(ours, attention.dot_product_attention(q, k, v, "xla"), atol=1e-6)
+  np.testing.assert_allclose(ours, attention.dot_product_attention(q, k, v, attention="xla"), atol=1e-6)
 
 
 def test_auto_is_chunked_on_cpu_and_never_fp32_cudnn(monkeypatch):
   q, k, v = _qkv(t=8)
-  chunked = attention.dot_product_attention(q, k, v, "chunked")
-  np.testing.assert_array_equal(attention.dot_product_attention(q, k, v, "auto"), chunked)
+  chunked = attention.dot_product_attention(q, k, v, attention="chunked")
+  np.testing.assert_array_equal(attention.dot_product_attention(q, k, v, attention="auto"), chunked)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")  # fp32 must not reach cuDNN
-  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, "auto"),
-                             attention.dot_product_attention(q, k, v, "xla"), atol=1e-6)
+  np.testing.assert_allclose(attention.dot_product_attention(q, k, v, attention="auto"),
+                             attention.dot_product_attention(q, k, v, attention="xla"), atol=1e-6)
 
 
 def test_choices_follow_the_platform_traced_for_not_the_host():
@@ -84,7 +84,7 @@ def test_choices_follow_the_platform_traced_for_not_the_host():
   from jax._src.mesh import AbstractDevice  # no public constructor; what a TPU mesh's abstract mesh holds
   q = jax.ShapeDtypeStruct((2, 261, 2, 64), jnp.bfloat16)
   auto_loops = lambda: "scan" in str(jax.make_jaxpr(
-      lambda q: attention.dot_product_attention(q, q, q, "auto"))(q))  # "chunked" is a lax.map
+      lambda q: attention.dot_product_attention(q, q, q, attention="auto"))(q))  # "chunked" is a lax.map
   assert platform.target_platform() == "cpu" and auto_loops()
   tpu = jax.sharding.AbstractMesh((2,), ("data",), abstract_device=AbstractDevice("TPU v5p", None, "tpu"))
   with jax.sharding.use_abstract_mesh(tpu):

@@ -20,7 +20,7 @@ from dinojax.ops.flash_attention import flash_attention
 from dinojax.ops.flash_attention_gpu import flash_attention_gpu
 from dinojax.ops.flash_attention_tpu import flash_attention_tpu
 
-reference = partial(attention.dot_product_attention, implementation="xla")
+reference = partial(attention.dot_product_attention, attention="xla")
 
 
 def _inputs(b, t, h, d, dtype=jnp.float32, seed=0):
@@ -75,7 +75,7 @@ def test_sharded_over_8_devices_matches_one_device():
   q, k, v, do = _inputs(4, 54, 4, 64)
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp"), None, "model", None))
   placed = [jax.device_put(x, sharding) for x in (q, k, v, do)]
-  pallas = partial(attention.dot_product_attention, implementation="pallas")
+  pallas = partial(attention.dot_product_attention, attention="pallas")
   with parallel.activation_sharding(mesh):
     out = jax.jit(pallas)(*placed[:3])
     grads = jax.jit(lambda *a: _grads(pallas, *a))(*placed)
