@@ -79,6 +79,7 @@ def get_config(arg=None):
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "model": 1})
   c.mesh_dcn = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "model": 1})
   c.sharding_rules = parallel.DEFAULT_RULES
+  c.sharding_tolerance = 0.3  # as dinov2_ssl()'s
   if arg.tiny:
     return tiny(c)
   return c

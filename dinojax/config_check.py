@@ -212,6 +212,7 @@ RULES: dict[str, Check] = {
     "layerwise_decay": interval(0, 1, open_low=True),
     **dict.fromkeys(("dedup.threshold", "dedup.evaluation_threshold"), interval(-1, 1)),  # cosines
     "sample.text_fraction": interval(0, 1),
+    "sharding_tolerance": interval(0, 1),
     # Ranges and lists.
     **dict.fromkeys(("global_scale", "local_scale", "crop_scale"), pair(0, 1, open_low=True)),
     "mask_ratio": pair(0, 1),

@@ -89,10 +89,36 @@ def logical_to_shardings(abstract_boxed: Any, mesh: Mesh, rules: Rules = DEFAULT
                       mesh_specs, shapes, is_leaf=lambda x: isinstance(x, P))
 
 
-def init_sharded(init_fn, mesh: Mesh, rules: Rules, *args) -> tuple[Any, Any]:
-  """Runs `init_fn(*args)` straight into its shardings; returns (unboxed params, shardings)."""
+def replicated_fraction(shapes: Any, shardings: Any) -> float:
+  """Fraction of the bytes of `shapes` (arrays or `jax.eval_shape` structs) whose sharding in
+  `shardings` splits them over no device: each device holds all of them."""
+  sizes = [x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes)]
+  replicated = [s.is_fully_replicated for s in jax.tree.leaves(shardings)]
+  return sum(n for n, r in zip(sizes, replicated) if r) / max(sum(sizes), 1)
+
+
+def check_sharding(shapes: Any, shardings: Any, mesh: Mesh, tolerance: float) -> None:
+  """Fails when more than `tolerance` of the parameter bytes are replicated on a mesh that could
+  shard them (an axis other than `data`, which replicates params by design, has several devices):
+  a rule table that misses a large parameter's axes costs its full size on every device (maxtext's
+  `sharding_tolerance`)."""
+  if math.prod(n for axis, n in mesh.shape.items() if axis != "data") == 1:
+    return
+  fraction = replicated_fraction(shapes, shardings)
+  if fraction > tolerance:
+    raise ValueError(
+        f"{100 * fraction:.1f}% of the parameter bytes are replicated on every device of mesh "
+        f"{dict(mesh.shape)}, more than sharding_tolerance={tolerance}: check sharding_rules (a "
+        f"dimension a mesh axis does not divide stays replicated), or raise the tolerance.")
+
+
+def init_sharded(init_fn, mesh: Mesh, rules: Rules, *args,
+                 tolerance: float = 1.0) -> tuple[Any, Any]:
+  """Runs `init_fn(*args)` straight into its shardings; returns (unboxed params, shardings). Fails
+  before allocating when more than `tolerance` of the bytes would be replicated (`check_sharding`)."""
   abstract = jax.eval_shape(init_fn, *args)
   shardings = logical_to_shardings(abstract, mesh, rules)
+  check_sharding(nn.unbox(abstract), shardings, mesh, tolerance)
   params = jax.jit(lambda *a: nn.unbox(init_fn(*a)), out_shardings=shardings)(*args)
   return params, shardings
 

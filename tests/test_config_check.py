@@ -31,6 +31,7 @@ def ssl_tiny():
     ("model.dtype", "fp16", "--config.model.dtype='fp16': must be one of"),
     ("model.num_heads", 5, "--config.model.embed_dim=96: must be divisible by model.num_heads=5."),
     ("teacher.momentum", 1.5, "--config.teacher.momentum=1.5: must be a number in [0, 1]."),
+    ("sharding_tolerance", -0.1, "--config.sharding_tolerance=-0.1: must be a number in [0, 1]."),
     ("dino.student_temp", 0.0, "--config.dino.student_temp=0.0: must be a number > 0."),
     ("init_from", "/no/such/run", "--config.init_from='/no/such/run': no such file or directory."),
     ("mesh.data", 0, "--config.mesh.data=0: must be a positive size or -1"),

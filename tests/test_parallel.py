@@ -59,6 +59,26 @@ def test_shardings_fall_back_to_replication_when_not_divisible():
   assert fc1.spec == jax.sharding.PartitionSpec("fsdp", "model")
 
 
+def test_too_much_replication_fails_before_init():
+  model = ViT(**TINY)
+  args = (jax.random.key(0), jnp.zeros((1, 56, 56, 3)))
+  abstract = jax.eval_shape(model.init, *args)
+  fsdp = parallel.make_mesh({"fsdp": 8})
+  shapes = abstract["params"]
+  good = parallel.logical_to_shardings(abstract, fsdp)["params"]
+  assert parallel.replicated_fraction(shapes, good) < 0.05  # norms, biases, LayerScale
+  parallel.check_sharding(shapes, good, fsdp, tolerance=0.05)
+  # Rules that forget `embed`, the only axis fsdp shards: every parameter replicated.
+  rules = tuple(r for r in parallel.DEFAULT_RULES if r[0] != "embed")
+  bad = parallel.logical_to_shardings(abstract, fsdp, rules)["params"]
+  assert parallel.replicated_fraction(shapes, bad) == 1.0
+  with pytest.raises(ValueError, match=r"100.0% of the parameter bytes are replicated .* sharding_tolerance=0.3"):
+    parallel.init_sharded(model.init, fsdp, rules, *args, tolerance=0.3)  # raises before compiling
+  # Pure data parallelism replicates every parameter by design.
+  data = parallel.make_mesh({"data": 8})
+  parallel.check_sharding(shapes, parallel.logical_to_shardings(abstract, data)["params"], data, 0.0)
+
+
 def test_batch_sharding_uses_the_batch_rule():
   mesh = parallel.make_mesh({"data": 2, "fsdp": 4})
   expected = jax.sharding.PartitionSpec(("data", "fsdp"), None, None)

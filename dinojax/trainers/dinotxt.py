@@ -95,7 +95,8 @@ def run(config, workdir: str) -> dict:
       params["logit_bias"] = jnp.full((), contrastive.INIT_LOGIT_BIAS, jnp.float32)
     return params
 
-  params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
+  params, _ = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed),
+                                    tolerance=config.sharding_tolerance)
   if freeze:
     frozen = {"backbone": backbone_params}
   else:

@@ -130,7 +130,8 @@ def run(config, workdir: str) -> dict:
   heads = ssl.build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
   check_compatible(config, backbone, heads, t_backbone, t_heads)
   init = ssl.model_init(backbone, heads, crops.global_size)
-  params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
+  params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed),
+                                                  tolerance=config.sharding_tolerance)
   make_tx = ssl.make_optimizer(config, params, backbone.depth)
 
   # ------------------------------------------------------------------------------------------------

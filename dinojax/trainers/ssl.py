@@ -354,7 +354,8 @@ def run(config, workdir: str) -> dict:
   backbone = backbones.build_vit(config.model)
   heads = build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
   init = model_init(backbone, heads, crops.global_size)
-  params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed))
+  params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed),
+                                                  tolerance=config.sharding_tolerance)
   make_tx = make_optimizer(config, params, backbone.depth)
 
   # ------------------------------------------------------------------------------------------------
