@@ -192,7 +192,8 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
   `config.eval.every` (0: never) and at the end. A non-finite metric stops the run naming the step.
   Resumed at `start`, the rows a dead run wrote past it are dropped, and an evaluation due at `start`
   that it did not write runs first. `pictures(state) -> {name: image}` is drawn at each evaluation
-  and before the first step (`MetricWriter.images`). Returns (final state, summary of the last
+  and before the first step (`MetricWriter.images`). The step runs under `jax.transfer_guard
+  ("disallow")`: everything it reads beside the batch must already be on the devices. Returns (final state, summary of the last
   logged loss and evaluations)."""
   writer = MetricWriter(workdir)
   evaluated = writer.resume_at(start)
@@ -225,12 +226,16 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
       if not start and pictures is not None and config.eval.every:  # the features before training
         writer.images(0, pictures(state))
       for step in range(start + 1, num_steps + 1):
-        batch = global_batch(next(data_iter), batch_shardings)
-        if step == start + 1:
-          train_step = compiled_on_every_process(train_step, state, batch)
-        profiler.before(step)
-        state, metrics = train_step(state, batch)
-        profiler.after(step, state)
+        # Only the batch crosses to the devices, explicitly: an implicit transfer (a NumPy array or
+        # a Python number handed to the step, params copied per call) fails here instead of
+        # silently slowing every step. Metrics come back explicitly, at the steps that log them.
+        with jax.transfer_guard("disallow"):
+          batch = global_batch(next(data_iter), batch_shardings)
+          if step == start + 1:
+            train_step = compiled_on_every_process(train_step, state, batch)
+          profiler.before(step)
+          state, metrics = train_step(state, batch)
+          profiler.after(step, state)
         bar.update(1)
         is_last = step == num_steps
         if step % config.log_every == 0 or is_last:

@@ -41,21 +41,22 @@ def _step(state, batch):
   return {"w": state["w"] + batch["x"].sum(), "step": state["step"] + 1}, {"loss": batch["x"].mean()}
 
 
-def _run(workdir, die_at=None, profile_steps=()):
+def _run(workdir, die_at=None, profile_steps=(), host_batch=False):
   """The loop to step 8 (resuming from `workdir`'s checkpoints), dying in step `die_at`, tracing
-  `profile_steps`."""
+  `profile_steps`; with `host_batch` the step is handed a NumPy batch, an implicit transfer."""
   mesh = parallel.make_mesh({"data": 8})
   replicated = NamedSharding(mesh, P())
   state = {"w": jnp.zeros((), jnp.float32), "step": jnp.zeros((), jnp.int32)}
   shardings = jax.tree.map(lambda _: replicated, state)
+  state = jax.device_put(state, shardings)
   ckpt = checkpoint.manager(workdir / "checkpoints", None, CONFIG.checkpoint.every)
   data, skipped = Counting(), pipeline.SkipCounter()
   state, start = loop.restore(ckpt, state, shardings, data, skipped)
 
   def train_step(state, batch):
-    if int(state["step"]) + 1 == die_at:
+    if int(jax.device_get(state["step"])) + 1 == die_at:
       raise KeyboardInterrupt
-    return _step(state, batch)
+    return _step(state, {"x": np.ones(8, np.float32)} if host_batch else batch)
 
   evaluated = []
 
@@ -93,3 +94,8 @@ def test_a_resumed_run_logs_each_step_once_and_makes_up_a_lost_evaluation(tmp_pa
   jobs.assert_events_match_metrics(tmp_path / "straight")
   assert ([(e.step, e.value) for e in jobs.events(tmp_path / "dead").Scalars("loss")] ==
           [(r["step"], r["loss"]) for r in straight if "loss" in r])
+
+
+def test_an_implicit_host_transfer_in_the_step_is_an_error(tmp_path):
+  with pytest.raises(jax.errors.JaxRuntimeError, match="Disallowed host-to-device transfer"):
+    _run(tmp_path, host_batch=True)
