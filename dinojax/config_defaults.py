@@ -13,8 +13,8 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
   c.job = "ssl"
   c.seed = 0
 
-  # scan_blocks: compile one block, scanned over all (2-3x faster compiles of ViT-L); with remat it
-  # also plans less memory, without it more (docs/benchmarks.md). Needs drop_path_uniform.
+  # scan_blocks: compile one block, scanned over all (faster compiles); with remat it also plans
+  # less memory, without it more (docs/benchmarks.md). Needs drop_path_uniform.
   c.model = ml_collections.ConfigDict(dict(
       variant="vit_large", patch_size=16, img_size=224, drop_path_rate=0.3, drop_path_uniform=True,
       init_values=1e-5, ffn="mlp", qkv_bias=True, proj_bias=True, ffn_bias=True,

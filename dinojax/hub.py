@@ -202,7 +202,7 @@ class Talk2DINOModels:
 
   def __post_init__(self):
     # Params loaded from a checkpoint are host NumPy arrays (often transposed views); left there,
-    # every jitted call would copy them to the device again: ~0.3 s of a ViT-B image on a CPU.
+    # every jitted call would copy (and transpose) them to the device again (docs/benchmarks.md).
     for name in ("backbone_params", "text_params", "projection_params"):
       setattr(self, name, jax.device_put(getattr(self, name)))
 

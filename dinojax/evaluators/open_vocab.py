@@ -38,7 +38,7 @@ def cosine_scores(patch_features: jax.Array, text_embeddings: jax.Array) -> jax.
 
 def upsample_scores(scores: jax.Array, size: tuple[int, int], align_corners: bool = True) -> jax.Array:
   """(b, N, h, w) -> (b, N, *size), PyTorch-exact bilinear (Talk2DINO aligns corners); two taps per
-  pixel, ~1.8× faster on a CPU than dense resize matrices for 21 maps 32² -> 448²."""
+  pixel, faster on a CPU than dense resize matrices (docs/benchmarks.md)."""
   return bilinear_resize(scores.astype(jnp.float32), size, (2, 3), align_corners)
 
 

@@ -78,7 +78,7 @@ def _window_masks(backbone_params, text, crops, *, backbone, window, background_
   x = image_lib.normalize_pixels(x)
   out = backbone.apply(backbone_params, x, return_cls_attention=background_cleaning)
   # A fence between the backbone and the masks: optimised across it, XLA's CPU made this function
-  # 0.13–0.21 s slower on two 448 windows of ViT-B/14 (docs/benchmarks.md), the masks alone ~6 ms.
+  # slower than the backbone and the masks apart (docs/benchmarks.md).
   tokens, cls_logits = jax.lax.optimization_barrier(
       (out["x_norm_patchtokens"], out.get("cls_attention_logits")))
   grid = window // backbone.patch_size

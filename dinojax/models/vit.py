@@ -351,7 +351,7 @@ class ViT(nn.Module):
   def _init_block_params(self) -> list:
     """Each block's params as one `blocks_i` param (the tree a `Block` submodule would hold), all
     initialised by one vmapped init: XLA compiles one block's initialisers, not `depth` of them
-    (ViT-L with its heads: 41 s → 12 s on a CPU)."""
+    (compile times: docs/benchmarks.md)."""
     drawn = []
 
     def init(i):
@@ -402,7 +402,7 @@ class ViT(nn.Module):
 
     The blocks run one after another in the program, or with `scan_blocks` as `lax.scan`s over
     their params stacked on the fly, so that XLA compiles one block instead of `depth` of them
-    (the official ViT-L SSL step on 8 CPU devices: 172 s → 74 s); the params tree is the same. The
+    (compile times: docs/benchmarks.md); the params tree is the same. The
     blocks between two whose outputs are taken form one scan; the last block runs on its own when
     its attention logits are asked for. Stochastic depth keys are per block, folded from one key,
     so both ways draw alike.

@@ -12,5 +12,5 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 def gelu(x: jax.Array) -> jax.Array:
   """The exact GELU x·Φ(x) in PyTorch's form, x/2·(1 + erf(x/√2)) (`nn.GELU()`). `jax.nn.gelu`'s
   x/2·erfc(-x/√2) is more accurate far in the negative tail, where both are ~0, but XLA's CPU erfc
-  costs several times an erf: ~80 vs ~25 ms in one ViT-B MLP at 2×1029 tokens (a 448 px pair)."""
+  costs several times an erf (docs/benchmarks.md, open-vocabulary segmentation)."""
   return 0.5 * x * (1 + jax.lax.erf(x * 0.7071067811865476))
