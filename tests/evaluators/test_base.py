@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 import jobs
-from dinojax import backbones, config_args, config_check, features, loop, parallel
+from dinojax import backbones, config_args, config_check, loop, parallel
 from dinojax.data import sources
 from dinojax.evaluators import base, knn
 
@@ -32,10 +32,10 @@ def test_evaluations_are_built_from_the_config_and_run_on_params(tmp_path):
 
   with parallel.activation_sharding(mesh, rules):
     written = loop.evaluate(evaluations, params, 7, loop.MetricWriter(str(tmp_path)))
-    heldout, labels = features.extract_features(knn.cls_features(backbone), params,
-                                                sources.make_source("digits", "heldout"),
-                                                config.eval.batch_size, size, mesh, rules)
-  want = knn.knn_accuracies(heldout, labels, heldout, labels, 10, (20,), 0.07)[20]["top1"]
+    (train, train_labels), (heldout, labels) = evaluations[0].evaluator.features(params)
+  digits = sources.make_source("digits", "heldout")
+  assert labels.tolist() == train_labels.tolist() == [digits[i]["label"] for i in range(len(digits))]
+  want = knn.knn_accuracies(train, train_labels, heldout, labels, 10, (20,), 0.07)[20]["top1"]
   assert written == {"knn_top1": pytest.approx(want)} and 0 < want <= 1
   assert loop.read_metrics(tmp_path) == [{"step": 7, "knn_top1": pytest.approx(want)}]
   for name in ("pca", "cls_attention"):  # four rows of at least 128 px
