@@ -72,6 +72,9 @@ def get_config(arg=None):
                                                     templates=zero_shot.CLIP_TEMPLATES))
   # Image↔text retrieval on a caption source's first captions. Empty source: skipped.
   c.eval.retrieval = ml_collections.ConfigDict(dict(source="tfds:coco_captions", split="val"))
+  # The evaluations (`evaluators.base`), their settings from `eval` and `eval.<name>`.
+  c.evals = ml_collections.ConfigDict(dict(zero_shot=dict(type="zero_shot"),
+                                           retrieval=dict(type="retrieval")))
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=5))
   c.log_every = 50
   c.profile = profile()

@@ -195,7 +195,7 @@ RULES: dict[str, Check] = {
     **dict.fromkeys((
         "seed", "total_steps", "local_number", "num_register_tokens", "mask_group", "max_images",
         "workdir_step", "teacher.step", "resize_size", "warmup_epochs", "warmup_steps",
-        "freeze_last_layer_epochs", "warmup_temp_epochs", "eval.every", "num_leaves", "exact_below",
+        "freeze_last_layer_epochs", "warmup_temp_epochs", "every", "num_leaves", "exact_below",
         "num_devices", "reorder", "hidden_layers", "loss_group"), count),
     **{f"mesh.{axis}": mesh_axis for axis in parallel.MESH_AXES},
     **{f"mesh_dcn.{axis}": positive for axis in parallel.MESH_AXES},
@@ -323,6 +323,14 @@ def _relations(config) -> Iterator[str]:
   if _sizes(get("eval.every")) and get("eval.source") == "":
     yield _line("eval.source", "", "an evaluation every eval.every steps needs a source "
                 "(or set --config.eval.every=0)")
+  evals = get("evals")
+  for name, entry in (evals.items() if isinstance(evals, ml_collections.ConfigDict) else ()):
+    kind = entry.get("type", name)
+    problem = one_of("dinojax.evaluators.base:TYPES")(kind)
+    if problem:
+      yield _line(f"evals.{name}.type", kind, problem)
+    if not isinstance(entry.get("first", False), bool):
+      yield _line(f"evals.{name}.first", entry.first, "must be True or False")
   for path, heads in _leaves(config):
     if path.endswith(".num_heads"):  # they split a ViT's embed_dim, a text tower's width
       section = path.rpartition(".")[0]

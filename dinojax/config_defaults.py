@@ -54,6 +54,10 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       every=12500, source="tfds:imagenet2012", train_split="train", heldout_split="validation",
       batch_size=256, knn_k=20, knn_temperature=0.07))
+  # The evaluations during training (`evaluators.base`), their settings from `eval`: k-NN of the
+  # backbone's CLS features, and pictures of its features (also before the first step).
+  c.evals = ml_collections.ConfigDict(dict(knn=dict(type="knn"),
+                                           pictures=dict(type="pictures", first=True)))
   c.checkpoint = ml_collections.ConfigDict(dict(every=1250, keep=3))
   c.log_every = 50
   c.profile = profile()

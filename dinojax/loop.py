@@ -181,20 +181,36 @@ def compiled_on_every_process(step_fn: Callable, *args) -> Callable:
   return compiled
 
 
+def evaluate(evaluations: Sequence, params: Any, step: int, writer: MetricWriter) -> dict:
+  """Runs `evaluations` (`evaluators.base.Evaluation`s) on `params` and writes what they return at
+  `step`: the scalars as one row of metrics, the pictures as images. Returns the scalars."""
+  results = {}
+  for evaluation in evaluations:
+    results.update(evaluation.evaluator(params))
+  images = {k: v for k, v in results.items() if np.ndim(v) == 3}
+  scalars = {k: v for k, v in results.items() if k not in images}
+  if scalars:
+    writer.write(step, scalars)
+    log_metrics(step, scalars)
+  if images:
+    writer.images(step, images)
+  return scalars
+
+
 def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, data_iter,
           batch_shardings: dict, ckpt, skipped, start: int, num_steps: int,
-          evaluate: Callable[[Any], dict] | None = None,
-          run_meta: dict | None = None,
-          pictures: Callable[[Any], dict] | None = None) -> tuple[Any, dict]:
+          evaluations: Sequence = (), eval_params: Callable[[Any], Any] = lambda state: state,
+          run_meta: dict | None = None) -> tuple[Any, dict]:
   """Steps `start + 1 .. num_steps` of `state, batch -> state, metrics`: metrics every
   `config.log_every` steps (metrics.jsonl, progress bar), checkpoints every `config.checkpoint.every`
-  (with the data iterator's state, so resuming is exact), `evaluate(state) -> {name: value}` every
-  `config.eval.every` (0: never) and at the end. A non-finite metric stops the run naming the step.
-  Resumed at `start`, the rows a dead run wrote past it are dropped, and an evaluation due at `start`
-  that it did not write runs first. `pictures(state) -> {name: image}` is drawn at each evaluation
-  and before the first step (`MetricWriter.images`). The step runs under `jax.transfer_guard
-  ("disallow")`: everything it reads beside the batch must already be on the devices. Returns (final state, summary of the last
-  logged loss and evaluations)."""
+  (with the data iterator's state, so resuming is exact), and each of `evaluations`
+  (`evaluators.base.Evaluation`) run on `eval_params(state)` when it is due: on its schedule, at the
+  last step, and before the first step where it asks to (`evaluate`). A non-finite metric stops the
+  run naming the step. Resumed at `start`, the rows a dead run wrote past it are dropped, and the
+  evaluations due at `start` that it did not write run first: a run killed between its last save and
+  its final evaluation, restarted at its last step, still evaluates. The step runs under
+  `jax.transfer_guard("disallow")`: everything it reads beside the batch must already be on the
+  devices. Returns (final state, summary of the last logged loss and evaluations)."""
   writer = MetricWriter(workdir)
   evaluated = writer.resume_at(start)
   throughput = Throughput(config.batch_size)
@@ -207,24 +223,17 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
     meta = {**(run_meta or {}), "data": data_iter.get_state(), **skipped.state(), "step": step}
     checkpoint.save(ckpt, step, state, meta, force=force)
 
-  def eval_due(step):
-    return evaluate is not None and config.eval.every and (step % config.eval.every == 0
-                                                           or step == num_steps)
-
-  def run_eval(step):
-    results = evaluate(state)
-    writer.write(step, results)
-    log_metrics(step, results)
-    summary.update(results)
-    if pictures is not None:
-      writer.images(step, pictures(state))
+  def run_evaluations(step):
+    due = [e for e in evaluations if e.due(step, num_steps)]
+    if due:
+      summary.update(evaluate(due, eval_params(state), step, writer))
 
   try:
     with parallel.activation_sharding(mesh, rules):
-      if start and eval_due(start) and not evaluated:  # the dead run saved, then died before it
-        run_eval(start)
-      if not start and pictures is not None and config.eval.every:  # the features before training
-        writer.images(0, pictures(state))
+      if start and not evaluated:  # the dead run saved, then died before evaluating
+        run_evaluations(start)
+      if not start:  # those that look at the features before training
+        run_evaluations(0)
       for step in range(start + 1, num_steps + 1):
         # Only the batch crosses to the devices, explicitly: an implicit transfer (a NumPy array or
         # a Python number handed to the step, params copied per call) fails here instead of
@@ -250,8 +259,7 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
           check_finite(jax.device_get(metrics), step, last_saved)
           save(step, force=is_last)
           last_saved = step
-        if eval_due(step):
-          run_eval(step)
+        run_evaluations(step)
   finally:  # A failing run still finishes the checkpoint it was writing.
     bar.close()
     writer.close()

@@ -14,6 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import jobs
 from dinojax import checkpoint, loop, parallel
 from dinojax.data import pipeline
+from dinojax.evaluators import base
 
 CONFIG = ml_collections.ConfigDict({"batch_size": 8, "log_every": 1, "checkpoint": {"every": 2},
                                     "eval": {"every": 4}})
@@ -67,7 +68,8 @@ def _run(workdir, die_at=None, profile_steps=(), host_batch=False):
   config = CONFIG.copy_and_resolve_references()
   config.profile = {"steps": profile_steps}
   loop.train(config, str(workdir), mesh, (), state, train_step, data,
-             {"x": NamedSharding(mesh, P("data"))}, ckpt, skipped, start, 8, evaluate=evaluate)
+             {"x": NamedSharding(mesh, P("data"))}, ckpt, skipped, start, 8,
+             evaluations=[base.Evaluation("w", evaluate, every=config.eval.every)])
   return evaluated
 
 
@@ -99,3 +101,16 @@ def test_a_resumed_run_logs_each_step_once_and_makes_up_a_lost_evaluation(tmp_pa
 def test_an_implicit_host_transfer_in_the_step_is_an_error(tmp_path):
   with pytest.raises(jax.errors.JaxRuntimeError, match="Disallowed host-to-device transfer"):
     _run(tmp_path, host_batch=True)
+
+
+def test_a_finished_run_restarted_makes_up_its_missing_final_evaluation(tmp_path):
+  # Killed between its last save and its final evaluation: the restart, at the last step, runs
+  # no step but that evaluation, and a second restart finds it written.
+  assert _run(tmp_path) == [4, 8]
+  metrics = tmp_path / "metrics.jsonl"
+  rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+  metrics.write_text("".join(json.dumps(r) + "\n" for r in rows[:-1]))
+  assert rows[-1] == {"step": 8, "w": rows[-1]["w"]}
+  assert _run(tmp_path) == [8]
+  assert loop.read_metrics(tmp_path) == rows
+  assert _run(tmp_path) == []

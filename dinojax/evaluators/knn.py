@@ -3,7 +3,7 @@
 training images vote for their class with weight exp(similarity / T); optionally also with a few
 training images per class (`few_shot_knn_accuracies`, the official `--n-per-class-list`).
 
-Used during pretraining (`trainers/ssl.py`, k = 20) and as the `knn_eval` job on any backbone:
+Used during pretraining (the `knn` evaluation, `KNN`, k = 20) and as the `knn_eval` job on any backbone:
 
   python -m dinojax.main --config configs/knn_eval.py:vitl14_reg --workdir workdir/knn_l14 \
       --config.backbone.checkpoint=dinov2_vitl14_reg4_pretrain.pth
@@ -20,6 +20,7 @@ from absl import logging
 
 from dinojax import backbones, features, loop, parallel
 from dinojax.data import sources
+from dinojax.models.vit import ViT
 
 
 def knn_votes(train_features: jax.Array, train_labels: jax.Array, test_features: jax.Array,
@@ -90,16 +91,68 @@ def few_shot_knn_accuracies(train_features: np.ndarray, train_labels: np.ndarray
           for k in ks}
 
 
-def cls_embedder(config, mesh, rules):
-  """(embed(params, images) -> CLS tokens after the final norm, params, source name) of the
-  evaluation jobs' frozen backbone (`config.backbone`: released, a run's workdir, or random)."""
+def cls_features(backbone: ViT):
+  """`embed(params, images)`: the backbone's CLS tokens after the final norm, jitted."""
+  return jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
+
+
+def frozen_backbone(config, mesh, rules):
+  """(backbone, params, source name) of the evaluation jobs' frozen backbone (`config.backbone`:
+  released, a run's workdir, or random)."""
   backbone = backbones.build_backbone(config)
   if config.image_size % backbone.patch_size:
     raise ValueError(f"image_size={config.image_size} is not a multiple of the backbone's patch size "
                      f"{backbone.patch_size}.")
   params, backbone_source = backbones.init_backbone(config, backbone, mesh, rules)
-  embed = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
-  return embed, params, backbone_source
+  return backbone, params, backbone_source
+
+
+def cls_embedder(config, mesh, rules):
+  """(embed(params, images) -> CLS tokens after the final norm, params, source name) of the
+  evaluation jobs' frozen backbone (`frozen_backbone`)."""
+  backbone, params, backbone_source = frozen_backbone(config, mesh, rules)
+  return cls_features(backbone), params, backbone_source
+
+
+class KNN:
+  """`knn(backbone_params) -> {"knn_top1"}`: weighted k-NN top-1 (k = `knn_k`, `knn_temperature`) of
+  the CLS features of `source`'s `heldout_split` against its `train_split`, embedded in global
+  batches of `batch_size` at `image_size` (the `evaluators.base` protocol; the sources are read on
+  first use). `features` is what the `knn_eval` job scores its several k and few-shot subsets on."""
+
+  def __init__(self, *, source: str, train_split: str, heldout_split: str, batch_size: int,
+               backbone: ViT, image_size: int, mesh, rules, knn_k: int = 20,
+               knn_temperature: float = 0.07):
+    self.source, self.splits = source, (train_split, heldout_split)
+    self.batch_size, self.image_size, self.mesh, self.rules = batch_size, image_size, mesh, rules
+    self.knn_k, self.knn_temperature = knn_k, knn_temperature
+    self.embed = cls_features(backbone)
+    self._sources = None
+
+  @property
+  def num_classes(self) -> int:
+    return self._open()[0].num_classes
+
+  def _open(self):
+    if self._sources is None:
+      self._sources = tuple(sources.make_source(self.source, split) for split in self.splits)
+    return self._sources
+
+  def features(self, params) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """((features, labels) of the training split, the same of the held-out split), every image on
+    every host, in order."""
+    out = tuple(features.extract_features(self.embed, params, source, self.batch_size, self.image_size,
+                                          self.mesh, self.rules) for source in self._open())
+    for split, (feats, _) in zip(self.splits, out):
+      if not len(feats):
+        raise ValueError(f"No readable image in split {split!r} of {self.source!r}.")
+    return out
+
+  def __call__(self, params) -> dict:
+    train, heldout = self.features(params)
+    k = self.knn_k
+    accuracy = knn_accuracies(*train, *heldout, self.num_classes, (k,), self.knn_temperature)
+    return {"knn_top1": accuracy[k]["top1"]}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -119,28 +172,26 @@ def run(config, workdir: str) -> dict:
   if config.knn.n_tries < 1:
     raise ValueError(f"knn.n_tries={config.knn.n_tries} must be at least 1.")
   mesh, rules = loop.make_mesh(config)
-  train_source = sources.make_source(config.data.source, config.data.train_split)
-  val_source = sources.make_source(config.data.source, config.data.val_split)
-
-  embed, params, backbone_source = cls_embedder(config, mesh, rules)
+  backbone, params, backbone_source = frozen_backbone(config, mesh, rules)
+  evaluator = KNN(source=config.data.source, train_split=config.data.train_split,
+                  heldout_split=config.data.val_split, batch_size=config.batch_size, backbone=backbone,
+                  image_size=config.image_size, mesh=mesh, rules=rules,
+                  knn_temperature=config.knn.temperature)
   with parallel.activation_sharding(mesh, rules):
-    train, val = (features.extract_features(embed, params, source, config.batch_size, config.image_size,
-                                            mesh, rules) for source in (train_source, val_source))
-  for split, (feats, _) in ((config.data.train_split, train), (config.data.val_split, val)):
-    if not len(feats):
-      raise ValueError(f"No readable image in split {split!r} of {config.data.source!r}.")
+    train, val = evaluator.features(params)
+  num_classes = evaluator.num_classes
   ks, temperature = tuple(config.knn.k), config.knn.temperature
   report = {"backbone": backbone_source, "train_images": len(train[0]), "validation_images": len(val[0]),
             "temperature": temperature}
   metrics = {}
   if -1 in subsets:
-    results = knn_accuracies(*train, *val, train_source.num_classes, ks, temperature)
+    results = knn_accuracies(*train, *val, num_classes, ks, temperature)
     report["accuracy"] = {str(k): r for k, r in results.items()}
     metrics.update({f"knn_{k}_{name}": v for k, r in results.items() for name, v in r.items()})
     logging.info("k-NN (%s): %s", backbone_source,
                  ", ".join(f"k={k}: {100 * r['top1']:.2f}%" for k, r in results.items()))
   for n in sorted(n for n in set(subsets) if n > 0):
-    results = few_shot_knn_accuracies(*train, *val, train_source.num_classes, n, config.knn.n_tries,
+    results = few_shot_knn_accuracies(*train, *val, num_classes, n, config.knn.n_tries,
                                       ks, temperature)
     report.setdefault("few_shot", {"tries": config.knn.n_tries})[str(n)] = {
         str(k): r for k, r in results.items()}

@@ -31,6 +31,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dinojax import backbones, checkpoint, convert, loop, parallel
 from dinojax.data import pipeline, sources
+from dinojax.evaluators import base
 from dinojax.models import classifier
 
 
@@ -272,7 +273,8 @@ def run(config, workdir: str) -> dict:
   # `--test-datasets`, e.g. ImageNet-V2)
   # ------------------------------------------------------------------------------------------------
   state, summary = loop.train(config, workdir, mesh, rules, state, step_fn, data_iter, batch_shardings,
-                              ckpt, skipped, start, num_steps, evaluate=evaluate, run_meta=run_meta)
+                              ckpt, skipped, start, num_steps, run_meta=run_meta,
+                              evaluations=[base.Evaluation("linear", evaluate, every=config.eval.every)])
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)
   if config.data.test_sets:

@@ -35,21 +35,31 @@ def _upsample(colours: np.ndarray, size: int) -> np.ndarray:
 
 class Pictures:
   """`pictures(backbone_params) -> {"pca", "cls_attention"}`: one row per fixed image (uint8 RGB),
-  the image then its patch PCA, and the image then each head's CLS attention over the patches."""
+  the image then its patch PCA, and the image then each head's CLS attention over the patches. The
+  images are the first `count` of `source`'s `heldout_split` at `image_size`, read on first use."""
 
-  def __init__(self, backbone: ViT, images: np.ndarray, mesh, rules):
-    self.images = images
-    shards = parallel.batch_shards(mesh, rules)
-    padded = np.concatenate([images, np.zeros((-len(images) % shards, *images.shape[1:]), np.uint8)])
-    batch = image_lib.normalize(padded)
-    self.batch = jax.make_array_from_callback(batch.shape, parallel.batch_sharding(mesh, rules, 4),
-                                              lambda index: batch[index])
+  def __init__(self, *, source: str, heldout_split: str, backbone: ViT, image_size: int, mesh, rules,
+               count: int = 4):
+    self.source, self.split, self.image_size, self.count = source, heldout_split, image_size, count
+    self.mesh, self.rules = mesh, rules
     self.forward = jax.jit(lambda params, x: backbone.apply({"params": params}, x,
                                                             return_cls_attention=True))
-    self.grid = images.shape[1] // backbone.patch_size
+    self.grid = image_size // backbone.patch_size
     self.num_register_tokens = backbone.num_register_tokens
+    self.images = self.batch = None
+
+  def _read(self):
+    self.images = fixed_images(self.source, self.split, self.image_size, self.count)
+    shards = parallel.batch_shards(self.mesh, self.rules)
+    padded = np.concatenate([self.images,
+                             np.zeros((-len(self.images) % shards, *self.images.shape[1:]), np.uint8)])
+    batch = image_lib.normalize(padded)
+    sharding = parallel.batch_sharding(self.mesh, self.rules, 4)
+    self.batch = jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
 
   def __call__(self, params) -> dict[str, np.ndarray]:
+    if self.images is None:
+      self._read()
     out = self.forward(params, self.batch)
     gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))[:len(self.images)]
     patches = gather(out["x_norm_patchtokens"]).reshape(len(self.images), self.grid, self.grid, -1)

@@ -1,6 +1,7 @@
 """Zero-shot classification and image↔text retrieval for image–text models (CLIP, Radford et al.,
 2021, §3.1.4; dino.txt, Jose et al., 2025, §4): class embeddings from prompt templates, cosine top-k
-accuracy, and recall@k in both directions. Embeddings in, metrics out; the trainers embed the data.
+accuracy, and recall@k in both directions; `ZeroShot` and `Retrieval`, the evaluations of the
+`evaluators.base` protocol that dino.txt runs, embed their data with the model's functions.
 """
 
 from typing import Callable, Sequence
@@ -8,6 +9,10 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
+
+from dinojax import features, parallel
+from dinojax.data import captions, pipeline, sources
 
 # CLIP's seven-template ImageNet ensemble (the subset its authors recommend, `Prompt_Engineering_for_
 # ImageNet.ipynb`), used where a config names no templates of its own.
@@ -120,3 +125,73 @@ def retrieval_recall(image_embeds: np.ndarray, text_embeds: np.ndarray,
     out[f"image_to_text_r{k}"] = float((i2t < k).mean())
     out[f"text_to_image_r{k}"] = float((t2i < k).mean())
   return out
+
+
+def encode_prompts(embed_texts: Callable, params, tokenizer, prompts: Sequence[str], mesh,
+                   rules) -> np.ndarray:
+  """(n, E) float32 embeddings of `prompts`, `embed_texts(params, token_ids)` run on the mesh, every
+  host ending with all of them."""
+  ids = tokenizer.encode(list(prompts))
+  ids = np.concatenate([ids, np.repeat(ids[:1], -len(ids) % parallel.batch_shards(mesh, rules), axis=0)])
+  sharded = jax.make_array_from_callback(ids.shape, parallel.batch_sharding(mesh, rules, 2),
+                                         lambda index: ids[index])
+  text = multihost_utils.process_allgather(embed_texts(params, sharded), tiled=True)
+  return np.asarray(text, np.float32)[:len(prompts)]
+
+
+class ZeroShot:
+  """`zero_shot(params) -> {"zero_shot_top1", "zero_shot_top5"}` of an image–text model on `source`'s
+  `split` (`sources.make_source`; empty: no evaluation, {}): the images embedded by
+  `embed_images(params, images)` in global batches of `batch_size` at `image_size`, the classes by
+  their names (`class_names`, or the source's) in `templates` through `embed_texts(params, ids)`."""
+
+  def __init__(self, *, source: str, split: str, class_names: Sequence[str], templates: Sequence[str],
+               batch_size: int, image_size: int, tokenizer, embed_images: Callable,
+               embed_texts: Callable, mesh, rules):
+    self.source, self.split = source, split
+    self.class_names, self.templates = tuple(class_names), tuple(templates)
+    self.per_host, self.image_size, self.tokenizer = batch_size // jax.process_count(), image_size, tokenizer
+    self.embed_images, self.embed_texts, self.mesh, self.rules = embed_images, embed_texts, mesh, rules
+
+  def __call__(self, params) -> dict:
+    if not self.source:
+      return {}
+    source = sources.make_source(self.source, self.split)
+    names = self.class_names or tuple(getattr(source, "class_names", ()))
+    if not names:
+      raise ValueError(f"eval.zero_shot needs class names: set eval.zero_shot.class_names for "
+                       f"{self.source!r}.")
+    classes = class_embeddings(
+        lambda prompts: encode_prompts(self.embed_texts, params, self.tokenizer, prompts, self.mesh,
+                                       self.rules), names, self.templates)
+    batches = pipeline.eval_dataset(source, self.per_host, self.image_size, jax.process_index(),
+                                    jax.process_count())
+    embedded = features.embed_dataset(
+        batches, lambda batch: {"image": self.embed_images(params, batch["image"])}, self.mesh, self.rules)
+    return {f"zero_shot_{k}": v
+            for k, v in zero_shot_accuracy(embedded["image"], embedded["label"], classes).items()}
+
+
+class Retrieval:
+  """`retrieval(params) -> {"image_to_text_r1", ..., "text_to_image_r10"}` of an image–text model on
+  the first caption of each image of caption source `source`'s `split`
+  (`captions.make_caption_source`; empty: no evaluation, {}), embedded by `embed_images(params,
+  images)` and `embed_texts(params, ids)` in global batches of `batch_size` at `image_size`."""
+
+  def __init__(self, *, source: str, split: str, batch_size: int, image_size: int, tokenizer,
+               embed_images: Callable, embed_texts: Callable, mesh, rules):
+    self.source, self.split = source, split
+    self.per_host, self.image_size = batch_size // jax.process_count(), image_size
+    self.tokenizer, self.embed_images, self.embed_texts = tokenizer, embed_images, embed_texts
+    self.mesh, self.rules = mesh, rules
+
+  def __call__(self, params) -> dict:
+    if not self.source:
+      return {}
+    source = captions.make_caption_source(self.source, self.split)
+    batches = captions.caption_eval_dataset(source, self.per_host, self.image_size, self.tokenizer,
+                                            jax.process_index(), jax.process_count())
+    embedded = features.embed_dataset(
+        batches, lambda batch: {"image": self.embed_images(params, batch["image"]),
+                                "text": self.embed_texts(params, batch["tokens"])}, self.mesh, self.rules)
+    return retrieval_recall(embedded["image"], embedded["text"])

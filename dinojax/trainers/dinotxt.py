@@ -18,10 +18,10 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from dinojax import backbones, checkpoint, convert, features, loop, optim, parallel
-from dinojax.data import captions, pipeline, sources
+from dinojax import backbones, checkpoint, convert, loop, optim, parallel
+from dinojax.data import captions
 from dinojax.data.tokenizer import build_tokenizer
-from dinojax.evaluators import zero_shot
+from dinojax.evaluators import base
 from dinojax.losses import contrastive
 from dinojax.models.dinotxt import build_towers, encode_image
 from dinojax.ops.numerics import l2_normalize
@@ -125,10 +125,10 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # The update step
   # ------------------------------------------------------------------------------------------------
-  def image_embeddings(params, frozen, images, train=False, rng=None):
-    """Unit image embeddings (B, embed_dim): [CLS ; mean of patches] of the head."""
-    b_params = frozen["backbone"] if freeze else params["backbone"]
-    image = encode_image(backbone, b_params, head, params["vision_head"], images, train, rng)
+  def image_embeddings(params, images, train=False, rng=None):
+    """Unit image embeddings (B, embed_dim): [CLS ; mean of patches] of the head. `params` holds the
+    backbone's too (`{**frozen, **params}`)."""
+    image = encode_image(backbone, params["backbone"], head, params["vision_head"], images, train, rng)
     return l2_normalize(image["image_embeds"])
 
   def text_embeddings(params, token_ids):
@@ -140,7 +140,7 @@ def run(config, workdir: str) -> dict:
 
     def loss_fn(params):
       rng = jax.random.fold_in(jax.random.key(config.seed + 1), step)
-      image = image_embeddings(params, frozen, batch["image"], True, rng)
+      image = image_embeddings({**frozen, **params}, batch["image"], True, rng)
       txt = text_embeddings(params, batch["tokens"])
       loss = contrastive.contrastive_loss(image, txt, params["logit_scale"], params.get("logit_bias"),
                                           kind, mesh=mesh, batch_axes=batch_axes)
@@ -176,58 +176,16 @@ def run(config, workdir: str) -> dict:
   state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, run_meta=run_meta)
 
   # ------------------------------------------------------------------------------------------------
-  # Zero-shot classification and image↔text retrieval
+  # Evaluations (`config.evals`: zero-shot classification, image↔text retrieval)
   # ------------------------------------------------------------------------------------------------
-  eval_images, eval_texts = jax.jit(image_embeddings), jax.jit(text_embeddings)
-  per_host = config.eval.batch_size // jax.process_count()
+  evaluations = base.from_config(config, image_size=config.image_size, tokenizer=tokenizer,
+                                 embed_images=jax.jit(image_embeddings),
+                                 embed_texts=jax.jit(text_embeddings), mesh=mesh, rules=rules)
+  eval_params = lambda state: {**frozen, **state["params"]}
 
-  def embed_source(params, batches, with_text):
-    """{"image", ["text",] "label"} of every example of `batches`, on every host, in order."""
-
-    def embed(batch):
-      out = {"image": eval_images(params, frozen, batch["image"])}
-      if with_text:
-        out["text"] = eval_texts(params, batch["tokens"])
-      return out
-
-    return features.embed_dataset(batches, embed, mesh, rules)
-
-  def encode_prompts(params, prompts):
-    ids = tokenizer.encode(prompts)
-    pad = -len(ids) % data_devices  # whole rows per device
-    ids = np.concatenate([ids, np.repeat(ids[:1], pad, axis=0)])
-    sharded = jax.make_array_from_callback(ids.shape, batch_shardings["tokens"], lambda i: ids[i])
-    text = multihost_utils.process_allgather(eval_texts(params, sharded), tiled=True)
-    return np.asarray(text, np.float32)[:len(prompts)]
-
-  def evaluate(params) -> dict:
-    results = {}
-    z = config.eval.zero_shot
-    if z.source:
-      source = sources.make_source(z.source, z.split)
-      names = tuple(z.class_names) or tuple(getattr(source, "class_names", ()))
-      if not names:
-        raise ValueError(f"eval.zero_shot needs class names: set eval.zero_shot.class_names for "
-                         f"{z.source!r}.")
-      classes = zero_shot.class_embeddings(lambda p: encode_prompts(params, p), names, tuple(z.templates))
-      embedded = embed_source(params, pipeline.eval_dataset(
-          source, per_host, config.image_size, jax.process_index(), jax.process_count()), False)
-      results.update({f"zero_shot_{k}": v for k, v in zero_shot.zero_shot_accuracy(
-          embedded["image"], embedded["label"], classes).items()})
-    r = config.eval.retrieval
-    if r.source:
-      source = captions.make_caption_source(r.source, r.split)
-      embedded = embed_source(params, captions.caption_eval_dataset(
-          source, per_host, config.image_size, tokenizer, jax.process_index(), jax.process_count()), True)
-      results.update(zero_shot.retrieval_recall(embedded["image"], embedded["text"]))
-    return results
-
-  writer = loop.MetricWriter(workdir)
   if config.eval_only:
     with parallel.activation_sharding(mesh, rules):
-      results = evaluate(state["params"])
-    writer.write(start, results)
-    loop.log_metrics(start, results)
+      results = loop.evaluate(evaluations, eval_params(state), start, loop.MetricWriter(workdir))
     return {**results, "steps": start}
 
   # ------------------------------------------------------------------------------------------------
@@ -236,7 +194,7 @@ def run(config, workdir: str) -> dict:
   state, summary = loop.train(config, workdir, mesh, rules, state,
                               lambda state, batch: train_step(state, frozen, batch), data_iter,
                               batch_shardings, ckpt, skipped, start, num_steps,
-                              evaluate=lambda state: evaluate(state["params"]), run_meta=run_meta)
+                              evaluations=evaluations, eval_params=eval_params, run_meta=run_meta)
   export_towers(state["params"], workdir)
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)

@@ -17,7 +17,7 @@ The DINO loss (student global and local CLS tokens against the teacher's global 
 global view against the other view, Sinkhorn-Knopp or softmax centering) and KoLeo are SSL's.
 
 Reads top to bottom: mesh, data, the frozen teacher, student and optimizer, sharded init, the update
-step, checkpoint and resume, k-NN evaluation of the student's EMA, the loop, export.
+step, checkpoint and resume, the evaluations of the student's EMA, the loop, export.
 """
 
 import functools
@@ -29,6 +29,7 @@ import optax
 from absl import logging
 
 from dinojax import backbones, checkpoint, convert, loop, parallel
+from dinojax.evaluators import base
 from dinojax.losses import dino
 from dinojax.trainers import ssl
 
@@ -209,10 +210,10 @@ def run(config, workdir: str) -> dict:
                               init_keys=("params", "ema", "center"), run_meta=run_meta)
 
   # ------------------------------------------------------------------------------------------------
-  # k-NN evaluation of the student's EMA (the final model)
+  # Evaluations of the student's EMA, the final model (`config.evals`: k-NN, pictures)
   # ------------------------------------------------------------------------------------------------
-  knn_eval = ssl.knn_evaluator(config, mesh, rules, backbone)
-  draw = ssl.pictures_evaluator(config, mesh, rules, backbone)
+  evaluations = base.from_config(config, backbone=backbone, image_size=crops.global_size, mesh=mesh,
+                                 rules=rules)
 
   # ------------------------------------------------------------------------------------------------
   # The loop, then the export of the final model
@@ -220,8 +221,7 @@ def run(config, workdir: str) -> dict:
   state, summary = loop.train(
       config, workdir, mesh, rules, state, lambda state, batch: jitted_step(state, teacher, batch),
       data_iter, batch_shardings, ckpt, skipped, start, num_steps,
-      evaluate=lambda state: {"knn_top1": knn_eval(state["ema"]["backbone"])}, run_meta=run_meta,
-      pictures=lambda state: draw(state["ema"]["backbone"]))
+      evaluations=evaluations, eval_params=lambda state: state["ema"]["backbone"], run_meta=run_meta)
   loop.export_backbone(state["ema"]["backbone"], os.path.join(workdir, "student_ema.safetensors"))
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)

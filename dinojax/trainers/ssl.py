@@ -1,7 +1,7 @@
 """DINOv2 self-supervised pretraining (Oquab et al., 2023): DINO + iBOT + KoLeo, EMA teacher.
 
 Reads top to bottom: mesh, data, model and optimizer, sharded init, the update step, checkpoint and
-resume, k-NN evaluation, the loop, the export of the teacher's backbone (official naming, for
+resume, the evaluations, the loop, the export of the teacher's backbone (official naming, for
 PyTorch). Everything numeric comes from the config (`configs/dinov2_*.py`).
 """
 
@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
-from dinojax import backbones, checkpoint, features, loop, optim, parallel
+from dinojax import backbones, checkpoint, loop, optim, parallel
 from dinojax.data import masking, pipeline, sources
 from dinojax.data.multi_crop import MultiCrop
-from dinojax.evaluators import knn, pictures
+from dinojax.evaluators import base
 from dinojax.losses import dino, koleo
 from dinojax.models.heads import DINOHead
 from dinojax.models.vit import ViT
@@ -291,41 +291,6 @@ def init_state(config, make_tx, params, param_shardings, ema_key: str) -> dict:
   }
 
 
-def knn_evaluator(config, mesh, rules, backbone: ViT):
-  """`knn_eval(backbone_params) -> top-1`: k-NN accuracy of the backbone's CLS features on
-  `config.eval.*` (sources read on first use)."""
-  embed = jax.jit(lambda p, x: backbone.apply({"params": p}, x)["x_norm_clstoken"])
-  eval_sources = None
-
-  def knn_eval(params):
-    nonlocal eval_sources
-    if eval_sources is None:
-      eval_sources = (sources.make_source(config.eval.source, config.eval.train_split),
-                      sources.make_source(config.eval.source, config.eval.heldout_split))
-    train, test = (features.extract_features(embed, params, source, config.eval.batch_size,
-                                             config.crops.global_size, mesh, rules) for source in eval_sources)
-    k = config.eval.knn_k
-    return knn.knn_accuracies(*train, *test, eval_sources[0].num_classes, (k,),
-                              config.eval.knn_temperature)[k]["top1"]
-
-  return knn_eval
-
-
-def pictures_evaluator(config, mesh, rules, backbone: ViT):
-  """`draw(backbone_params) -> {name: image}`: the patch PCA and CLS attention of the first images of
-  the k-NN evaluation's held-out split (`evaluators.pictures`; read on first use)."""
-  drawn = None
-
-  def draw(params):
-    nonlocal drawn
-    if drawn is None:
-      drawn = pictures.Pictures(backbone, pictures.fixed_images(
-          config.eval.source, config.eval.heldout_split, config.crops.global_size), mesh, rules)
-    return drawn(params)
-
-  return draw
-
-
 def run(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   num_steps = total_steps(config)
@@ -439,18 +404,17 @@ def run(config, workdir: str) -> dict:
                               init_keys=("params", "teacher", "center"))
 
   # ------------------------------------------------------------------------------------------------
-  # k-NN evaluation of the teacher's CLS features
+  # Evaluations of the teacher's backbone (`config.evals`: k-NN of its CLS features, pictures)
   # ------------------------------------------------------------------------------------------------
-  knn_eval = knn_evaluator(config, mesh, rules, backbone)
-  draw = pictures_evaluator(config, mesh, rules, backbone)
+  evaluations = base.from_config(config, backbone=backbone, image_size=crops.global_size, mesh=mesh,
+                                 rules=rules)
 
   # ------------------------------------------------------------------------------------------------
   # The loop, then the export of the EMA teacher's backbone
   # ------------------------------------------------------------------------------------------------
   state, summary = loop.train(config, workdir, mesh, rules, state, train_step, data_iter,
-                              batch_shardings, ckpt, skipped, start, num_steps,
-                              evaluate=lambda state: {"knn_top1": knn_eval(state["teacher"]["backbone"])},
-                              pictures=lambda state: draw(state["teacher"]["backbone"]))
+                              batch_shardings, ckpt, skipped, start, num_steps, evaluations=evaluations,
+                              eval_params=lambda state: state["teacher"]["backbone"])
   # The model a run produces, as the official `teacher_checkpoint.pth`'s backbone, for PyTorch.
   loop.export_backbone(state["teacher"]["backbone"], os.path.join(workdir, "teacher_backbone.safetensors"))
   if skipped.count:
