@@ -8,12 +8,18 @@ clusters c with c mod P = p. Every process assigns its own shards to the level-1
 2.. cluster the previous level's centroids in memory, with resampling (`kmeans.py`). The `sample`
 step reads the resulting hierarchy.
 
+Processes share only the workdir, so a file is the barrier between them: process 0 fits level 1
+while the others wait for its centroids; with splits, every process waits for all assignments
+before splitting its clusters, process 0 merges the parts and runs the upper levels, and the others
+wait for its summary, so one invocation of every process completes the step.
+
 Input (`config.cluster.input`): `dedup` (the deduplicated pool, as in Vo et al.) or `retrieve`
 (the DINOv2 retrieval result).
 """
 
 import math
 import os
+import time
 
 import numpy as np
 import jax
@@ -23,6 +29,7 @@ from dinojax import parallel
 from dinojax.curation import dedup, embed, kmeans, lloyd, retrieve, store
 
 INPUTS = ("dedup", "retrieve")
+POLL_SECONDS = 1.0
 
 
 def input_ids(config, workdir: str) -> np.ndarray:
@@ -61,6 +68,14 @@ def _paths(workdir: str):
   return out, os.path.join(out, "parts"), os.path.join(out, "level1_centroids.npy")
 
 
+def _wait_for(paths: list[str], what: str) -> None:
+  """Blocks until every path exists (another process writes it), logging what it waits for."""
+  while missing := store.missing_parts(paths):
+    logging.log_every_n_seconds(logging.INFO, "cluster: waiting for %s (%d files missing, %s ...).", 60,
+                                what, len(missing), missing[0])
+    time.sleep(POLL_SECONDS)
+
+
 def level1_centroids(config, pool: store.EmbeddingShards, ids: np.ndarray, state_dir: str) -> np.ndarray:
   """The official k-means of the pool: JAX process i holds the shards i, i+P, ... (P JAX processes),
   sharded over its devices of the config's mesh; then the level's resampling steps, which need the
@@ -84,14 +99,16 @@ def level1_centroids(config, pool: store.EmbeddingShards, ids: np.ndarray, state
 
 
 def map_phase(config, workdir: str, process_index: int, process_count: int) -> None:
-  """Level-1 centroids (fitted once, the first published copy wins), then this process's shards'
-  assignments to them."""
+  """Level-1 centroids (fitted by process 0, with every JAX process of its job; the others wait for
+  them), then this process's shards' assignments to them."""
   c = config.cluster
   check_levels(c)
   pool = store.EmbeddingShards(embed.collection_dir(workdir, "pool")).check_complete("cluster")
   ids = input_ids(config, workdir)
   out_dir, parts_dir, centroids_path = _paths(workdir)
   os.makedirs(parts_dir, exist_ok=True)
+  if process_index > 0:
+    _wait_for([centroids_path], "the level-1 centroids of process 0")
   if os.path.exists(centroids_path):
     centroids = np.load(centroids_path)
   else:
@@ -110,18 +127,17 @@ def _assignments(parts: list[str]) -> tuple[np.ndarray, ...]:
   return tuple(np.concatenate([p[k] for p in loaded]) for k in ("ids", "labels", "sqdist"))
 
 
-def split_phase(config, workdir: str, process_index: int, process_count: int) -> bool:
+def split_phase(config, workdir: str, process_index: int, process_count: int) -> None:
   """Splits the level-1 clusters c with c mod process_count = process_index into up to
-  `n_splits[0]` each; False while other processes' assignment parts are missing."""
+  `n_splits[0]` each, once every process's assignments are written."""
   c = config.cluster
   pool = store.EmbeddingShards(embed.collection_dir(workdir, "pool"))
   out_dir, parts_dir, _ = _paths(workdir)
   part = os.path.join(parts_dir, f"split-{process_index:05d}.npz")
   if os.path.exists(part):
-    return True
+    return
   parts = [os.path.join(parts_dir, f"assign-{s:05d}.npz") for s in range(pool.num_shards)]
-  if store.missing_parts(parts):
-    return False
+  _wait_for(parts, "the other processes' level-1 assignments")
   ids, labels, _ = _assignments(parts)
   mine = labels % process_count == process_index
   order = np.argsort(ids[mine])
@@ -141,7 +157,6 @@ def split_phase(config, workdir: str, process_index: int, process_count: int) ->
     count += len(centroids)
   empty = {"parents": (0,), "centroids": (0, pool.dim), "ids": (0,), "labels": (0,), "sqdist": (0,)}
   store.atomic_savez(part, **{k: np.concatenate(v) if v else np.zeros(empty[k]) for k, v in arrays.items()})
-  return True
 
 
 def _split_assignments(parts: list[str]) -> tuple[np.ndarray, ...]:
@@ -221,10 +236,19 @@ def top_level_labels(hierarchy: dict) -> np.ndarray:
 
 
 def run(config, workdir: str, process_index: int = 0, process_count: int = 1) -> dict | None:
+  """The step's summary; without splits None in every process but the last to finish (which
+  reduces), with splits the summary in every process (they wait for each other)."""
   map_phase(config, workdir, process_index, process_count)
-  if config.cluster.n_splits[0] > 1 and not split_phase(config, workdir, process_index, process_count):
-    logging.info("cluster: the split waits for other processes' assignments; rerun once they finish.")
-    return None
+  if config.cluster.n_splits[0] == 1:
+    return reduce_phase(config, workdir, process_count)
+  split_phase(config, workdir, process_index, process_count)
+  out_dir, parts_dir, _ = _paths(workdir)
+  if process_index > 0:
+    summary = os.path.join(out_dir, "summary.json")
+    _wait_for([summary], "process 0's merge and upper levels")
+    return store.read_json(summary)
+  _wait_for([os.path.join(parts_dir, f"split-{p:05d}.npz") for p in range(process_count)],
+            "the other processes' split clusters")
   return reduce_phase(config, workdir, process_count)
 
 
