@@ -72,9 +72,13 @@ def get_config(arg=None):
                                                     templates=zero_shot.CLIP_TEMPLATES))
   # Image↔text retrieval on a caption source's first captions. Empty source: skipped.
   c.eval.retrieval = ml_collections.ConfigDict(dict(source="tfds:coco_captions", split="val"))
+  # Pictures of what trains (`evaluators.pictures`): the head's patch PCA and last block's CLS
+  # attention on a source's first 4 images, also before the first step; the backbone's when unfrozen.
+  c.eval.pictures = ml_collections.ConfigDict(dict(source="tfds:coco_captions", heldout_split="val"))
   # The evaluations (`evaluators.base`), their settings from `eval` and `eval.<name>`.
   c.evals = ml_collections.ConfigDict(dict(zero_shot=dict(type="zero_shot"),
-                                           retrieval=dict(type="retrieval")))
+                                           retrieval=dict(type="retrieval"),
+                                           pictures=dict(type="pictures", first=True)))
   c.checkpoint = ml_collections.ConfigDict(dict(every=500, keep=5))
   c.log_every = 50
   c.profile = profile()
@@ -107,6 +111,7 @@ def tiny(c):
   c.eval.zero_shot.update(source="digits", split="heldout", class_names=captions.DIGIT_NAMES,
                           templates=("a photo of the digit {}.", "a drawing of a {}."))
   c.eval.retrieval.update(source="digits", split="heldout")
+  c.eval.pictures.update(source="digits", heldout_split="heldout")
   c.checkpoint.update(every=100, keep=2)
   c.log_every = 10
   c.mesh.update(data=-1, fsdp=1, model=1)

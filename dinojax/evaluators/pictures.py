@@ -11,6 +11,7 @@ from dinojax import parallel
 from dinojax.data import images as image_lib
 from dinojax.data import pipeline, sources
 from dinojax.evaluators import pca
+from dinojax.models.dinotxt import VisionHead, backbone_tokens
 from dinojax.models.vit import ViT
 
 
@@ -34,19 +35,40 @@ def _upsample(colours: np.ndarray, size: int) -> np.ndarray:
 
 
 class Pictures:
-  """`pictures(backbone_params) -> {"pca", "cls_attention"}`: one row per fixed image (uint8 RGB),
-  the image then its patch PCA, and the image then each head's CLS attention over the patches. The
-  images are the first `count` of `source`'s `heldout_split` at `image_size`, read on first use."""
+  """`pictures(params) -> {"pca", "cls_attention"}`: one row per fixed image (uint8 RGB), the image
+  then its patch PCA, and the image then each head's CLS attention over the patches. The images are
+  the first `count` of `source`'s `heldout_split` at `image_size`, read on first use.
+
+  `params` are the backbone's. With a `vision_head` (dino.txt, whose backbone is usually frozen), they
+  are dino.txt's {"backbone", "vision_head", ...} and the pictures are of what it trains: the head's
+  projected patch tokens and its last block's CLS attention; an unfrozen backbone (`backbone_frozen`
+  False) adds its own as "backbone_pca" and "backbone_cls_attention"."""
 
   def __init__(self, *, source: str, heldout_split: str, backbone: ViT, image_size: int, mesh, rules,
-               count: int = 4):
+               count: int = 4, vision_head: VisionHead | None = None, backbone_frozen: bool = True):
     self.source, self.split, self.image_size, self.count = source, heldout_split, image_size, count
     self.mesh, self.rules = mesh, rules
-    self.forward = jax.jit(lambda params, x: backbone.apply({"params": params}, x,
-                                                            return_cls_attention=True))
+    self.backbone, self.vision_head = backbone, vision_head
+    self.draws_backbone = vision_head is None or not backbone_frozen
+    self.forward = jax.jit(self._features)
     self.grid = image_size // backbone.patch_size
-    self.num_register_tokens = backbone.num_register_tokens
+    self.num_prefix_tokens = 1 + backbone.num_register_tokens
     self.images = self.batch = None
+
+  def _features(self, params, images) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Picture name prefix -> (patch tokens (B, N, D), CLS attention logits (B, heads, T))."""
+    backbone_params = params if self.vision_head is None else params["backbone"]
+    out = self.backbone.apply({"params": backbone_params}, images,
+                              return_cls_attention=self.draws_backbone)
+    features = {}
+    if self.draws_backbone:
+      prefix = "" if self.vision_head is None else "backbone_"
+      features[prefix] = (out["x_norm_patchtokens"], out["cls_attention_logits"])
+    if self.vision_head is not None:
+      head = self.vision_head.apply({"params": params["vision_head"]}, backbone_tokens(out),
+                                    self.num_prefix_tokens, return_cls_attention=True)
+      features[""] = (head["patch_embeds"], head["cls_attention_logits"])
+    return features
 
   def _read(self):
     self.images = fixed_images(self.source, self.split, self.image_size, self.count)
@@ -57,14 +79,12 @@ class Pictures:
     sharding = parallel.batch_sharding(self.mesh, self.rules, 4)
     self.batch = jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
 
-  def __call__(self, params) -> dict[str, np.ndarray]:
-    if self.images is None:
-      self._read()
-    out = self.forward(params, self.batch)
+  def _draw(self, patches: jax.Array, logits: jax.Array) -> dict[str, np.ndarray]:
+    """`_features`' outputs -> {"pca", "cls_attention"} pictures of the fixed images."""
     gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))[:len(self.images)]
-    patches = gather(out["x_norm_patchtokens"]).reshape(len(self.images), self.grid, self.grid, -1)
+    patches = gather(patches).reshape(len(self.images), self.grid, self.grid, -1)
     # The CLS query's softmax over every token, then its weights on the patches alone.
-    attention = jax.nn.softmax(out["cls_attention_logits"], axis=-1)[:, :, 1 + self.num_register_tokens:]
+    attention = jax.nn.softmax(logits, axis=-1)[:, :, self.num_prefix_tokens:]
     attention = gather(attention).reshape(len(self.images), -1, self.grid, self.grid)
     size = self.images.shape[1]
     pca_rows = [np.concatenate([image, _upsample(pca.pca_rgb(p), size)], axis=1)
@@ -74,3 +94,10 @@ class Pictures:
     scale = max(1, 128 // size)  # rows of at least 128 px: tiny images stay visible
     return {name: np.concatenate(rows).repeat(scale, axis=0).repeat(scale, axis=1)
             for name, rows in (("pca", pca_rows), ("cls_attention", attention_rows))}
+
+  def __call__(self, params) -> dict[str, np.ndarray]:
+    if self.images is None:
+      self._read()
+    features = self.forward(params, self.batch)
+    return {prefix + name: picture for prefix, (patches, logits) in features.items()
+            for name, picture in self._draw(patches, logits).items()}

@@ -49,7 +49,9 @@ class VisionHead(nn.Module):
   PyTorch's LayerNorm epsilon 1e-5; `qkv_bias=True, norm_eps=1e-6` gives the backbone's block instead.
 
   Returns {"image_embeds" (B, embed_dim) = [CLS ; mean of patches], "cls" (B, E/2), "patch_embeds"
-  (B, N, E/2)}: the projected patch tokens, the dense features of open-vocabulary segmentation.
+  (B, N, E/2)}: the projected patch tokens, the dense features of open-vocabulary segmentation. With
+  `return_cls_attention` (eval mode), also "cls_attention_logits" (B, heads, T): the CLS query's
+  attention logits in the last block, as `ViT`'s (what the training pictures draw).
   """
   embed_dim: int
   num_heads: int
@@ -63,16 +65,22 @@ class VisionHead(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, num_prefix_tokens: int, train: bool = False) -> dict:
+  def __call__(self, tokens: jax.Array, num_prefix_tokens: int, train: bool = False,
+               return_cls_attention: bool = False) -> dict:
     """tokens (B, T, D) = [CLS, `num_prefix_tokens` - 1 registers, patches]."""
     width = tokens.shape[-1]
     if self.embed_dim % 2:
       raise ValueError(f"embed_dim={self.embed_dim} must be even: it concatenates CLS and patch halves.")
-    x = tokens.astype(self.dtype)
+    if return_cls_attention and (train or not self.num_blocks):
+      raise ValueError(f"return_cls_attention needs eval mode and a block (train={train}, "
+                       f"num_blocks={self.num_blocks}).")
+    x, logits = tokens.astype(self.dtype), None
     for i in range(self.num_blocks):
-      x, _ = Block(self.num_heads, swiglu_hidden_dim(width), ffn="swiglu", qkv_bias=self.qkv_bias,
-                   init_values=self.init_values, drop_path=self.drop_path, attention=self.attention,
-                   dtype=self.dtype, norm_eps=self.norm_eps, name=f"blocks_{i}")(x, train)
+      last = return_cls_attention and i == self.num_blocks - 1
+      x, logits = Block(self.num_heads, swiglu_hidden_dim(width), ffn="swiglu", qkv_bias=self.qkv_bias,
+                        init_values=self.init_values, drop_path=self.drop_path, attention=self.attention,
+                        dtype=self.dtype, norm_eps=self.norm_eps,
+                        name=f"blocks_{i}")(x, train, logits="cls" if last else None)
     if self.num_blocks:
       x = layer_norm("norm", self.dtype, eps=HEAD_LAYER_NORM_EPS)(x)
     x = x.astype(jnp.float32)
@@ -81,8 +89,11 @@ class VisionHead(nn.Module):
                           (width, self.embed_dim // 2))
       x = x @ kernel
     cls, patches = x[:, 0], x[:, num_prefix_tokens:]
-    return {"image_embeds": jnp.concatenate([cls, patches.mean(axis=1)], axis=-1), "cls": cls,
-            "patch_embeds": patches}
+    out = {"image_embeds": jnp.concatenate([cls, patches.mean(axis=1)], axis=-1), "cls": cls,
+           "patch_embeds": patches}
+    if return_cls_attention:
+      out["cls_attention_logits"] = logits
+    return out
 
 
 def encode_image(backbone: nn.Module, backbone_params: dict, head: VisionHead, head_params: dict,

@@ -176,11 +176,12 @@ def run(config, workdir: str) -> dict:
   state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, run_meta=run_meta)
 
   # ------------------------------------------------------------------------------------------------
-  # Evaluations (`config.evals`: zero-shot classification, image↔text retrieval)
+  # Evaluations (`config.evals`: zero-shot classification, image↔text retrieval, pictures of the head)
   # ------------------------------------------------------------------------------------------------
   evaluations = base.from_config(config, image_size=config.image_size, tokenizer=tokenizer,
                                  embed_images=jax.jit(image_embeddings),
-                                 embed_texts=jax.jit(text_embeddings), mesh=mesh, rules=rules)
+                                 embed_texts=jax.jit(text_embeddings), backbone=backbone,
+                                 vision_head=head, backbone_frozen=freeze, mesh=mesh, rules=rules)
   eval_params = lambda state: {**frozen, **state["params"]}
 
   if config.eval_only:

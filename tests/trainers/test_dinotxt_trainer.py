@@ -1,9 +1,11 @@
 """End to end: the tiny dino.txt config learns zero-shot classification with the backbone frozen (no
 gradient, no optimizer state, not checkpointed), evaluates a checkpoint again on its own, resumes
-exactly after a kill, and trains the backbone too when asked (the CLIP-style step, SigLIP loss)."""
+exactly after a kill, and trains the backbone too when asked (the CLIP-style step, SigLIP loss); each run
+draws pictures of what it trains."""
 
 import jax
 import numpy as np
+from PIL import Image
 
 import jobs
 from dinojax import backbones, config_args, convert, loop
@@ -25,6 +27,11 @@ def _rows(workdir, key):
   return [r for r in loop.read_metrics(workdir) if key in r]
 
 
+def _pictures(workdir, step):
+  return {p.name[:-len(f"_{step:07d}.png")]: np.asarray(Image.open(p))
+          for p in (workdir / "pictures").glob(f"*_{step:07d}.png")}
+
+
 def test_tiny_run_learns_zero_shot_with_a_frozen_backbone(tmp_path):
   _run(tmp_path, "--config.total_steps=200", "--config.eval.every=200", "--config.checkpoint.every=200")
   losses = [r["loss"] for r in _rows(tmp_path, "loss")]
@@ -34,6 +41,12 @@ def test_tiny_run_learns_zero_shot_with_a_frozen_backbone(tmp_path):
   assert trained["zero_shot_top1"] > 0.2, trained  # 10 classes: chance is 0.1
   assert trained["zero_shot_top5"] > trained["zero_shot_top1"]
   assert "text_to_image_r1" in trained and "image_to_text_r10" in trained
+  # The head's pictures before the first step and at the last evaluation, changed by training; none of
+  # the frozen backbone, which never changes.
+  first, last = _pictures(tmp_path, 0), _pictures(tmp_path, 200)
+  assert set(first) == set(last) == {"pca", "cls_attention"}
+  for name in first:
+    assert first[name].shape == last[name].shape and not np.array_equal(first[name], last[name]), name
 
   # The backbone is outside the trained params, so it has no optimizer state and no checkpoint.
   step, state = jobs.final_state(tmp_path)
@@ -85,10 +98,15 @@ def test_backbone_takes_remat_and_scan_blocks_from_the_config():
 
 def test_unfrozen_backbone_trains_with_the_sigmoid_loss(tmp_path):
   # Scanned, rematerialised blocks: the layout a trained ViT-L/g backbone compiles fastest in.
-  _run(tmp_path, *SMALL, "--config.total_steps=3", "--config.eval.every=0", "--config.checkpoint.every=3",
-       "--config.log_every=1", "--config.backbone.freeze=False", "--config.loss.kind=sigmoid",
-       "--config.backbone.scan_blocks=True", "--config.backbone.remat=True")
+  # Pictures alone evaluated (empty sources skip zero-shot and retrieval), at steps 0 and 3.
+  _run(tmp_path, *SMALL, "--config.total_steps=3", "--config.eval.every=3",
+       "--config.checkpoint.every=3", "--config.log_every=1", "--config.backbone.freeze=False", "--config.loss.kind=sigmoid",
+       "--config.backbone.scan_blocks=True", "--config.backbone.remat=True",
+       "--config.eval.zero_shot.source=", "--config.eval.retrieval.source=")
   rows = _rows(tmp_path, "loss")
   assert len(rows) == 3 and all(np.isfinite(r["loss"]) and "logit_bias" in r for r in rows)
+  # A trained backbone is drawn too, beside the head.
+  assert set(_pictures(tmp_path, 3)) == {"pca", "cls_attention", "backbone_pca",
+                                         "backbone_cls_attention"}
   _, state = jobs.final_state(tmp_path)
   assert set(state["params"]) == {"vision_head", "text", "logit_scale", "logit_bias", "backbone"}
