@@ -235,11 +235,12 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
       if not start:  # those that look at the features before training
         run_evaluations(0)
       for step in range(start + 1, num_steps + 1):
-        # Only the batch crosses to the devices, explicitly: an implicit transfer (a NumPy array or
-        # a Python number handed to the step, params copied per call) fails here instead of
-        # silently slowing every step. Metrics come back explicitly, at the steps that log them.
+        # Only the batch crosses to the devices, explicitly (a multi-process run's
+        # `make_array_from_process_local_data` is a guarded transfer): an implicit transfer (a NumPy
+        # array or a Python number handed to the step, params copied per call) fails here instead
+        # of silently slowing every step. Metrics come back explicitly, at the steps that log them.
+        batch = global_batch(next(data_iter), batch_shardings)
         with jax.transfer_guard("disallow"):
-          batch = global_batch(next(data_iter), batch_shardings)
           if step == start + 1:
             train_step = compiled_on_every_process(train_step, state, batch)
           profiler.before(step)
