@@ -4,6 +4,7 @@ exactly after a kill, and trains the backbone too when asked (the CLIP-style ste
 
 import jax
 import numpy as np
+import pytest
 
 import jobs
 from dinojax import config_args, convert
@@ -26,6 +27,7 @@ def _rows(workdir, key):
   return [r for r in loop.read_metrics(workdir) if key in r]
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_zero_shot_with_a_frozen_backbone(tmp_path):
   _run(tmp_path, "--config.total_steps=200", "--config.eval.every=200", "--config.checkpoint.every=200")
   losses = [r["loss"] for r in _rows(tmp_path, "loss")]
@@ -62,6 +64,7 @@ def test_tiny_run_learns_zero_shot_with_a_frozen_backbone(tmp_path):
     assert again[key] == value, key
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
   overrides = [*SMALL, "--config.total_steps=8", "--config.eval.every=0", "--config.checkpoint.every=3",
                "--config.log_every=1"]
@@ -84,6 +87,7 @@ def test_backbone_takes_remat_and_scan_blocks_from_the_config():
   assert backbone.remat and backbone.scan_blocks and backbone.depth == 24
 
 
+@pytest.mark.slow
 def test_unfrozen_backbone_trains_with_the_sigmoid_loss(tmp_path):
   # Scanned, rematerialised blocks: the layout a trained ViT-L/g backbone compiles fastest in.
   _run(tmp_path, *SMALL, "--config.total_steps=3", "--config.eval.every=0", "--config.checkpoint.every=3",
