@@ -4,6 +4,7 @@ the training jobs tests start as subprocesses, which inherit the environment) co
 once. Without it, XLA's compiles are most of the suite's time on a CPU."""
 
 import atexit
+import collections
 import gc
 import os
 import shutil
@@ -26,6 +27,17 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session", autouse=True)
 def _eight_devices():
   assert jax.device_count() == 8, "tests expect 8 fake CPU devices; was jax imported before conftest?"
+
+
+def pytest_collection_modifyitems(items):
+  # Files by their share of slow tests, the training-job files (all slow) first and the quick files
+  # last: the two xdist workers take files from the front of this order (pyproject.toml:
+  # `--no-loadscope-reorder`), so the long files start early and the quick ones even out the end.
+  tests, slow = collections.Counter(), collections.Counter()
+  for item in items:
+    tests[item.path] += 1
+    slow[item.path] += item.get_closest_marker("slow") is not None
+  items.sort(key=lambda item: -slow[item.path] / tests[item.path])
 
 
 def pytest_sessionfinish():

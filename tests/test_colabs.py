@@ -8,6 +8,7 @@ import pytest
 COLABS = sorted((pathlib.Path(__file__).resolve().parents[1] / "colabs").glob("*.ipynb"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("notebook", COLABS, ids=[p.name for p in COLABS])
 def test_notebook_runs(notebook):
   cells = json.loads(notebook.read_text())["cells"]

@@ -60,6 +60,7 @@ def _assert_parity(hf, model, params, grids=GRIDS):
     np.testing.assert_allclose(out["x_norm_patchtokens"], ref[:, 1 + r:], atol=1e-4, err_msg=f"{h}x{w}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("registers,swiglu", [(False, False), (False, True), (True, False)])
 @pytest.mark.parametrize("naming", ["transformers", "legacy_hub_file", "official"])
 def test_parity_with_transformers(registers, swiglu, naming):

@@ -212,6 +212,7 @@ def text_case():
 # ---------------------------------------------------------------------------------------------------
 # Parity, export, round trip
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_vision_head_gives_the_official_embeddings(head_case):
   _, head, params, embeds, tokens = head_case
   out = head.apply(params, jnp.asarray(_tokens()), 1 + REGISTERS)
@@ -294,6 +295,7 @@ def test_bad_files_are_errors_naming_the_key(head_case, text_case):
 # ---------------------------------------------------------------------------------------------------
 # The one-line loader
 # ---------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_hub_loads_the_released_files_and_the_clip_tokenizer(tmp_path):
   """hub.dinotxt on the three files in the released layout (a 1-block ViT-S/14 reg backbone, a 1-block
   head, a 1-layer text tower on CLIP's vocabulary): its embeddings are the official ones."""

@@ -13,6 +13,7 @@ def _run_main(*args, tmp_path, config_arg="vits14_reg,depth=2", env=None):
                        check=False, env=env)
 
 
+@pytest.mark.slow
 def test_main_job_writes_pca_picture_and_caches_its_compiles_in_the_workdir(tmp_path):
   env = {**jobs.cpu_env(), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   del env["JAX_COMPILATION_CACHE_DIR"]  # the tests' shared cache; a user's run has none
@@ -27,6 +28,7 @@ def test_main_job_writes_pca_picture_and_caches_its_compiles_in_the_workdir(tmp_
   assert features["patch_tokens"].shape == (8, 12, 384)
 
 
+@pytest.mark.slow
 def test_command_line_mistakes_stop_before_anything_is_built_in_one_line(tmp_path):
   workdir = tmp_path / "run"
   for args, config_arg, line in [

@@ -16,6 +16,8 @@ import pytest
 
 import jobs
 
+pytestmark = pytest.mark.slow  # training jobs in subprocesses
+
 CONFIG = f"{jobs.REPO / 'configs/dinov2_vits14.py'}:tiny"
 OVERRIDES = ["--config.model.depth=2", "--config.batch_size=16", "--config.ibot.mask_group=8",
              "--config.total_steps=6", "--config.eval.every=6", "--config.eval.batch_size=200",

@@ -34,6 +34,7 @@ def _forward(mesh_axes, devices, **kwargs):
   return params, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mesh_axes,scan_blocks", [({"fsdp": 2, "model": 4}, False), ({"data": 8}, False),
                                                    ({"data": 2, "fsdp": 4}, False),
                                                    ({"fsdp": 2, "model": 4}, True)])

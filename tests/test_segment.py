@@ -65,6 +65,7 @@ def models():
       proj, nn.unbox(proj.init(key, np.zeros((1, 16), np.float32))))
 
 
+@pytest.mark.slow
 def test_window_masks_with_fast_attention_match_the_full_logits_path(models):
   """The scorer reads only the CLS row of the last block's logits beside "chunked" attention; the
   same masks built from the reference path's full T×T logits."""
@@ -93,6 +94,7 @@ def test_segment_odd_sizes_and_class_counts(models, classes):
   assert (labels == -1).all()  # sigmoid scores never reach 2: everything is background
 
 
+@pytest.mark.slow
 def test_many_images_pamr_and_prompt_sets(models):
   rng = np.random.default_rng(2)
   images = [(rng.random(shape) * 255).astype(np.uint8) for shape in [(60, 90, 3), (56, 56, 3), (40, 130, 3)]]
@@ -123,6 +125,7 @@ def test_segment_bad_inputs(models):
     seg.segment(np.zeros((10, 10, 2), np.uint8), ["cat"], models)
 
 
+@pytest.mark.slow
 def test_cli_writes_a_mask(tmp_path):
   import subprocess
   import sys
@@ -156,6 +159,7 @@ def test_cli_checks_its_arguments_before_building_the_models(tmp_path, capsys):
   assert out.read_bytes() == b"an earlier mask"  # nothing was written
 
 
+@pytest.mark.slow
 def test_class_embeddings_average_the_prompt_set(models):
   from dinojax.data.clip_tokenizer import tokenize
   templates = seg.TEMPLATES["sub_imagenet"]

@@ -36,6 +36,7 @@ def models():
                                Tokenizer(encode, 40, 3, 0, "toy"))
 
 
+@pytest.mark.slow
 def test_window_scores_are_cosines_of_projected_patches_and_text_halves(models):
   classes = ["cat", "grass", "sky"]
   text = dinotxt.class_embeddings(models, classes, ["a {}.", "the {}."])

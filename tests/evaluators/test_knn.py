@@ -88,6 +88,7 @@ def test_few_shot_knn_averages_tries_on_n_images_per_class():
     assert 0 < r["top1"] < r["top5"] < 1
 
 
+@pytest.mark.slow
 def test_float16_backbone_runs_on_cpu_near_float32():
   """The official evaluations' precision (fp16, "auto" on a GPU) through the evaluation path here."""
   digits = sources.make_source("digits", "heldout")

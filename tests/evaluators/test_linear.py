@@ -177,6 +177,7 @@ def straight_run(tmp_path_factory):
   return workdir
 
 
+@pytest.mark.slow
 def test_tiny_run_trains_the_grid_and_reports_the_best_classifier(straight_run):
   rows = loop.read_metrics(straight_run)
   losses = [r["loss"] for r in rows if "loss" in r]
@@ -201,6 +202,7 @@ def test_tiny_run_trains_the_grid_and_reports_the_best_classifier(straight_run):
   np.testing.assert_array_equal(head["bias"], state["params"][probe.name]["bias"][i])
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
   jobs.kill_after_checkpoint(jobs.main_command(CONFIG, tmp_path, *STEPS), tmp_path / "checkpoints" / "10")
   jobs.run_main(CONFIG, tmp_path, *STEPS)
@@ -209,6 +211,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, straight_run):
           json.loads((straight_run / "results_eval_linear.json").read_text())["classifiers"])
 
 
+@pytest.mark.slow
 def test_resuming_with_another_backbone_is_an_error(tmp_path, straight_run):
   import shutil
   shutil.copytree(straight_run, tmp_path, dirs_exist_ok=True)
@@ -216,6 +219,7 @@ def test_resuming_with_another_backbone_is_an_error(tmp_path, straight_run):
   assert result.returncode != 0 and "written with backbone='random:2'" in result.stderr
 
 
+@pytest.mark.slow
 def test_test_sets_are_scored_by_the_classifier_chosen_on_validation(tmp_path, straight_run):
   # The finished run started again with test sets: its validation split again (the same best
   # classifier and accuracy) and the training split, each scored by that classifier.

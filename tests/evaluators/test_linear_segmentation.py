@@ -166,6 +166,7 @@ def _voc_folder(root, count=3):
   (root / benchmark.split_file).write_text("\n".join(f"im{i}" for i in range(count)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["voc,tiny", "voc,ms,tiny"])
 def test_job_scores_a_voc_folder(tmp_path, variant):
   _voc_folder(tmp_path / "voc")
@@ -187,6 +188,7 @@ def test_job_names_a_head_for_another_benchmark(tmp_path):
     linear_segmentation.run(config, str(tmp_path / "out"))
 
 
+@pytest.mark.slow
 def test_segment_takes_grey_rgba_and_extreme_shapes_and_names_bad_ones():
   model, params = hub.dinov2_segmenter("vits14", layers=1, num_classes=5, **{**SMALL, "depth": 2})
   rng = np.random.default_rng(0)

@@ -23,6 +23,7 @@ def _blobs(classes: int, rows: int = 240, dims: int = 12, seed: int = 0):
   return features, labels
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("classes", [2, 5])
 @pytest.mark.parametrize("c", [1e-3, 1.0, 100.0])
 def test_fit_matches_scikit_learn(classes, c):
@@ -37,6 +38,7 @@ def test_fit_matches_scikit_learn(classes, c):
                                 probabilities.argmax(1))
 
 
+@pytest.mark.slow
 def test_fit_sharded_over_eight_devices_equals_one_device():
   features, labels = _blobs(4, rows=203)  # 203 rows: padded to 208 on 8 devices
   mesh = parallel.make_mesh({"data": 8, "fsdp": 1, "model": 1})
@@ -86,6 +88,7 @@ def _config(**overrides):
   return config_args.override(config_args.load_config(CONFIG), {**SHORT, **overrides})
 
 
+@pytest.mark.slow
 def test_job_sweeps_c_refits_the_best_and_resumes_a_half_done_sweep(tmp_path, monkeypatch):
   metrics = log_regression.run(_config(), str(tmp_path))
   results = json.loads((tmp_path / "results_eval_log_regression.json").read_text())

@@ -41,6 +41,7 @@ def _colour_oracle(crops):
   return jnp.moveaxis((1.0 - jnp.abs(x - target).sum(-1)) * (x.sum(-1) > 0.1) * 0.9, -1, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("background,reduce_zero_label", [(True, False), (False, True)],
                          ids=["with_background", "reduce_zero_label"])
 def test_a_perfect_predictor_scores_one(tmp_path, background, reduce_zero_label):
@@ -102,6 +103,7 @@ def test_readers_and_label_conventions(tmp_path):
     seg_data.class_queries(["cat", " ; "])
 
 
+@pytest.mark.slow
 def test_eval_job_end_to_end(tmp_path):
   benchmark = seg_data.Benchmark(("red", "green", "blue"), background=True, image_suffix=".png")
   _write_dataset(tmp_path / "data", benchmark)

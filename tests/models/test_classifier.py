@@ -23,6 +23,7 @@ def _hf_backbone():
   return model.eval()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("blocks", [1, 4])
 def test_logits_match_the_released_classifier_forward(blocks):
   hf = _hf_backbone()
@@ -40,6 +41,7 @@ def test_logits_match_the_released_classifier_forward(blocks):
   np.testing.assert_allclose(np.asarray(logits), reference, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_hub_classifier_loads_a_released_head_file(tmp_path):
   head = torch.nn.Linear(5 * 384, 1000)
   torch.save(head.state_dict(), tmp_path / "dinov2_vits14_reg4_linear4_head.pth")

@@ -20,6 +20,7 @@ def _hf_model():
   return model
 
 
+@pytest.mark.slow
 def test_parity_with_transformers():
   hf = _hf_model()
   model, params = convert.clip_text_from_state_dict({k: v.numpy() for k, v in hf.state_dict().items()},
@@ -37,6 +38,7 @@ def test_parity_with_transformers():
   np.testing.assert_allclose(out["text_embeds"], ref.text_embeds.numpy(), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_padding_after_end_of_text_does_not_change_the_embedding():
   hf = _hf_model()
   model, params = convert.clip_text_from_state_dict({k: v.numpy() for k, v in hf.state_dict().items()},

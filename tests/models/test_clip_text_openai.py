@@ -40,6 +40,7 @@ def _openai_naming(hf):
   return sd
 
 
+@pytest.mark.slow
 def test_openai_naming_equals_huggingface_naming():
   hf_model, hf = _hf_state_dict()
   openai = _openai_naming(hf)

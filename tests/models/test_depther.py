@@ -138,6 +138,7 @@ def _reference(hf, images, blocks, head, min_depth, max_depth):
     return F.interpolate(depth, (height, width), mode="bilinear", align_corners=False)[:, 0].numpy()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["linear", "linear4", "dpt"])
 def test_depth_matches_the_official_depther(backbone, tmp_path, kind):
   hf, checkpoint = backbone

@@ -15,6 +15,7 @@ def test_swiglu_width_is_aligned_to_64_as_the_official_head():
   assert swiglu_hidden_dim(384) == 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("embed_dim", [64, 48])  # 64: no projection (2×32), 48: 32 -> 24
 def test_image_embedding_concatenates_cls_and_mean_patch(embed_dim):
   backbone = ViT(embed_dim=32, depth=1, num_heads=2, patch_size=4, img_size=16, num_register_tokens=2)

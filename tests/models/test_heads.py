@@ -7,6 +7,7 @@ import torch
 from dinojax.models.heads import DINOHead
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nlayers", [1, 3])
 def test_dino_head_matches_torch_weight_norm(nlayers):
   head = DINOHead(out_dim=40, nlayers=nlayers, hidden_dim=24, bottleneck_dim=8)

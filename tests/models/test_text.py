@@ -18,6 +18,7 @@ def _ids(length):
   return jnp.asarray(out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pooling", ["eot", "last", "mean"])
 def test_padding_does_not_change_the_embedding(pooling):
   model = TextTransformer(vocab_size=32, context_length=16, width=32, depth=2, num_heads=4,
@@ -43,6 +44,7 @@ def test_pooling_reads_the_expected_tokens():
   np.testing.assert_allclose(pool_tokens(x, ids, "mean", EOS, PAD)[:, 0], [2, 7])
 
 
+@pytest.mark.slow
 def test_no_projection_keeps_the_width_and_bad_settings_are_named():
   model = TextTransformer(vocab_size=32, context_length=8, width=16, depth=1, num_heads=2, eot_id=EOS)
   params = model.init(jax.random.key(0), _ids(8))

@@ -194,6 +194,7 @@ def test_stochastic_depth_expected_update_is_the_full_residual():
   np.testing.assert_allclose(outs.mean(0) - x, residual(x), rtol=0.05, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_scanned_blocks_equal_unrolled():
   """Same params tree, same outputs, gradients and stochastic-depth draws: scanning (here with
   remat, which must not change a thing either) is only how XLA compiles the blocks."""
@@ -238,6 +239,7 @@ def test_scanned_blocks_compile_one_block_and_need_one_drop_rate():
     ViT(**TINY, drop_path_rate=0.2, scan_blocks=True).init(jax.random.key(0), x)
 
 
+@pytest.mark.slow
 def test_bf16_compute_keeps_fp32_params():
   model = ViT(**TINY, dtype=jnp.bfloat16)
   params, x = _init(model)

@@ -33,6 +33,7 @@ def _grads(fn, q, k, v, do):
 
 
 # DINOv2's lengths: 54 (96 px local crop, 4 registers), 261 (224 px global crop), 1374 (518 px).
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel,b,t,h,d", [
     (flash_attention, 2, 54, 3, 64), (flash_attention, 2, 261, 2, 64),
     (flash_attention, 1, 1374, 1, 64), (flash_attention, 1, 70, 2, 128),
@@ -48,6 +49,7 @@ def test_forward_and_gradients_match_reference_fp32(kernel, b, t, h, d):
     np.testing.assert_allclose(got / scale, want / scale, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel,t,d", [
     (flash_attention, 261, 64), (flash_attention_tpu, 261, 64),
     (flash_attention_gpu, 54, 64), (flash_attention_gpu, 130, 64), (flash_attention_gpu, 70, 128),

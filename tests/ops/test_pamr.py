@@ -36,6 +36,7 @@ def _reference_pamr(image, masks, iterations, dilations):
   return masks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("iterations,dilations", [(1, (1,)), (10, pamr_lib.TALK2DINO_DILATIONS)])
 def test_pamr_matches_the_reference(iterations, dilations):
   rng = np.random.default_rng(0)
@@ -48,6 +49,7 @@ def test_pamr_matches_the_reference(iterations, dilations):
   np.testing.assert_allclose(ours, ref.numpy(), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pamr_resizes_masks_to_the_image_and_checks_batches():
   rng = np.random.default_rng(1)
   image = rng.random((1, 16, 16, 3)).astype(np.float32)

@@ -5,6 +5,7 @@ draws pictures of what it trains."""
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 import jobs
@@ -32,6 +33,7 @@ def _pictures(workdir, step):
           for p in (workdir / "pictures").glob(f"*_{step:07d}.png")}
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_zero_shot_with_a_frozen_backbone(tmp_path):
   _run(tmp_path, "--config.total_steps=200", "--config.eval.every=200", "--config.checkpoint.every=200")
   losses = [r["loss"] for r in _rows(tmp_path, "loss")]
@@ -74,6 +76,7 @@ def test_tiny_run_learns_zero_shot_with_a_frozen_backbone(tmp_path):
     assert again[key] == value, key
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(tmp_path):
   overrides = [*SMALL, "--config.total_steps=8", "--config.eval.every=0", "--config.checkpoint.every=3",
                "--config.log_every=1"]
@@ -96,6 +99,7 @@ def test_backbone_takes_remat_and_scan_blocks_from_the_config():
   assert backbone.remat and backbone.scan_blocks and backbone.depth == 24
 
 
+@pytest.mark.slow
 def test_unfrozen_backbone_trains_with_the_sigmoid_loss(tmp_path):
   # Scanned, rematerialised blocks: the layout a trained ViT-L/g backbone compiles fastest in.
   # Pictures alone evaluated (empty sources skip zero-shot and retrieval), at steps 0 and 3.

@@ -311,6 +311,7 @@ def runs(tmp_path_factory):
   return root, summary, loaded
 
 
+@pytest.mark.slow
 def test_teacher_is_never_updated_and_the_student_learns(runs):
   root, summary, loaded = runs
   workdir = root / "straight"
@@ -339,6 +340,7 @@ def test_teacher_is_never_updated_and_the_student_learns(runs):
                  zip(jax.tree.leaves(state["ema"]), jax.tree.leaves(state["params"])))
 
 
+@pytest.mark.slow
 def test_kill_and_resume_matches_uninterrupted(runs):
   root, *_ = runs
   resumed_from = re.findall(r"Resumed from step (\d+)", (root / "killed" / "log.txt").read_text())
@@ -349,6 +351,7 @@ def test_kill_and_resume_matches_uninterrupted(runs):
   assert jobs.losses(root / "straight")[24] == jobs.losses(root / "killed")[24]
 
 
+@pytest.mark.slow
 def test_one_device_gives_the_eight_device_losses(runs):
   root, *_ = runs
   one, eight = jobs.losses(root / "one"), jobs.losses(root / "straight")

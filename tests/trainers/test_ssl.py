@@ -14,6 +14,8 @@ from PIL import Image
 import jobs
 from dinojax import convert, loop, report
 
+pytestmark = pytest.mark.slow  # training jobs in subprocesses
+
 CONFIG = f"{jobs.REPO / 'configs/dinov2_vits14.py'}:tiny"
 SMALL = ["--config.model.depth=2", "--config.batch_size=16", "--config.eval.batch_size=200",
          "--config.log_every=1", "--config.data.threads=1"]

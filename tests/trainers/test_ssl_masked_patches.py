@@ -7,6 +7,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from dinojax import backbones, config_args, parallel
 from dinojax.trainers import ssl
@@ -61,6 +62,7 @@ def test_sharded_gather_stays_on_each_device():
                              rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_fsdp_shards_the_whole_state_heads_and_adam_moments_included():
   config = _tiny_config()
   mesh = parallel.make_mesh({"fsdp": 8})

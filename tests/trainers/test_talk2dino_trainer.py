@@ -2,9 +2,12 @@
 and gives the same losses on one device and on 8 (the InfoNCE spans the global batch)."""
 
 import numpy as np
+import pytest
 
 import jobs
 from dinojax import convert, loop
+
+pytestmark = pytest.mark.slow  # training jobs in subprocesses
 
 CONFIG = f"{jobs.REPO / 'configs/talk2dino_vitb14reg.py'}:tiny"
 DEFAULTS = ["--config.log_every=1", "--config.data.threads=1"]
