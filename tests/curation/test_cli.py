@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
 STEPS = ("embed", "dedup", "retrieve", "cluster", "sample")
 
@@ -16,6 +18,7 @@ def _curate(step, workdir, *overrides):
   return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
 
 
+@pytest.mark.slow
 def test_curate_cli_end_to_end(tmp_path):
   early = _curate("dedup", tmp_path)
   assert early.returncode != 0 and "run the `embed` step first" in early.stderr, early.stderr[-2000:]

@@ -105,6 +105,7 @@ def test_curation_flattens_both_sides_and_removes_duplicates(curated):
   assert curated["summary"]["from_text"] == TARGET // 2
 
 
+@pytest.mark.slow
 def test_tiny_dinotxt_run_trains_on_the_curated_pairs(curated, tmp_path):
   folder = os.path.join(curated["workdir"], "sample")
   source = captions.make_caption_source(f"curated:{folder}", "ignored")
@@ -119,6 +120,7 @@ def test_tiny_dinotxt_run_trains_on_the_curated_pairs(curated, tmp_path):
   assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
 
 
+@pytest.mark.slow
 def test_embed_step_gives_both_sides_and_the_config_is_checked(tmp_path):
   config = tiny_config()
   assert config_check.problems(config) == []

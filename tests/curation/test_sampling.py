@@ -116,6 +116,7 @@ def entropy(counts):
   return float(-(p * np.log(p)).sum())
 
 
+@pytest.mark.slow
 def test_official_level1_balances_at_least_as_well_as_minibatch():
   """On a long-tailed pool of 40 concepts (500× between the commonest and the rarest), the curated
   set's concept histogram with the official level 1 is at least as balanced as with the former

@@ -53,6 +53,7 @@ def test_merged_block_results_equal_one_search():
   np.testing.assert_allclose(merged_scores, scores, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_scann_recall_at_10_on_100k_by_384():
   """ScaNN (tree + AH + re-ranking, the configs' settings) finds >= 95 % of the exact top 10."""
   points = clustered(101_000, 384, 1000, seed=4)
