@@ -16,9 +16,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 from tensorboard.backend.event_processing import event_accumulator
 
-from dinojax import loop
+from dinojax import config_args, loop
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def config(spec: str):
+  """A config of configs/ as `--config` reads it, e.g. `config("dinov2_vits14.py:tiny")`."""
+  return config_args.load_config(f"{REPO / 'configs'}/{spec}")
 
 
 def cpu_env(devices: int = 8) -> dict:

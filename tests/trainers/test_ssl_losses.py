@@ -3,17 +3,15 @@ per-GPU arithmetic (`SSLMetaArch.forward_backward`, the losses in `dinov2/loss/`
 division by the GPU count in `train.py`): one official GPU per loss group. Also the default loss
 group and the refusal of zero local crops."""
 
-import pathlib
-
 import jax
 import numpy as np
 import pytest
 
-from dinojax import config_args, config_defaults, parallel
+import jobs
+from dinojax import config_defaults, parallel
 from dinojax.losses import dino
 from dinojax.trainers import ssl
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 rng = np.random.default_rng(0)
 
 
@@ -124,12 +122,8 @@ def test_ibot_centre_on_8_devices_is_the_per_gpu_update(mesh_axes, loss_group):
   np.testing.assert_allclose(got["dino"], 0.9 * center["dino"] + 0.1 * cls_logits.mean(0), rtol=1e-5)
 
 
-def _tiny_config():
-  return config_args.load_config(f"{REPO}/configs/dinov2_vits14.py:tiny")
-
-
 def test_default_loss_group_is_each_devices_batch_and_must_divide_the_batch():
-  config = _tiny_config()
+  config = jobs.config("dinov2_vits14.py:tiny")
   config.batch_size = 32
   rules = parallel.DEFAULT_RULES
   assert ssl.loss_group(config, parallel.make_mesh({"data": 8}), rules) == 4
@@ -143,7 +137,7 @@ def test_default_loss_group_is_each_devices_batch_and_must_divide_the_batch():
 
 def test_zero_local_crops_are_refused():
   # The official collate stacks an empty list of local crops: no official run, so no loss, to follow.
-  config = _tiny_config()
+  config = jobs.config("dinov2_vits14.py:tiny")
   config.crops.local_number = 0
   with pytest.raises(ValueError, match="crops.local_number=0"):
     ssl.multi_crop_data(config, parallel.make_mesh({"data": 8}), parallel.DEFAULT_RULES)

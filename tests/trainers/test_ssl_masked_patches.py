@@ -2,25 +2,18 @@
 the per-group gather, a sharded step that gathers them without communicating), and under FSDP a
 shard of the whole training state."""
 
-import pathlib
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dinojax import backbones, config_args, parallel
+import jobs
+from dinojax import backbones, parallel
 from dinojax.trainers import ssl
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _tiny_config():
-  return config_args.load_config(f"{REPO}/configs/dinov2_vits14.py:tiny")
 
 
 def test_default_mask_group_is_each_devices_batch():
-  config = _tiny_config()
+  config = jobs.config("dinov2_vits14.py:tiny")
   config.batch_size = 32
   rules = parallel.DEFAULT_RULES
   assert ssl.mask_group(config, parallel.make_mesh({"data": 8}), rules) == 4
@@ -64,7 +57,7 @@ def test_sharded_gather_stays_on_each_device():
 
 @pytest.mark.slow
 def test_fsdp_shards_the_whole_state_heads_and_adam_moments_included():
-  config = _tiny_config()
+  config = jobs.config("dinov2_vits14.py:tiny")
   mesh = parallel.make_mesh({"fsdp": 8})
   rules = parallel.DEFAULT_RULES
   backbone = backbones.build_vit(config.model)
