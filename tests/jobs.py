@@ -26,6 +26,20 @@ def config(spec: str):
   return config_args.load_config(f"{REPO / 'configs'}/{spec}")
 
 
+def hf_dinov2(depth: int, image_size: int):
+  """A random `transformers` DINOv2 (width 32, 2 heads, /14, LayerScale 0.5, weights moved off their
+  init), in eval mode: the independent backbone the head parity tests compose on."""
+  import torch  # only the parity tests need torch and transformers
+  from transformers import Dinov2Config, Dinov2Model
+  torch.manual_seed(0)
+  model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=depth, num_attention_heads=2,
+                                   image_size=image_size, patch_size=14, layerscale_value=0.5))
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(torch.randn_like(p) * 0.02)
+  return model.eval()
+
+
 def cpu_env(devices: int = 8) -> dict:
   """This process's environment, with `devices` fake CPU devices."""
   return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",

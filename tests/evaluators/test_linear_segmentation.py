@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transformers import Dinov2Config, Dinov2Model
 
 import jobs
 from dinojax import config_args, convert, hub
@@ -22,16 +21,6 @@ from dinojax.models.segmenter import LinearSegmenter, head_from_state_dict
 
 CONFIG = jobs.REPO / "configs/linear_segmentation_eval.py"
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-
-
-def _hf_backbone():
-  torch.manual_seed(0)
-  model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
-                                   image_size=56, patch_size=14, layerscale_value=0.5))
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn_like(p) * 0.02)
-  return model.eval()
 
 
 def _mmcv_head(channels: int, classes: int, seed: int = 0) -> dict:
@@ -49,7 +38,7 @@ def _mmcv_head(channels: int, classes: int, seed: int = 0) -> dict:
 
 @pytest.mark.parametrize("layers", [1, 4])
 def test_window_logits_match_the_official_composition(tmp_path, layers):
-  hf = _hf_backbone()
+  hf = jobs.hf_dinov2(depth=4, image_size=56)
   torch.save(_mmcv_head(layers * 32, 5), tmp_path / "head.pth")
   window = np.random.default_rng(0).uniform(0, 255, (2, 40, 50, 3)).astype(np.float32)  # pads to 42×56
   with torch.no_grad():  # normalise, CenterPadding, last blocks normed, concat, BN, 1×1 conv, resize

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
-from transformers import Dinov2Config, Dinov2Model
 
+import jobs
 from dinojax import hub
 
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
@@ -25,15 +25,10 @@ SMALL = dict(embed_dim=32, num_heads=2, depth=12, img_size=42)
 @pytest.fixture(scope="module")
 def backbone(tmp_path_factory):
   """(transformers' DINOv2, its checkpoint file)."""
-  torch.manual_seed(0)
-  model = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=12, num_attention_heads=2,
-                                   image_size=42, patch_size=14, layerscale_value=0.5))
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(torch.randn_like(p) * 0.02)
+  model = jobs.hf_dinov2(depth=12, image_size=42)
   path = tmp_path_factory.mktemp("backbone") / "dinov2_vits14_pretrain.safetensors"
   save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-  return model.eval(), path
+  return model, path
 
 
 # --- The official heads, restated: module paths give the released key names and shapes. -------------
