@@ -1,6 +1,7 @@
 """dino.txt's curation of image–caption pairs on both modalities (Jose et al., 2025) at scale: Vo et
-al.'s settings on each side (`dinojax.config_defaults.curation_pairs()`, docs/curation.md). Point it
-at your pairs and weights:
+al.'s settings on each side, the selection the intersection of the two sides' (as the paper), the
+sizes and the caption side's method ours (`dinojax.config_defaults.curation_pairs()`,
+docs/curation.md). Point it at your pairs and weights:
 
   for step in embed dedup cluster sample; do
     python -m dinojax.curate $step --config configs/curate_dinotxt.py --workdir /data/pairs \

@@ -38,5 +38,5 @@ def get_config(arg=None):
   # The digits' captions are written from their labels: every "one" has the same ones, so only
   # pairs repeated on both sides count as duplicates.
   c.pair_dedup = "both"
-  c.sample.update(target_size=400, strategy="r")
+  c.sample.update(target_size=400, text_size=1200, strategy="r")
   return c

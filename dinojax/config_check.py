@@ -189,7 +189,7 @@ RULES: dict[str, Check] = {
         "num_blocks", "head.layers", "window", "stride", "short_side", "long_side", "max_iter",
         "iterations", "sinkhorn_iterations", "knn_k", "shard_size", "dedup.k", "retrieve.k",
         "clusters", "samples_per_query", "kmeans_batch_size", "kmeans_epochs", "target_size",
-        "num_leaves_to_search", "training_sample_size", "dims_per_block", "shards_per_block",
+        "num_leaves_to_search", "training_sample_size", "text_size", "dims_per_block", "shards_per_block",
         "checkpoint_period", "pool_size", "dim", "hosts", "devices_per_host"),
         positive),
     **dict.fromkeys((
@@ -211,7 +211,6 @@ RULES: dict[str, Check] = {
                      "adam_beta2"), interval(0, 1, open_high=True)),
     "layerwise_decay": interval(0, 1, open_low=True),
     **dict.fromkeys(("dedup.threshold", "dedup.evaluation_threshold"), interval(-1, 1)),  # cosines
-    "sample.text_fraction": interval(0, 1),
     "sharding_tolerance": interval(0, 1),
     # Ranges and lists.
     **dict.fromkeys(("global_scale", "local_scale", "crop_scale"), pair(0, 1, open_low=True)),
@@ -316,6 +315,10 @@ def _relations(config) -> Iterator[str]:
   if get("crops.local_number") and _sizes(local, large) and local > large:
     yield _line("crops.local_size", local,
                 f"a local crop must not be larger than the global one (crops.global_size={large})")
+  text_size, target = get("sample.text_size"), get("sample.target_size")
+  if _sizes(text_size, target) and text_size < target:
+    yield _line("sample.text_size", text_size, f"must be >= sample.target_size={target}: the image "
+                "side samples its target among the text side's selection")
   stride, window = get("segment.stride"), get("segment.window")
   if _sizes(stride, window) and stride > window:
     yield _line("segment.stride", stride,

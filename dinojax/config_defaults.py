@@ -172,8 +172,9 @@ def curation_pairs() -> ml_collections.ConfigDict:
   """Curation of image–caption pairs for dino.txt (Jose et al., 2025: "curating data using both text
   and image modalities"; docs/curation.md says what the paper leaves open and what is chosen here).
   Each side is Vo et al. (2024) on its own embeddings: deduplication, the 4-level hierarchical
-  k-means of `curation()`, balanced sampling; the curated set is the union of a text-balanced and
-  an image-balanced sample, `sample.text_fraction` of it from the text side."""
+  k-means of `curation()`, balanced sampling; the curated set is the intersection of the two sides'
+  selections, as the paper combines them: `sample.target_size` pairs balanced by image concepts
+  among the `sample.text_size` that balancing by text concepts keeps."""
   base = curation()
   c = ml_collections.ConfigDict()
   c.job = "curate_pairs"
@@ -199,8 +200,11 @@ def curation_pairs() -> ml_collections.ConfigDict:
   del c.text.dedup.evaluation_threshold  # evaluation images are compared with images only
   c.text.dedup.threshold = 0.95
   c.pair_dedup = "either"
-  # One pass of the official schedule (50k steps of 8192 pairs); the paper's curated size is its own.
-  c.sample = ml_collections.ConfigDict(dict(target_size=409_600_000, strategy="r", seed=0, text_fraction=0.5))
+  # One pass of the official schedule (50k steps of 8192 pairs), drawn among three times as many
+  # from the text side (ours: the paper gives neither size; at 2x the image side has too little left
+  # to flatten, at 4x the text side's balance is diluted, docs/curation.md).
+  c.sample = ml_collections.ConfigDict(dict(target_size=409_600_000, text_size=1_228_800_000,
+                                            strategy="r", seed=0))
   c.mesh = base.mesh
   c.sharding_rules = base.sharding_rules
   return c

@@ -1,7 +1,7 @@
 """Curation of image–caption pairs on both sides, for dino.txt (Jose et al., 2025, "curating data using
 both text and image modalities"): each side is Vo et al. (2024) on its own embeddings, and the curated
-set is the union of a text-balanced and an image-balanced sample (docs/curation.md says what the paper
-specifies and which choices are ours).
+set is the intersection of a text-balanced and an image-balanced selection, as the paper combines them
+(docs/curation.md says what the paper specifies and which choices are ours).
 
 Steps, as the image curation's and sharing its code, each side in its own folder of the workdir
 (`image/`, `text/`, laid out as `embed`, `dedup` and `cluster` write them):
@@ -12,9 +12,9 @@ Steps, as the image curation's and sharing its code, each side in its own folder
   when both its image and its caption do, with "both" unless the two repeat the same other pair
   -> `dedup/keep.npy`.
 - `cluster`: each side's hierarchical k-means (`cluster.run`) of the deduplicated pairs.
-- `sample`: `sample.text_fraction` of `sample.target_size` by balanced sampling of the text hierarchy,
-  the rest of the image hierarchy among the pairs not yet taken -> `sample/selected.npy` and
-  `selection.json`, which the dino.txt trainer reads as `--config.data.source=curated:<workdir>/sample`.
+- `sample`: `sample.text_size` pairs by balanced sampling of the text hierarchy, then
+  `sample.target_size` of them by balanced sampling of the image hierarchy -> `sample/selected.npy`
+  and `selection.json`, which the dino.txt trainer reads as `--config.data.source=curated:<workdir>/sample`.
 
 Processes split the work as the image steps do (`--process_index/--process_count`, a shared workdir).
 """
@@ -232,25 +232,30 @@ def balanced_sample(hierarchy: dict, allowed: np.ndarray, target: int, strategy:
 
 
 def sample_step(config, workdir: str, process_index: int = 0, process_count: int = 1) -> dict:
-  """`sample/selected.npy` (sorted pair ids), `selection.json` (what they index) and `summary.json`
-  (how many from each side, and each side's top-level concept entropy before and after)."""
+  """`sample/selected.npy` (sorted pair ids), `text_selected.npy` (the text side's selection they were
+  drawn from), `selection.json` (what they index) and `summary.json` (the text selection's size, and
+  each side's top-level concept entropy before and after).
+
+  The intersection of the two sides' curations: the image side's balanced sample is drawn among the
+  pairs the text side's balanced sample keeps, so every selected pair is chosen by both."""
   del process_index, process_count  # one cheap pass over ids; any process may run it
   s = config.sample
+  if s.text_size < s.target_size:
+    raise ValueError(f"sample.text_size={s.text_size} is below sample.target_size={s.target_size}: the "
+                     "image side samples its target among the text side's selection.")
   keep = np.load(store.require(os.path.join(workdir, "dedup", "keep.npy"), "The deduplicated pairs", "dedup"))
   hierarchies = {side: cluster.load(side_dir(workdir, side)) for side in SIDES}
   rng = np.random.default_rng(s.seed)
-  from_text = balanced_sample(hierarchies["text"], keep, round(s.target_size * s.text_fraction),
-                              s.strategy, rng)
-  from_image = balanced_sample(hierarchies["image"], keep[~store.is_in(keep, from_text)],
-                               s.target_size - len(from_text), s.strategy, rng)
-  selected = np.union1d(from_text, from_image)
+  text_selected = balanced_sample(hierarchies["text"], keep, s.text_size, s.strategy, rng)
+  selected = balanced_sample(hierarchies["image"], text_selected, s.target_size, s.strategy, rng)
   out_dir = os.path.join(workdir, "sample")
   os.makedirs(out_dir, exist_ok=True)
   store.atomic_save(os.path.join(out_dir, "selected.npy"), selected)
+  store.atomic_save(os.path.join(out_dir, "text_selected.npy"), text_selected)
   store.write_json(os.path.join(out_dir, "selection.json"),
                    {"pairs": config.data.pairs, "split": config.data.split, "count": int(len(selected))})
-  summary = {"selected": int(len(selected)), "target_size": s.target_size, "from_text": int(len(from_text)),
-             "from_image": int(len(from_image))}
+  summary = {"selected": int(len(selected)), "target_size": s.target_size,
+             "text_selected": int(len(text_selected))}
   for side, h in hierarchies.items():
     top = cluster.top_level_labels(h)
     summary[f"{side}_entropy"] = {

@@ -4,8 +4,9 @@ A synthetic pool of pairs with known concepts on each side, 100× more frequent 
 the tail: on the image side, on the text side (ordered the other way), and on both (half the pairs
 share their concept across sides). Embeddings are written directly (as `test_sampling.py` does: a
 random backbone cannot tell concepts apart). After dedup, cluster and sample, each side's concept
-histogram is flatter by its entropy, planted duplicates are gone, and a tiny dino.txt run trains on
-the curated list. The embed step itself runs on a few digit pairs.
+histogram is flatter by its entropy, planted duplicates are gone, the selection lies within the text
+side's (the intersection), and a tiny dino.txt run trains on the curated list. The embed step itself
+runs on a few digit pairs.
 """
 
 import os
@@ -28,6 +29,7 @@ CONCEPTS = 6
 SIZES = np.round(600 * 100.0 ** -np.linspace(0, 1, CONCEPTS)).astype(int)  # 600 ... 6: 100x
 PAIR_COPIES, IMAGE_COPIES = 20, 10  # pairs repeated on both sides; images repeated with a new caption
 TARGET = 240
+TEXT_SIZE = 3 * TARGET  # the text side's selection, among which the image side draws TARGET
 # Each side's concept entropy must close this part of its gap to a flat histogram (log 6 nats).
 GAP_CLOSED = 0.5
 
@@ -69,7 +71,7 @@ def curated(tmp_path_factory):
     config[side].dedup.threshold = 0.999
     config[side].cluster.update(n_clusters=[40, CONCEPTS], n_splits=[1, 1], resampling_steps=[1, 10],
                                 sample_sizes=[1, 3], iterations=10)
-  config.sample.target_size = TARGET
+  config.sample.update(target_size=TARGET, text_size=TEXT_SIZE)
   config.pair_dedup = "both"
   assert pairs.dedup_step(config, workdir, 0, 2) is None  # waits for process 1's blocks
   assert pairs.dedup_step(config, workdir, 1, 2) is not None
@@ -102,7 +104,9 @@ def test_curation_flattens_both_sides_and_removes_duplicates(curated):
     assert after - before >= GAP_CLOSED * (np.log(CONCEPTS) - before), (side, before, after)
     stated = curated["summary"][f"{side}_entropy"]
     assert stated["selected"] > stated["kept"]
-  assert curated["summary"]["from_text"] == TARGET // 2
+  text_selected = np.load(os.path.join(curated["workdir"], "sample/text_selected.npy"))
+  assert len(text_selected) == curated["summary"]["text_selected"] == TEXT_SIZE
+  assert store.is_in(selected, text_selected).all()
 
 
 @pytest.mark.slow
@@ -124,11 +128,11 @@ def test_tiny_dinotxt_run_trains_on_the_curated_pairs(curated, tmp_path):
 def test_embed_step_gives_both_sides_and_the_config_is_checked(tmp_path):
   config = tiny_config()
   assert config_check.problems(config) == []
-  config.sample.text_fraction = 1.5
+  config.sample.text_size = 399  # below target_size: nothing left for the image side to choose
   config.pair_dedup = "neither"
   config.text.cluster.n_splits = [1, 2, 1]
   assert sorted(p.split(":")[0] for p in config_check.problems(config)) == [
-      "--config.pair_dedup='neither'", "--config.sample.text_fraction=1.5",
+      "--config.pair_dedup='neither'", "--config.sample.text_size=399",
       "--config.text.cluster.n_splits=[1, 2, 1]"]
   config = tiny_config()
   config.data.split = "train[0:40]"
