@@ -16,9 +16,9 @@ The standalone evaluation jobs run the same objects on a frozen model: `knn_eval
 (`linear_segmentation.LinearSegmentation`, a released head's mIoU) and `talk2dino_eval`
 (`segmentation.Talk2DINOSegmentation`). An entry's type needs the objects its evaluator names from
 the job's context (`CONTEXT`): the SSL and distillation trainers give a `backbone` (so `knn`,
-`pictures` and `log_regression`, with a short `c_powers` sweep: the official 45 fits are minutes),
-dino.txt its towers' embedding functions (`zero_shot`, `retrieval`, `pictures`); the segmentation
-types take a `segmenter` or Talk2DINO's towers, which only their jobs build so far.
+`pictures` and `log_regression`, with a short `c_powers` sweep: the official one fits 45 classifiers
+at each call), dino.txt its towers' embedding functions (`zero_shot`, `retrieval`, `pictures`); the
+segmentation types take a `segmenter` or Talk2DINO's towers, which only their jobs build so far.
 
 `linear_eval` is a job only: its probes are a grid of linear classifiers trained by SGD for epochs
 on augmented crops, with checkpoints and resumption (`loop.train`), not a function of the backbone's
