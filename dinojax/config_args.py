@@ -48,21 +48,30 @@ def parse_overrides(items: list[str]) -> dict:
   return {key.strip(): literal(value) for key, _, value in pairs}
 
 
+def may_add(key: str) -> bool:
+  """Whether an override may add `key` to a config that lacks it: a setting of an evaluation
+  (`evals.<name>.<setting>`) or a whole new evaluation (`evals.<name>`, a dict with its `type`),
+  which `config_check` compares with the evaluator's own settings. Every other key must exist, so a
+  typo is an error, not a new entry."""
+  parts = key.split(".")
+  return parts[0] == "evals" and len(parts) in (2, 3)
+
+
 def override(config: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
   """Sets dotted keys (`{"model.drop_path_rate": 0.0}`) as `--config.model.drop_path_rate=0.0` does;
-  a key the config does not have is an error, not a new entry."""
+  a key the config does not have is an error, not a new entry (except where `may_add`)."""
   for key, value in values.items():
     *parents, leaf = key.split(".")
     node = config
     try:
       for name in parents:
         node = node[name]
-      known = leaf in node
     except (KeyError, TypeError):  # a missing parent, or a parent that is a value
-      known = False
-    if not known:
+      node = None
+    if not isinstance(node, ml_collections.ConfigDict) or (leaf not in node and not may_add(key)):
       raise KeyError(f"The config has no {key!r}.")
-    node[leaf] = value
+    with node.unlocked():
+      node[leaf] = value
   return config
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import ml_collections
 from absl import flags
+from ml_collections import config_flags
 
 from dinojax import config_args, parallel
 
@@ -326,14 +327,7 @@ def _relations(config) -> Iterator[str]:
   if _sizes(get("eval.every")) and get("eval.source") == "":
     yield _line("eval.source", "", "an evaluation every eval.every steps needs a source "
                 "(or set --config.eval.every=0)")
-  evals = get("evals")
-  for name, entry in (evals.items() if isinstance(evals, ml_collections.ConfigDict) else ()):
-    kind = entry.get("type", name)
-    problem = one_of("dinojax.evaluators.base:TYPES")(kind)
-    if problem:
-      yield _line(f"evals.{name}.type", kind, problem)
-    if not isinstance(entry.get("first", False), bool):
-      yield _line(f"evals.{name}.first", entry.first, "must be True or False")
+  yield from _evaluation_problems(get("evals"))
   for path, heads in _leaves(config):
     if path.endswith(".num_heads"):  # they split a ViT's embed_dim, a text tower's width
       section = path.rpartition(".")[0]
@@ -355,6 +349,36 @@ def _relations(config) -> Iterator[str]:
       yield _line(f"{section}.n_clusters", get(f"{section}.n_clusters"),
                   f"n_clusters, n_splits, resampling_steps and sample_sizes need one entry per level, "
                   f"got {levels}")
+
+
+def _closest(word: str, choices) -> str:
+  close = difflib.get_close_matches(word, list(choices), n=1)
+  return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _evaluation_problems(evals) -> Iterator[str]:
+  """Each `config.evals` entry is a dict naming a known evaluator `type` (its name by default) and
+  only settings that evaluator takes (`evaluators.base.settings_of`), its schedule among them."""
+  if not isinstance(evals, ml_collections.ConfigDict):
+    return
+  base = importlib.import_module("dinojax.evaluators.base")  # only for the jobs that evaluate
+  for name, entry in evals.items():
+    if not isinstance(entry, ml_collections.ConfigDict):
+      yield _line(f"evals.{name}", entry, "must be a dict with the evaluation's type and settings, "
+                  "e.g. '{\"type\": \"knn\", \"every\": 1000}'")
+      continue
+    kind = entry.get("type", name)
+    if kind not in base.TYPES:
+      yield _line(f"evals.{name}.type", kind,
+                  f"must be one of {sorted(base.TYPES)}{_closest(kind, base.TYPES)}")
+      continue
+    takes = base.settings_of(kind)
+    for key, value in entry.items():
+      if key != "type" and key not in takes:
+        yield _line(f"evals.{name}.{key}", value, f"a {kind!r} evaluation has no such setting"
+                    f"{_closest(key, takes)}; it takes {sorted(takes)}")
+    if not isinstance(entry.get("first", False), bool):
+      yield _line(f"evals.{name}.first", entry.first, "must be True or False")
 
 
 def mesh_problems(config, num_devices: int) -> Iterator[str]:
@@ -416,9 +440,20 @@ def _flag_value(argv: Sequence[str], name: str) -> str | None:
   return None
 
 
+def define_config_flag(help_string: str, flag_values=flags.FLAGS, sys_argv=None):
+  """The `--config` flag of `dinojax.main`, parsed by `parse_flags`: unlocked while the overrides are
+  read so that `--config.evals.<name>.<setting>` may add a setting an entry does not list (and
+  `--config.evals.<name>='{...}'` a new evaluation); every other unknown key is refused first
+  (`unknown_key`), and the parsed config is locked."""
+  return config_flags.DEFINE_config_file("config", None, help_string, flag_values=flag_values,
+                                         lock_config=False, accept_new_attributes=True,
+                                         sys_argv=sys_argv)
+
+
 def unknown_key(argv: Sequence[str], name: str = "config") -> str | None:
-  """The first `--config.a.b` override in `argv` that the config has no key for, as one line with
-  the closest known keys; None if all are known (or the config cannot be read)."""
+  """The first `--config.a.b` override in `argv` that the config has no key for (and may not add,
+  `config_args.may_add`), as one line with the closest known keys; None if all are known (or the
+  config cannot be read)."""
   try:
     config = config_args.load_config(_flag_value(argv, name))
   except Exception:  # the config file's own error is reported instead
@@ -427,32 +462,45 @@ def unknown_key(argv: Sequence[str], name: str = "config") -> str | None:
     match = re.match(rf"--?(?:no)?{name}\.([^=]+)", arg)
     if not match:
       continue
+    path = match.group(1)
+    keys = path.split(".")
     node, walked = config, name
-    for key in match.group(1).split("."):
+    for depth, key in enumerate(keys, 1):
       if not isinstance(node, ml_collections.ConfigDict):
-        return f"--{name}.{match.group(1)}: {walked} is a value, not a section."
+        return f"--{name}.{path}: {walked} is a value, not a section."
       if key not in node:
+        if depth == len(keys) and config_args.may_add(path):
+          break
         close = difflib.get_close_matches(key, list(node.keys()), n=3)
         hint = f"; did you mean {' or '.join(f'--{walked}.{c}' for c in close)}?" if close else "."
-        return f"--{name}.{match.group(1)}: {walked} has no key {key!r}{hint}"
+        if walked == f"{name}.evals":
+          hint += f" A new evaluation comes whole: --{name}.evals.{key}='{{\"type\": ...}}'."
+        return f"--{name}.{path}: {walked} has no key {key!r}{hint}"
       node, walked = node[key], f"{walked}.{key}"
   return None
 
 
-def parse_flags(argv: list[str], name: str = "config") -> list[str]:
+def parse_flags(argv: list[str], name: str = "config", flag_values=flags.FLAGS) -> list[str]:
   """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`, with each command-line
   mistake one line on stderr and exit status 2: a missing config file, a config argument its file
-  rejects (`configs/x.py:tiyn`), an unknown `--config.*` key (ml_collections raises a KeyError deep
-  in its parser), a value the key's type cannot take."""
+  rejects (`configs/x.py:tiyn`), an unknown `--config.*` key, a value the key's type cannot take.
+  The parsed config is locked."""
   spec = _flag_value(argv, name)
   if spec is not None and not os.path.isfile(spec.partition(":")[0]):
     exit_with([f"--{name}={spec}: no such config file."])
+  unknown = unknown_key(argv, name)
+  if unknown:
+    exit_with([unknown])
   try:
-    return flags.FLAGS(argv)
-  except (AttributeError, KeyError) as e:
+    rest = flag_values(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections raises these deep in its parser
     exit_with([unknown_key(argv, name) or f"{type(e).__name__}: {e}"])
   except flags.Error as e:
     # absl wraps ml_collections' error, which wraps the config file's own one with its traceback.
     while e.__context__ is not None and "Error whilst parsing config file" in str(e):
       e = e.__context__
     exit_with([str(e) if isinstance(e, flags.Error) else f"--{name}={spec}: {e}"])
+  config = flag_values[name].value
+  if isinstance(config, ml_collections.ConfigDict):
+    config.lock()
+  return rest

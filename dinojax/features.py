@@ -1,6 +1,7 @@
-"""Embeddings of a whole evaluation set on a multi-host mesh: every host embeds its share of the images
-and ends with all of them, in the source's order. The one gather behind the k-NN and logistic
-regression evaluations, the trainers' in-loop k-NN, and dino.txt's zero-shot and retrieval."""
+"""Embeddings on a multi-host mesh that every host ends with whole, in order: of a whole evaluation set,
+each host embedding its share of the images (`embed_dataset`), or of rows every host holds (prompts,
+a few fixed images: `global_rows`, then `gather_rows`). The one gather behind the k-NN and logistic
+regression evaluations, dino.txt's zero-shot and retrieval, and the pictures of the features."""
 
 import jax
 import numpy as np
@@ -8,6 +9,20 @@ from jax.experimental import multihost_utils
 
 from dinojax import loop, parallel
 from dinojax.data import pipeline
+
+
+def global_rows(rows: np.ndarray, mesh, rules) -> jax.Array:
+  """`rows`, the same on every host, as one array split over the mesh's batch axes, padded with copies
+  of the first row to split evenly: the input of an embedding that `gather_rows` brings back whole."""
+  pad = -len(rows) % parallel.batch_shards(mesh, rules)
+  padded = np.concatenate([rows, np.repeat(rows[:1], pad, axis=0)])
+  return jax.make_array_from_callback(padded.shape, parallel.batch_sharding(mesh, rules, padded.ndim),
+                                      lambda index: padded[index])
+
+
+def gather_rows(x: jax.Array, count: int | None = None) -> np.ndarray:
+  """Every row of an array laid out over the mesh (its first `count`), on every host, in order."""
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))[:count]
 
 
 def embed_dataset(batches, embed, mesh, rules) -> dict:
@@ -20,10 +35,9 @@ def embed_dataset(batches, embed, mesh, rules) -> dict:
   for step, local in enumerate(batches):
     batch = loop.global_batch(local, {k: parallel.batch_sharding(mesh, rules, np.ndim(v))
                                       for k, v in local.items()})
-    valid = np.asarray(multihost_utils.process_allgather(batch["valid"], tiled=True))
-    rows = {"label": np.asarray(multihost_utils.process_allgather(batch["label"], tiled=True)),
-            **{k: np.asarray(multihost_utils.process_allgather(v, tiled=True), np.float32)
-               for k, v in embed(batch).items()}}
+    valid = gather_rows(batch["valid"])
+    rows = {"label": gather_rows(batch["label"]),
+            **{k: gather_rows(v).astype(np.float32) for k, v in embed(batch).items()}}
     for k, v in rows.items():
       gathered.setdefault(k, []).append(v[valid])
     # Row r came from host r // per_host, which reads every hosts-th image of the source.

@@ -1,6 +1,7 @@
 """Runs the job a config names: `python -m dinojax.main --config configs/<file>.py[:arg] --workdir DIR`.
 
-Any config value can be overridden on the command line (`--config.resolution=224`). An unknown key
+Any config value can be overridden on the command line (`--config.resolution=224`), and an
+evaluation's settings too (`--config.evals.knn.every=0` turns the k-NN off). An unknown key
 or a value that makes no sense (`dinojax.config_check`) stops the job before anything is built, in
 one line naming the key, with exit status 2.
 """
@@ -11,7 +12,6 @@ import os
 
 import jax
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from dinojax import config_check
 
@@ -31,7 +31,7 @@ JOBS = {
     "talk2dino_eval": "dinojax.evaluators.segmentation",
 }
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+_CONFIG = config_check.define_config_flag("Path to a config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for outputs and checkpoints.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Processes in the run.")

@@ -2,6 +2,7 @@
 path itself: tests/test_main.py)."""
 
 import pytest
+from absl import flags
 
 from dinojax import config_args, config_check
 from jobs import REPO
@@ -90,3 +91,45 @@ def test_curation_levels_are_checked(key, value, problem):
   config = config_args.override(config_args.load_config(REPO / "configs/curate_tiny.py"), {key: value})
   found = config_check.problems(config, num_devices=8)
   assert len(found) == 1 and found[0].startswith(problem), found
+
+
+def _parse(*overrides: str):
+  """The config `python -m dinojax.main --config SSL_TINY *overrides` runs (its flag parsing alone)."""
+  argv = ["main.py", "--config", SSL_TINY, *overrides]
+  flag_values = flags.FlagValues()
+  config_check.define_config_flag("", flag_values=flag_values, sys_argv=argv)
+  config_check.parse_flags(argv, flag_values=flag_values)
+  return flag_values["config"].value
+
+
+def test_an_evaluation_is_set_turned_off_or_added_on_the_command_line():
+  config = _parse("--config.evals.knn.every=0", "--config.evals.knn.knn_k=5",
+                  "--config.evals.pictures.first=False",
+                  "--config.evals.logreg={'type': 'log_regression', 'c_powers': (-1, 1, 3)}")
+  assert config.evals.knn.to_dict() == {"type": "knn", "every": 0, "knn_k": 5}
+  assert config.evals.pictures.first is False
+  assert config.evals.logreg.to_dict() == {"type": "log_regression", "c_powers": (-1, 1, 3)}
+  assert config_check.problems(config, num_devices=8) == []
+  with pytest.raises(AttributeError):  # locked again once parsed
+    config.evals.knn.new_key = 1
+
+
+def test_a_bad_evaluation_entry_is_named_with_the_closest_names(capsys):
+  config = _parse("--config.evals.knn.knn_kk=5", "--config.evals.pictures.type=pictuers",
+                  "--config.evals.knn.every=-1")
+  assert config_check.problems(config) == [
+      "--config.evals.knn.every=-1: must be an integer >= 0.",
+      "--config.evals.knn.knn_kk=5: a 'knn' evaluation has no such setting (did you mean 'knn_k'?); it "
+      "takes ['batch_size', 'every', 'first', 'heldout_split', 'image_size', 'knn_k', 'knn_temperature', "
+      "'source', 'train_split'].",
+      "--config.evals.pictures.type='pictuers': must be one of ['knn', 'linear_segmentation', "
+      "'log_regression', 'pictures', 'retrieval', 'talk2dino_segmentation', 'zero_shot'] (did you mean "
+      "'pictures'?)."]
+  for override, line in [
+      ("--config.optim.base_lrr=1", "--config.optim.base_lrr: config.optim has no key 'base_lrr'; did you "
+       "mean --config.optim.base_lr?"),
+      ("--config.evals.knn2.every=1", "--config.evals.knn2.every: config.evals has no key 'knn2'; did you "
+       "mean --config.evals.knn? A new evaluation comes whole: --config.evals.knn2='{\"type\": ...}'.")]:
+    with pytest.raises(SystemExit) as exit_:
+      _parse(override)
+    assert exit_.value.code == 2 and capsys.readouterr().err == line + "\n"

@@ -29,7 +29,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dinojax import hub, parallel
 from dinojax.data import images as image_lib
-from dinojax.data import segmentation as seg_data
 from dinojax.evaluators import open_vocab, segmentation
 from dinojax.models.segmenter import LinearSegmenter
 
@@ -84,34 +83,61 @@ def segment(image: np.ndarray, model: LinearSegmenter, params: dict, **protocol)
 
 
 # ---------------------------------------------------------------------------------------------------
-# The `linear_segmentation_eval` job
+# The evaluator, and the `linear_segmentation_eval` job that runs it on a released head
 # ---------------------------------------------------------------------------------------------------
+class LinearSegmentation:
+  """`linear_segmentation(params) -> {"miou", "images", "iou/<class>"}` (the `evaluators.base`
+  protocol): the mIoU of `segmenter` (a `LinearSegmenter`; `params` as `hub.dinov2_segmenter` gives
+  them) on `source`'s `split` of `benchmark` (a name of `data.segmentation.BENCHMARKS`), its first
+  `max_images` (0: all), in the paper's protocol (`class_probabilities`: test scales `ratios`,
+  `flip`, windows). Windows go `batch_size` at a time over `mesh`, this host's devices
+  (`segmentation.local_mesh`), and every host scores its share of the images."""
+
+  def __init__(self, *, source: str, split: str, benchmark: str, segmenter: LinearSegmenter, mesh, rules,
+               image_key: str = "image", mask_key: str = "annotation", batch_size: int = 8,
+               max_images: int = 0, ratios: Sequence[float] = (1.0,), flip: bool = False,
+               short_side: int = SHORT_SIDE, long_side: int = LONG_SIDE, window: int = WINDOW,
+               stride: int = STRIDE):
+    self.benchmark = segmentation.benchmark_of(benchmark)
+    if segmenter.num_classes != self.benchmark.num_classes:
+      raise ValueError(f"The head predicts {segmenter.num_classes} classes; {benchmark} has "
+                       f"{self.benchmark.num_classes} ({'with' if self.benchmark.background else 'without'} "
+                       "background).")
+    self.source, self.split, self.keys = source, split, dict(image_key=image_key, mask_key=mask_key)
+    self.segmenter, self.mesh, self.rules, self.max_images = segmenter, mesh, rules, max_images
+    self.protocol = dict(ratios=tuple(ratios), flip=flip, short_side=short_side, long_side=long_side,
+                         window=window, stride=stride, batch_size=batch_size,
+                         sharding=parallel.batch_sharding(mesh, rules, 4))
+
+  def __call__(self, params) -> dict:
+    scorer = window_scorer(self.segmenter, jax.device_put(params, NamedSharding(self.mesh, P())))
+    predict = lambda images: (open_vocab.scores_to_labels(class_probabilities(image, scorer, **self.protocol))
+                              for image in images)
+    with parallel.activation_sharding(self.mesh, self.rules):
+      return segmentation.dataset_miou(
+          segmentation.make_source(self.source, self.split, self.benchmark, **self.keys), self.benchmark,
+          predict, max_images=self.max_images)
+
+
 def run(config, workdir: str) -> dict:
-  """mIoU (and per-class IoU) of a released head on a benchmark, written to WORKDIR/miou.json."""
+  """mIoU (and per-class IoU) of a released head on a benchmark (`LinearSegmentation`), written to
+  WORKDIR/miou.json."""
   os.makedirs(workdir, exist_ok=True)
-  if config.benchmark not in seg_data.BENCHMARKS:
-    raise ValueError(f"Unknown benchmark {config.benchmark!r}; choose one of {sorted(seg_data.BENCHMARKS)}.")
-  benchmark = seg_data.BENCHMARKS[config.benchmark]
-  source = segmentation.source_from_config(config.data, benchmark)
+  benchmark = segmentation.benchmark_of(config.benchmark)
   b = config.backbone
   model, params = hub.dinov2_segmenter(b.name, b.checkpoint or None, config.head.checkpoint or None,
                                        config.head.layers, benchmark.num_classes, config.seed,
                                        **b.overrides.to_dict())
-  if model.num_classes != benchmark.num_classes:
-    raise ValueError(f"The head predicts {model.num_classes} classes; {config.benchmark} has "
-                     f"{benchmark.num_classes} ({'with' if benchmark.background else 'without'} background).")
   if not b.checkpoint or not config.head.checkpoint:
     logging.warning("No backbone.checkpoint or head.checkpoint: random weights; the mIoU measures the "
                     "pipeline, not DINOv2.")
   mesh, rules = segmentation.local_mesh(config)  # params replicated, windows split
-  scorer = window_scorer(model, jax.device_put(params, NamedSharding(mesh, P())))
-  s = config.segment
-  predict = lambda images: (open_vocab.scores_to_labels(class_probabilities(
-      image, scorer, ratios=tuple(s.ratios), flip=s.flip, short_side=s.short_side, long_side=s.long_side,
-      window=s.window, stride=s.stride, batch_size=config.batch_size,
-      sharding=parallel.batch_sharding(mesh, rules, 4))) for image in images)
-  with parallel.activation_sharding(mesh, rules):
-    result = segmentation.dataset_miou(source, benchmark, predict, max_images=config.max_images)
+  d, s = config.data, config.segment
+  evaluator = LinearSegmentation(source=d.source, split=d.split, benchmark=config.benchmark,
+                                 image_key=d.image_key, mask_key=d.mask_key, segmenter=model, mesh=mesh,
+                                 rules=rules, batch_size=config.batch_size, max_images=config.max_images,
+                                 **s)
+  result = evaluator(params)
   logging.info("mIoU %.2f%% over %d images (%s, %d block%s, %d scale%s%s)", 100 * result["miou"],
                result["images"], config.benchmark, model.layers, "s" * (model.layers > 1), len(s.ratios),
                "s" * (len(s.ratios) > 1), " + flips" if s.flip else "")

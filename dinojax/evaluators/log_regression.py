@@ -34,6 +34,7 @@ from dinojax import convert, loop, parallel
 from dinojax.data import sources
 from dinojax.evaluators import knn
 from dinojax.features import extract_features
+from dinojax.models.vit import ViT
 from dinojax.ops import platform
 
 METRICS = ("mean_accuracy", "mean_per_class_accuracy")
@@ -164,10 +165,137 @@ def accuracies(scores: np.ndarray, labels: np.ndarray, metric: str = "mean_accur
 
 
 # ---------------------------------------------------------------------------------------------------
-# The `log_regression_eval` job
+# The evaluator, and the `log_regression_eval` job that runs it on a frozen backbone
 # ---------------------------------------------------------------------------------------------------
+class LogRegression:
+  """`log_regression(backbone_params) -> {"log_regression_top1", "log_regression_top5",
+  "log_regression_best_c"}` (the `evaluators.base` protocol): the module docstring's protocol on the
+  CLS features of `source`'s splits, embedded in global batches of `batch_size` at `image_size`
+  (after a resize to `resize_size`, 0: `image_size`). C is chosen on `finetune_split`, else on
+  `heldout_split` (`finetune_on_val`), else on a random tenth of `train_split` (drawn with `seed`);
+  the best is fitted again and scored on `heldout_split`. `evaluate` also returns what the job
+  reports, and keeps features and scores in a directory for a job that resumes."""
+
+  def __init__(self, *, source: str, train_split: str, heldout_split: str, batch_size: int,
+               backbone: ViT, image_size: int, mesh, rules, finetune_split: str = "",
+               resize_size: int = 0, c_powers=(-6, 5, 45), max_iter: int = 1000, tol: float = 1e-12,
+               dtype: str = "float64", metric: str = "mean_accuracy", finetune_on_val: bool = False,
+               seed: int = 0):
+    self.source, self.splits = source, (train_split, finetune_split, heldout_split)
+    self.batch_size, self.image_size = batch_size, image_size
+    self.resize = resize_size or image_size
+    self.mesh, self.rules = mesh, rules
+    self.cs = c_values(c_powers)
+    self.max_iter, self.tol, self.dtype, self.metric = max_iter, tol, dtype, metric
+    self.finetune_on_val, self.seed = finetune_on_val, seed
+    self.embed = knn.cls_features(backbone)
+
+  def __call__(self, params) -> dict:
+    return self.evaluate(params)["metrics"]
+
+  def _features(self, params, split: str, store: str, identity: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(features, labels) of `split`, read from `store` where an earlier call with the same
+    `identity` left them."""
+    path = os.path.join(store, f"features_{split.replace('/', '_')}.npz") if store else ""
+    if path and os.path.exists(path):
+      cached = np.load(path)
+      if json.loads(str(cached["identity"])) != identity:
+        raise ValueError(f"{path} holds features of {str(cached['identity'])}, not of {identity}; "
+                         "use another workdir.")
+      return cached["features"], cached["labels"]
+    source = sources.make_source(self.source, split)
+    feats, labels = extract_features(self.embed, params, source, self.batch_size, self.image_size,
+                                     self.mesh, self.rules, resize=self.resize)
+    if not len(feats):
+      raise ValueError(f"No readable image in split {split!r} of {self.source!r}.")
+    if path and jax.process_index() == 0:
+      np.savez(path + ".tmp.npz", features=feats, labels=labels, identity=json.dumps(identity))
+      os.replace(path + ".tmp.npz", path)
+    return feats, labels
+
+  def _fit(self, data, c: float) -> tuple[dict, np.ndarray, int]:
+    """(head, the classes its outputs stand for, iterations) on `data`: its classes are those its
+    images have, numbered as cuML and scikit-learn number them."""
+    classes = np.unique(data[1])
+    if len(classes) < 2:
+      raise ValueError(f"The training images have {len(classes)} class; logistic regression needs two.")
+    head, iterations = fit_logistic_regression(
+        data[0], np.searchsorted(classes, data[1]), len(classes), c, max_iter=self.max_iter,
+        tol=self.tol, dtype=self.dtype, mesh=self.mesh, rules=self.rules)
+    return head, classes, iterations
+
+  def _score(self, head, classes, data) -> dict:
+    """Accuracies over all of `data`'s images; a class the classifier never saw counts as a miss."""
+    scores = np.full((len(data[1]), int(max(classes.max(), data[1].max())) + 1), -np.inf)
+    scores[:, classes] = class_scores(head, data[0])
+    return accuracies(scores, data[1], self.metric)
+
+  def evaluate(self, params, store: str = "", identity: dict | None = None) -> dict:
+    """{"metrics", "accuracy" (top-1 and top-5 on the held-out split), "best_c", "sweep" (each C's
+    accuracies on the fine-tuning images), "head", "classes", "iterations", and the image counts}.
+    With a `store` directory (a job's workdir), the features and each C's score are kept there with
+    `identity` (what they depend on besides these settings, e.g. the backbone's name), so a stopped
+    run continues at the next C; a store holding another identity's is an error."""
+    identity = {**(identity or {}), "image_size": self.image_size, "resize_size": self.resize}
+    train_split, finetune_split, heldout_split = self.splits
+    features_of = lambda split: self._features(params, split, store, identity)
+    train, test = features_of(train_split), features_of(heldout_split)
+    if finetune_split:
+      finetune = features_of(finetune_split)
+    elif self.finetune_on_val:
+      finetune = test
+    else:  # a random tenth of the training split chooses C
+      order = np.random.default_rng(self.seed).permutation(len(train[0]))
+      held = len(order) // 10
+      if not held:
+        raise ValueError(f"{len(order)} training images leave no tenth to choose C on; set "
+                         "data.finetune_split or log_regression.finetune_on_val.")
+      finetune = tuple(x[order[:held]] for x in train)
+      train = tuple(x[order[held:]] for x in train)
+
+    # The C sweep, each C's score kept as it finishes, with what it depends on.
+    sweep_path = os.path.join(store, "log_regression_sweep.json") if store else ""
+    sweep_identity = {**identity, "seed": self.seed, "finetune_split": finetune_split,
+                      "metric": self.metric, "max_iter": self.max_iter, "tol": self.tol,
+                      "dtype": self.dtype, "finetune_on_val": self.finetune_on_val}
+    sweep = {}
+    if sweep_path and os.path.exists(sweep_path):
+      with open(sweep_path) as f:
+        saved = json.load(f)
+      if saved["identity"] != sweep_identity:
+        raise ValueError(f"{sweep_path} is a sweep over {saved['identity']}, not {sweep_identity}; "
+                         "use another workdir.")
+      sweep = saved["accuracy"]
+    keys = [f"{c:.6g}" for c in self.cs]
+    for i, (key, c) in enumerate(zip(keys, self.cs)):
+      if key in sweep:
+        continue
+      start = time.perf_counter()
+      head, classes, iterations = self._fit(train, c)
+      sweep[key] = self._score(head, classes, finetune)
+      logging.info("C %d/%d = %s: top-1 %.2f%% on %d images (%d iterations, %.1f s)", i + 1, len(self.cs),
+                   key, 100 * sweep[key]["top-1"], len(finetune[0]), iterations, time.perf_counter() - start)
+      if sweep_path and jax.process_index() == 0:
+        with open(sweep_path + ".tmp", "w") as f:
+          json.dump({"identity": sweep_identity, "accuracy": sweep}, f, indent=1)
+        os.replace(sweep_path + ".tmp", sweep_path)
+    best = int(np.argmax([sweep[k]["top-1"] for k in keys]))  # the first of equals, as official
+
+    # The final classifier: the best C on train + fine-tuning images, scored on the held-out split.
+    if not self.finetune_on_val:
+      train = tuple(np.concatenate([a, b]) for a, b in zip(train, finetune))
+    head, classes, iterations = self._fit(train, self.cs[best])
+    result = self._score(head, classes, test)
+    return {"metrics": {"log_regression_top1": result["top-1"], "log_regression_top5": result["top-5"],
+                        "log_regression_best_c": float(self.cs[best])},
+            "accuracy": result, "best_c": float(self.cs[best]), "sweep": sweep,
+            "head": head, "classes": classes, "iterations": iterations, "train_images": len(train[0]),
+            "finetune_images": len(finetune[0]), "test_images": len(test[0])}
+
+
 def run(config, workdir: str) -> dict:
-  """The C sweep and the final fit (see the module docstring); results in
+  """The C sweep and the final fit (`LogRegression` on the frozen backbone, its features and scores
+  kept in WORKDIR: a resumed run skips the extraction and the fitted C); results in
   WORKDIR/results_eval_log_regression.json and the classifier in best_log_regression_head.safetensors."""
   os.makedirs(workdir, exist_ok=True)
   settings = config.log_regression
@@ -175,117 +303,31 @@ def run(config, workdir: str) -> dict:
     raise ValueError(f"log_regression.metric={settings.metric!r}; choose one of {METRICS}.")
   if settings.dtype not in ("float32", "float64"):
     raise ValueError(f"log_regression.dtype={settings.dtype!r}; choose float32 or float64.")
-  cs = c_values(settings.c_powers)
-  if not len(cs):
+  if not len(c_values(settings.c_powers)):
     raise ValueError(f"log_regression.c_powers={tuple(settings.c_powers)} gives no C to try.")
-
-  # ------------------------------------------------------------------------------------------------
-  # Mesh and the frozen backbone's features (kept in WORKDIR: a resumed run skips the extraction)
-  # ------------------------------------------------------------------------------------------------
   mesh, rules = loop.make_mesh(config)
-  embed, params, backbone_source = knn.cls_embedder(config, mesh, rules)
-  resize = config.data.resize_size or config.image_size
-  identity = {"backbone": backbone_source, "dtype": str(platform.compute_dtype(config.backbone.dtype)),
-              "image_size": config.image_size, "resize_size": resize}
-
-  def features_of(split: str) -> tuple[np.ndarray, np.ndarray]:
-    path = os.path.join(workdir, f"features_{split.replace('/', '_')}.npz")
-    if os.path.exists(path):
-      cached = np.load(path)
-      if json.loads(str(cached["identity"])) != identity:
-        raise ValueError(f"{path} holds features of {str(cached['identity'])}, not of {identity}; "
-                         "use another workdir.")
-      return cached["features"], cached["labels"]
-    source = sources.make_source(config.data.source, split)
-    with parallel.activation_sharding(mesh, rules):
-      feats, labels = extract_features(embed, params, source, config.batch_size, config.image_size, mesh,
-                                       rules, resize=resize)
-    if not len(feats):
-      raise ValueError(f"No readable image in split {split!r} of {config.data.source!r}.")
-    if jax.process_index() == 0:
-      np.savez(path + ".tmp.npz", features=feats, labels=labels, identity=json.dumps(identity))
-      os.replace(path + ".tmp.npz", path)
-    return feats, labels
-
-  train, test = features_of(config.data.train_split), features_of(config.data.val_split)
-  if config.data.finetune_split:
-    finetune = features_of(config.data.finetune_split)
-  elif settings.finetune_on_val:
-    finetune = test
-  else:  # a random tenth of the training split chooses C
-    order = np.random.default_rng(config.seed).permutation(len(train[0]))
-    held = len(order) // 10
-    if not held:
-      raise ValueError(f"{len(order)} training images leave no tenth to choose C on; set "
-                       "data.finetune_split or log_regression.finetune_on_val.")
-    finetune = tuple(x[order[:held]] for x in train)
-    train = tuple(x[order[held:]] for x in train)
-
-  def fit(data, c: float) -> tuple[dict, np.ndarray, int]:
-    """(head, the classes its outputs stand for, iterations) on `data`: its classes are those its
-    images have, numbered as cuML and scikit-learn number them."""
-    classes = np.unique(data[1])
-    if len(classes) < 2:
-      raise ValueError(f"The training images have {len(classes)} class; logistic regression needs two.")
-    head, iterations = fit_logistic_regression(
-        data[0], np.searchsorted(classes, data[1]), len(classes), c, max_iter=settings.max_iter,
-        tol=settings.tol, dtype=settings.dtype, mesh=mesh, rules=rules)
-    return head, classes, iterations
-
-  def score(head, classes, data) -> dict:
-    """Accuracies over all of `data`'s images; a class the classifier never saw counts as a miss."""
-    scores = np.full((len(data[1]), int(max(classes.max(), data[1].max())) + 1), -np.inf)
-    scores[:, classes] = class_scores(head, data[0])
-    return accuracies(scores, data[1], settings.metric)
-
-  # ------------------------------------------------------------------------------------------------
-  # The C sweep (each C's score kept as it finishes, with what it depends on)
-  # ------------------------------------------------------------------------------------------------
-  sweep_path = os.path.join(workdir, "log_regression_sweep.json")
-  sweep_identity = {**identity, "seed": config.seed, "finetune_split": config.data.finetune_split,
-                    **{k: settings[k] for k in ("metric", "max_iter", "tol", "dtype", "finetune_on_val")}}
-  sweep = {}
-  if os.path.exists(sweep_path):
-    with open(sweep_path) as f:
-      saved = json.load(f)
-    if saved["identity"] != sweep_identity:
-      raise ValueError(f"{sweep_path} is a sweep over {saved['identity']}, not {sweep_identity}; "
-                       "use another workdir.")
-    sweep = saved["accuracy"]
-  keys = [f"{c:.6g}" for c in cs]
-  for i, (key, c) in enumerate(zip(keys, cs)):
-    if key in sweep:
-      continue
-    start = time.perf_counter()
-    head, classes, iterations = fit(train, c)
-    sweep[key] = score(head, classes, finetune)
-    logging.info("C %d/%d = %s: top-1 %.2f%% on %d images (%d iterations, %.1f s)", i + 1, len(cs), key,
-                 100 * sweep[key]["top-1"], len(finetune[0]), iterations, time.perf_counter() - start)
-    if jax.process_index() == 0:
-      with open(sweep_path + ".tmp", "w") as f:
-        json.dump({"identity": sweep_identity, "accuracy": sweep}, f, indent=1)
-      os.replace(sweep_path + ".tmp", sweep_path)
-  best = int(np.argmax([sweep[k]["top-1"] for k in keys]))  # the first of equals, as official
-
-  # ------------------------------------------------------------------------------------------------
-  # The final classifier: the best C on train + fine-tuning images, scored on the test split
-  # ------------------------------------------------------------------------------------------------
-  if not settings.finetune_on_val:
-    train = tuple(np.concatenate([a, b]) for a, b in zip(train, finetune))
-  head, classes, iterations = fit(train, cs[best])
-  result = score(head, classes, test)
-  metrics = {"log_regression_top1": result["top-1"], "log_regression_top5": result["top-5"],
-             "log_regression_best_c": float(cs[best])}
+  backbone, params, backbone_source = knn.frozen_backbone(config, mesh, rules)
+  evaluator = LogRegression(
+      source=config.data.source, train_split=config.data.train_split,
+      heldout_split=config.data.val_split, finetune_split=config.data.finetune_split,
+      batch_size=config.batch_size, backbone=backbone, image_size=config.image_size,
+      resize_size=config.data.resize_size, mesh=mesh, rules=rules, seed=config.seed, **settings)
+  identity = {"backbone": backbone_source, "dtype": str(platform.compute_dtype(config.backbone.dtype))}
+  with parallel.activation_sharding(mesh, rules):
+    report = evaluator.evaluate(params, store=workdir, identity=identity)
+  metrics = report["metrics"]
   loop.log_metrics(0, metrics)
   loop.MetricWriter(workdir).write(0, metrics)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results_eval_log_regression.json"), "w") as f:
-      json.dump({"backbone": backbone_source, "metric": settings.metric, "best_C": float(cs[best]),
-                 **result, "train_images": len(train[0]), "finetune_images": len(finetune[0]),
-                 "test_images": len(test[0]), "iterations": iterations, "sweep": sweep}, f, indent=1)
-    write_head(workdir, head, classes)
-  logging.info("Logistic regression (%s): top-1 %.2f%%, top-5 %.2f%% on %d images, C = %s",
-               backbone_source, 100 * result["top-1"], 100 * result["top-5"], len(test[0]), keys[best])
+      json.dump({"backbone": backbone_source, "metric": settings.metric, "best_C": report["best_c"],
+                 **report["accuracy"], **{k: report[k] for k in ("train_images", "finetune_images",
+                                                                 "test_images", "iterations", "sweep")}},
+                f, indent=1)
+    write_head(workdir, report["head"], report["classes"])
+  logging.info("Logistic regression (%s): top-1 %.2f%%, top-5 %.2f%% on %d images, C = %.6g",
+               backbone_source, 100 * report["accuracy"]["top-1"], 100 * report["accuracy"]["top-5"],
+               report["test_images"], report["best_c"])
   return metrics
 
 

@@ -5,9 +5,8 @@ of each head (the DINO paper's attention maps). The loop writes them as TensorBo
 
 import jax
 import numpy as np
-from jax.experimental import multihost_utils
 
-from dinojax import parallel
+from dinojax import features
 from dinojax.data import images as image_lib
 from dinojax.data import pipeline, sources
 from dinojax.evaluators import pca
@@ -60,28 +59,23 @@ class Pictures:
     backbone_params = params if self.vision_head is None else params["backbone"]
     out = self.backbone.apply({"params": backbone_params}, images,
                               return_cls_attention=self.draws_backbone)
-    features = {}
+    drawn = {}
     if self.draws_backbone:
       prefix = "" if self.vision_head is None else "backbone_"
-      features[prefix] = (out["x_norm_patchtokens"], out["cls_attention_logits"])
+      drawn[prefix] = (out["x_norm_patchtokens"], out["cls_attention_logits"])
     if self.vision_head is not None:
       head = self.vision_head.apply({"params": params["vision_head"]}, backbone_tokens(out),
                                     self.num_prefix_tokens, return_cls_attention=True)
-      features[""] = (head["patch_embeds"], head["cls_attention_logits"])
-    return features
+      drawn[""] = (head["patch_embeds"], head["cls_attention_logits"])
+    return drawn
 
   def _read(self):
     self.images = fixed_images(self.source, self.split, self.image_size, self.count)
-    shards = parallel.batch_shards(self.mesh, self.rules)
-    padded = np.concatenate([self.images,
-                             np.zeros((-len(self.images) % shards, *self.images.shape[1:]), np.uint8)])
-    batch = image_lib.normalize(padded)
-    sharding = parallel.batch_sharding(self.mesh, self.rules, 4)
-    self.batch = jax.make_array_from_callback(batch.shape, sharding, lambda index: batch[index])
+    self.batch = features.global_rows(image_lib.normalize(self.images), self.mesh, self.rules)
 
   def _draw(self, patches: jax.Array, logits: jax.Array) -> dict[str, np.ndarray]:
     """`_features`' outputs -> {"pca", "cls_attention"} pictures of the fixed images."""
-    gather = lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True))[:len(self.images)]
+    gather = lambda x: features.gather_rows(x, len(self.images))
     patches = gather(patches).reshape(len(self.images), self.grid, self.grid, -1)
     # The CLS query's softmax over every token, then its weights on the patches alone.
     attention = jax.nn.softmax(logits, axis=-1)[:, :, self.num_prefix_tokens:]
@@ -98,6 +92,6 @@ class Pictures:
   def __call__(self, params) -> dict[str, np.ndarray]:
     if self.images is None:
       self._read()
-    features = self.forward(params, self.batch)
-    return {prefix + name: picture for prefix, (patches, logits) in features.items()
+    drawn = self.forward(params, self.batch)
+    return {prefix + name: picture for prefix, (patches, logits) in drawn.items()
             for name, picture in self._draw(patches, logits).items()}

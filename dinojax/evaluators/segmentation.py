@@ -117,12 +117,20 @@ def evaluate_open_vocab(source, benchmark, score_windows, query_to_class: Sequen
   return dataset_miou(source, benchmark, predict, max_images=max_images, progress=progress)
 
 
-def source_from_config(data, benchmark):
-  """The evaluation jobs' `data` section as a `data.segmentation` source (`image_key`/`mask_key`
-  name TFDS features)."""
-  tfds = data.source.startswith("tfds:")
-  keys = {"image_key": data.image_key, "mask_key": data.mask_key} if tfds else {}
-  return seg_data.make_segmentation_source(data.source, benchmark, data.split, **keys)
+def make_source(spec: str, split: str, benchmark, image_key: str = "image", mask_key: str = "annotation"):
+  """A `data.segmentation` source of `benchmark`'s images and masks (`image_key`/`mask_key` name
+  TFDS features)."""
+  keys = {"image_key": image_key, "mask_key": mask_key} if spec.startswith("tfds:") else {}
+  return seg_data.make_segmentation_source(spec, benchmark, split, **keys)
+
+
+def benchmark_of(benchmark: seg_data.Benchmark | str) -> seg_data.Benchmark:
+  """A `data.segmentation.Benchmark`, or one of `BENCHMARKS` by name."""
+  if isinstance(benchmark, seg_data.Benchmark):
+    return benchmark
+  if benchmark not in seg_data.BENCHMARKS:
+    raise ValueError(f"Unknown benchmark {benchmark!r}; choose one of {sorted(seg_data.BENCHMARKS)}.")
+  return seg_data.BENCHMARKS[benchmark]
 
 
 def local_mesh(config):
@@ -134,15 +142,56 @@ def local_mesh(config):
   return mesh, tuple(tuple(r) for r in config.sharding_rules)
 
 
+class Talk2DINOSegmentation:
+  """`talk2dino_segmentation(params) -> {"miou", "images", "iou/<class>"}` (the `evaluators.base`
+  protocol): Talk2DINO's open-vocabulary mIoU (`evaluate_open_vocab`) on `source`'s `split` of
+  `benchmark` (a `data.segmentation.Benchmark`, or a name of `BENCHMARKS`), its first `max_images`
+  (0: all). `params` are {"backbone", "text", "projection"}, the variables of `backbone`,
+  `text_encoder` and `projection` (ψ, the part Talk2DINO trains); the classes are embedded in
+  `templates` at each call. Windows go `batch_size` at a time over `mesh`, this host's devices
+  (`local_mesh`), and every host scores its share of the images. The settings are
+  `talk2dino.window_scorer`'s and `open_vocab.sliding_window_scores`'."""
+
+  def __init__(self, *, source: str, split: str, benchmark, backbone, text_encoder, projection, mesh,
+               rules, image_key: str = "image", mask_key: str = "annotation", batch_size: int = 8,
+               max_images: int = 0, short_side: int = open_vocab.SHORT_SIDE,
+               window: int = open_vocab.WINDOW, stride: int = open_vocab.STRIDE,
+               templates="sub_imagenet", pamr: bool = True, background_threshold: float = 0.4,
+               background_cleaning: bool = False, lambda_bg: float = 0.2):
+    self.benchmark = benchmark_of(benchmark)
+    if not self.benchmark.classes:
+      raise ValueError("No class names: set config.dataset.classes or config.class_names_file.")
+    self.source, self.split, self.keys = source, split, dict(image_key=image_key, mask_key=mask_key)
+    self.backbone, self.text_encoder, self.projection = backbone, text_encoder, projection
+    self.mesh, self.rules = mesh, rules
+    self.queries, self.owners = seg_data.class_queries(self.benchmark.classes)
+    self.templates, self.batch_size, self.max_images = templates, batch_size, max_images
+    self.scorer = dict(window=window, background_cleaning=background_cleaning, lambda_bg=lambda_bg,
+                       pamr=pamr)
+    self.windows = dict(short_side=short_side, window=window, stride=stride)
+    self.background_threshold = background_threshold
+
+  def __call__(self, params) -> dict:
+    replicated = NamedSharding(self.mesh, P())
+    models = hub.Talk2DINOModels(self.backbone, jax.device_put(params["backbone"], replicated),
+                                 self.text_encoder, params["text"], self.projection, params["projection"])
+    text = jax.device_put(talk2dino.class_embeddings(models, self.queries, self.templates), replicated)
+    with parallel.activation_sharding(self.mesh, self.rules):
+      return evaluate_open_vocab(
+          make_source(self.source, self.split, self.benchmark, **self.keys), self.benchmark,
+          talk2dino.window_scorer(models, text, **self.scorer), self.owners,
+          background_threshold=self.background_threshold, max_images=self.max_images,
+          batch_size=self.batch_size, sharding=parallel.batch_sharding(self.mesh, self.rules, 4),
+          **self.windows)
+
+
 def run(config, workdir: str) -> dict:
-  """The `talk2dino_eval` job: Talk2DINO's mIoU on one benchmark (`configs/talk2dino_eval.py`)."""
+  """The `talk2dino_eval` job: Talk2DINO's mIoU on one benchmark (`configs/talk2dino_eval.py`), by
+  `Talk2DINOSegmentation`, written to WORKDIR/miou.json."""
   os.makedirs(workdir, exist_ok=True)
   benchmark = seg_data.Benchmark(**{**config.dataset.to_dict(), "classes": tuple(config.dataset.classes)})
   if config.class_names_file:
     benchmark = dataclasses.replace(benchmark, classes=seg_data.read_class_names(config.class_names_file))
-  if not benchmark.classes:
-    raise ValueError("No class names: set config.dataset.classes or config.class_names_file.")
-  source = source_from_config(config.data, benchmark)
   mesh, rules = local_mesh(config)
   m = config.model
   models = hub.talk2dino(m.backbone, m.backbone_checkpoint, m.clip_checkpoint, m.projection,
@@ -152,19 +201,14 @@ def run(config, workdir: str) -> dict:
   if missing:
     logging.warning("No %s: those parts are randomly initialised; the mIoU measures the pipeline, "
                     "not Talk2DINO.", ", ".join(missing))
-  replicated = NamedSharding(mesh, P())
-  models.backbone_params = jax.device_put(models.backbone_params, replicated)
-  queries, owners = seg_data.class_queries(benchmark.classes)
-  s = config.segment
-  text = jax.device_put(talk2dino.class_embeddings(models, queries, s.templates), replicated)
-  scorer = talk2dino.window_scorer(models, text, s.window, background_cleaning=s.background_cleaning,
-                                   lambda_bg=s.lambda_bg, pamr=s.pamr)
-  with parallel.activation_sharding(mesh, rules):
-    result = evaluate_open_vocab(
-        source, benchmark, scorer, owners, background_threshold=s.background_threshold,
-        max_images=config.max_images, batch_size=config.batch_size,
-        sharding=parallel.batch_sharding(mesh, rules, 4), short_side=s.short_side, window=s.window,
-        stride=s.stride)
+  evaluator = Talk2DINOSegmentation(
+      source=config.data.source, split=config.data.split, benchmark=benchmark,
+      image_key=config.data.image_key, mask_key=config.data.mask_key, backbone=models.backbone,
+      text_encoder=models.text_encoder,
+      projection=models.projection, mesh=mesh, rules=rules, batch_size=config.batch_size,
+      max_images=config.max_images, **config.segment)
+  result = evaluator({"backbone": models.backbone_params, "text": models.text_params,
+                      "projection": models.projection_params})
   logging.info("mIoU %.2f%% over %d images", 100 * result["miou"], result["images"])
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "miou.json"), "w") as f:

@@ -9,9 +9,8 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
-from dinojax import features, parallel
+from dinojax import features
 from dinojax.data import captions, pipeline, sources
 
 # CLIP's seven-template ImageNet ensemble (the subset its authors recommend, `Prompt_Engineering_for_
@@ -131,12 +130,8 @@ def encode_prompts(embed_texts: Callable, params, tokenizer, prompts: Sequence[s
                    rules) -> np.ndarray:
   """(n, E) float32 embeddings of `prompts`, `embed_texts(params, token_ids)` run on the mesh, every
   host ending with all of them."""
-  ids = tokenizer.encode(list(prompts))
-  ids = np.concatenate([ids, np.repeat(ids[:1], -len(ids) % parallel.batch_shards(mesh, rules), axis=0)])
-  sharded = jax.make_array_from_callback(ids.shape, parallel.batch_sharding(mesh, rules, 2),
-                                         lambda index: ids[index])
-  text = multihost_utils.process_allgather(embed_texts(params, sharded), tiled=True)
-  return np.asarray(text, np.float32)[:len(prompts)]
+  ids = features.global_rows(tokenizer.encode(list(prompts)), mesh, rules)
+  return features.gather_rows(embed_texts(params, ids), len(prompts)).astype(np.float32)
 
 
 class ZeroShot:

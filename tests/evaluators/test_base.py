@@ -56,9 +56,27 @@ def test_a_bad_entry_is_named():
   with pytest.raises(ValueError, match=r"evals.knn.type='knn_eval': no such evaluation; choose one of"):
     base.from_config(config)
   assert config_check.problems(config, num_devices=8) == [
-      "--config.evals.knn.type='knn_eval': must be one of ['knn', 'pictures', 'retrieval', 'zero_shot']."]
+      "--config.evals.knn.type='knn_eval': must be one of ['knn', 'linear_segmentation', 'log_regression', "
+      "'pictures', 'retrieval', 'talk2dino_segmentation', 'zero_shot']."]
   config = _config()
   config.evals.pictures.unlock()
   config.evals.pictures.knn_k = 5
   with pytest.raises(ValueError, match=r"evals.pictures: a 'pictures' evaluation has no setting \['knn_k'\]"):
     base.from_config(config, backbone=None, image_size=32, mesh=None, rules=())
+
+
+def test_an_entry_overrides_the_shared_settings_and_every_0_turns_it_off():
+  config = _config(**{"evals.knn.every": 0, "evals.knn.knn_k": 5,
+                      "evals.logreg": {"type": "log_regression", "every": 50, "c_powers": (-1, 1, 3)}})
+  backbone = backbones.build_vit(config.model)
+  built = {e.name: e for e in base.from_config(config, backbone=backbone, image_size=32, mesh=None,
+                                               rules=())}
+  knn_eval, logreg = built["knn"], built["logreg"]
+  assert (knn_eval.every, knn_eval.evaluator.knn_k, knn_eval.evaluator.knn_temperature) == (0, 5, 0.07)
+  assert not any(knn_eval.due(step, 100) for step in range(101))
+  assert logreg.every == 50 and logreg.evaluator.cs.tolist() == pytest.approx([0.1, 1, 10])
+  assert logreg.evaluator.splits == ("heldout", "", "heldout")  # eval's, as the k-NN's
+  config = _config(**{"evals.seg": {"type": "linear_segmentation"}})
+  with pytest.raises(ValueError, match=r"evals.seg: a 'linear_segmentation' evaluation needs \['split', "
+                     r"'benchmark', 'segmenter'\], which this job neither provides nor its config gives"):
+    base.from_config(config, backbone=backbone, image_size=32, mesh=None, rules=())

@@ -138,3 +138,25 @@ def test_non_positive_c_is_named():
   features, labels = _blobs(2)
   with pytest.raises(ValueError, match="C=0 must be positive"):
     log_regression.fit_logistic_regression(features, labels, 2, 0.0)
+
+
+def test_the_evaluator_is_the_sweep_and_refit_on_the_backbone_features(monkeypatch):
+  # Features of a backbone stand in as blobs; C chosen on the held-out split (one fit shape: one compile).
+  splits = {"train": _blobs(3, rows=200, seed=1), "heldout": _blobs(3, rows=60, seed=2)}
+  monkeypatch.setattr(log_regression, "extract_features", lambda embed, params, source, *a, **k: splits[
+      "train" if len(source) == 1437 else "heldout"])
+  evaluator = log_regression.LogRegression(
+      source="digits", train_split="train", heldout_split="heldout", batch_size=8, backbone=None,
+      image_size=32, mesh=None, rules=(), c_powers=(-2, 2, 3), max_iter=100, finetune_on_val=True)
+  report = evaluator.evaluate(params=None)
+  assert report["metrics"] == evaluator(None)  # the protocol's call: the same fits, no files
+  train, test = splits["train"], splits["heldout"]
+  score = lambda c: log_regression.accuracies(log_regression.class_scores(
+      log_regression.fit_logistic_regression(*train, 3, c, max_iter=100)[0], test[0]), test[1])
+  assert report["sweep"] == {key: score(float(key)) for key in ("0.01", "1", "100")}
+  best = max(("0.01", "1", "100"), key=lambda k: report["sweep"][k]["top-1"])
+  assert report["accuracy"] == report["sweep"][best]  # refitted on the same training images
+  assert report["metrics"] == {"log_regression_top1": report["accuracy"]["top-1"],
+                               "log_regression_top5": report["accuracy"]["top-5"],
+                               "log_regression_best_c": pytest.approx(float(best))}
+  assert (report["train_images"], report["finetune_images"], report["test_images"]) == (200, 60, 60)

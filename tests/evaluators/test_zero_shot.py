@@ -1,8 +1,10 @@
 """Zero-shot accuracy and retrieval recall against NumPy sort-based references."""
 
+import jax
 import numpy as np
 import pytest
 
+from dinojax import parallel
 from dinojax.evaluators import zero_shot
 
 
@@ -73,3 +75,14 @@ def test_ties_break_by_index_so_collapsed_embeddings_score_chance():
   texts = np.stack([images[0], images[0], images[2]])
   recall = zero_shot.retrieval_recall(images, texts, ks=(1,))
   assert recall["text_to_image_r1"] == 2 / 3 and recall["image_to_text_r1"] == 2 / 3
+
+
+def test_prompts_are_embedded_over_the_mesh_and_come_back_whole_in_order():
+  class Tokenizer:  # prompt "p<i>" -> the ids (i, i + 1)
+    encode = staticmethod(lambda prompts: np.array([[int(p[1:]), int(p[1:]) + 1] for p in prompts], np.int32))
+
+  mesh = parallel.make_mesh({"data": 8, "fsdp": 1, "model": 1})  # 3 prompts padded to 8 rows
+  embed = jax.jit(lambda params, ids: params * ids.sum(-1, keepdims=True).astype(np.float32))
+  got = zero_shot.encode_prompts(embed, np.float32(0.5), Tokenizer, ["p4", "p0", "p7"], mesh,
+                                 parallel.DEFAULT_RULES)
+  assert got.dtype == np.float32 and got.tolist() == [[4.5], [0.5], [7.5]]
