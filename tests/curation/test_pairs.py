@@ -10,6 +10,7 @@ captions naming its text concepts is balanced by MetaCLIP's metadata on the text
 itself runs on a few digit pairs.
 """
 
+import functools
 import json
 import os
 import shutil
@@ -153,8 +154,13 @@ def metaclip_curated(curated, tmp_path_factory):
   assert config_check.problems(config) == []
   assert pairs.cluster_step(config, workdir, 0, 2) is None  # waits for process 1's counts
   counted = pairs.cluster_step(config, workdir, 1, 2)["text"]
-  single = metaclip.run(metadata=config.text.metadata, source=pairs.pair_source(config), keep=curated["keep"],
-                        directory=str(root / "single"), shard_size=config.embed.shard_size)
+  assert pairs.cluster_step(config, workdir, 0, 2)["text"] == counted  # resumed: every part is there
+  run = functools.partial(metaclip.run, source=pairs.pair_source(config), keep=curated["keep"],
+                          directory=str(root / "single"), shard_size=config.embed.shard_size)
+  single = run(metadata=config.text.metadata)
+  (root / "other.txt").write_text("cat\n")
+  with pytest.raises(ValueError, match="MetaCLIP matches made with other inputs"):
+    run(metadata=str(root / "other.txt"))
   summary = pairs.sample_step(config, workdir)
   text_dir = pairs.side_dir(workdir, "text")
   return dict(named=named, counted=counted, single=single, summary=summary, text_dir=text_dir,
