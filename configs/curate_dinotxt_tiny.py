@@ -8,8 +8,9 @@ and a tiny random CLIP text tower for the captions.
   python -m dinojax.main --config configs/dinotxt_vitl14.py:tiny --workdir /tmp/dinotxt \
       --config.data.source=curated:/tmp/pairs/sample
 
-`config_defaults.curation_pairs()` (as configs/curate_dinotxt.py) scaled down. Random weights make
-every embedding nearly the same direction, so the similarity thresholds sit near 1 (as
+`config_defaults.curation_pairs()` (as configs/curate_dinotxt.py) scaled down, its text side Vo et al.
+on caption embeddings (MetaCLIP's, the default, needs a metadata file dinojax does not ship). Random
+weights make every embedding nearly the same direction, so the similarity thresholds sit near 1 (as
 configs/curate_tiny.py); the output shows the pipeline working, not a meaningful curation.
 """
 
@@ -38,5 +39,6 @@ def get_config(arg=None):
   # The digits' captions are written from their labels: every "one" has the same ones, so only
   # pairs repeated on both sides count as duplicates.
   c.pair_dedup = "both"
+  c.text.method = "kmeans"
   c.sample.update(target_size=400, text_size=1200, strategy="r")
   return c

@@ -252,6 +252,8 @@ RULES: dict[str, Check] = {
     "sample.strategy": one_of("dinojax.curation.sampling:STRATEGIES"),
     "text_model.variant": one_of("dinojax.models.clip_text:VARIANTS"),
     "pair_dedup": one_of("dinojax.curation.pairs:PAIR_DEDUP"),
+    "text.method": one_of("dinojax.curation.pairs:TEXT_METHODS"),
+    "text.t": positive,  # MetaCLIP's threshold: an entry's matches kept in expectation
     **dict.fromkeys(("model.name", "model.backbone"), one_of(_BACKBONES)),
     "backbone.name": optional(one_of(_BACKBONES)),  # empty: the ViT `backbone.model` describes
     # Data.
@@ -266,7 +268,7 @@ RULES: dict[str, Check] = {
         "checkpoint", "backbone.checkpoint", "head.checkpoint", "teacher.checkpoint",
         "model.checkpoint", "backbone_checkpoint", "clip_checkpoint", "model.projection",
         "projection_config", "class_names_file", "tokenizer.model", "init_from", "backbone.workdir",
-        "teacher.workdir"), optional(existing_path)),
+        "teacher.workdir", "text.metadata"), optional(existing_path)),
 }
 
 
@@ -317,7 +319,7 @@ def _relations(config) -> Iterator[str]:
     yield _line("crops.local_size", local,
                 f"a local crop must not be larger than the global one (crops.global_size={large})")
   text_size, target = get("sample.text_size"), get("sample.target_size")
-  if _sizes(text_size, target) and text_size < target:
+  if _sizes(text_size, target) and text_size < target and get("text.method") == "kmeans":
     yield _line("sample.text_size", text_size, f"must be >= sample.target_size={target}: the image "
                 "side samples its target among the text side's selection")
   stride, window = get("segment.stride"), get("segment.window")

@@ -171,10 +171,10 @@ def curation() -> ml_collections.ConfigDict:
 def curation_pairs() -> ml_collections.ConfigDict:
   """Curation of image–caption pairs for dino.txt (Jose et al., 2025: "curating data using both text
   and image modalities"; docs/curation.md says what the paper leaves open and what is chosen here).
-  Each side is Vo et al. (2024) on its own embeddings: deduplication, the 4-level hierarchical
-  k-means of `curation()`, balanced sampling; the curated set is the intersection of the two sides'
-  selections, as the paper combines them: `sample.target_size` pairs balanced by image concepts
-  among the `sample.text_size` that balancing by text concepts keeps."""
+  The text side is MetaCLIP's balancing by metadata (Xu et al., 2024), the image side Vo et al.
+  (2024): deduplication, the 4-level hierarchical k-means of `curation()`, balanced sampling; the
+  curated set is the intersection of the two sides' selections, as the paper combines them:
+  `sample.target_size` pairs balanced by image concepts among those MetaCLIP keeps."""
   base = curation()
   c = ml_collections.ConfigDict()
   c.job = "curate_pairs"
@@ -199,10 +199,19 @@ def curation_pairs() -> ml_collections.ConfigDict:
     del c[side].cluster.input  # always the side's deduplicated pairs
   del c.text.dedup.evaluation_threshold  # evaluation images are compared with images only
   c.text.dedup.threshold = 0.95
+  # The text side's balancing: "metaclip" (the paper's: captions matched against MetaCLIP's metadata
+  # entries, `metadata` a path to its metadata.json, which dinojax does not ship, or a text file with
+  # one entry a line; a pair stays when a draw for any entry it matches falls under min(1, t / the
+  # entry's matches)), or "kmeans" (ours: Vo et al. on caption embeddings with `cluster`, keeping
+  # `sample.text_size`). t: MetaCLIP's for its 2.5B-pair set (20k gave its 400M one); dino.txt's set
+  # is about 2.3B pairs and the paper gives no t.
+  c.text.method = "metaclip"
+  c.text.metadata = ml_collections.FieldReference(None, field_type=str)
+  c.text.t = 170_000
   c.pair_dedup = "either"
-  # One pass of the official schedule (50k steps of 8192 pairs), drawn among three times as many
-  # from the text side (ours: the paper gives neither size; at 2x the image side has too little left
-  # to flatten, at 4x the text side's balance is diluted, docs/curation.md).
+  # One pass of the official schedule (50k steps of 8192 pairs); with text.method="kmeans", drawn
+  # among three times as many from the text side (ours: the paper gives neither size; at 2x the image
+  # side has too little left to flatten, at 4x the text side's balance is diluted, docs/curation.md).
   c.sample = ml_collections.ConfigDict(dict(target_size=409_600_000, text_size=1_228_800_000,
                                             strategy="r", seed=0))
   c.mesh = base.mesh

@@ -53,7 +53,7 @@ def main(argv):
   logging.info("Config:\n%s", _CONFIG.value)
   try:
     result = known[steps[0]](_CONFIG.value, _WORKDIR.value, _PROCESS_INDEX.value, _PROCESS_COUNT.value)
-  except (FileNotFoundError, ValueError) as e:  # missing inputs, bad settings: say what, no traceback
+  except (FileNotFoundError, ValueError, ImportError) as e:  # missing inputs, settings, extras: say what
     sys.exit(f"curate {steps[0]}: {e}")
   print(f"{steps[0]}: {result}")
 

@@ -1,7 +1,9 @@
 """Curation of image–caption pairs on both sides, for dino.txt (Jose et al., 2025, "curating data using
-both text and image modalities"): each side is Vo et al. (2024) on its own embeddings, and the curated
-set is the intersection of a text-balanced and an image-balanced selection, as the paper combines them
-(docs/curation.md says what the paper specifies and which choices are ours).
+both text and image modalities"): the text side balances captions by MetaCLIP's metadata (Xu et al.,
+2024; `metaclip.py`, `text.method="metaclip"`) or by Vo et al. (2024) on caption embeddings
+(`"kmeans"`), the image side by Vo et al. on DINOv2 embeddings, and the curated set is the
+intersection of the two sides' selections, as the paper combines them (docs/curation.md says what the
+paper specifies and which choices are ours).
 
 Steps, as the image curation's and sharing its code, each side in its own folder of the workdir
 (`image/`, `text/`, laid out as `embed`, `dedup` and `cluster` write them):
@@ -11,10 +13,12 @@ Steps, as the image curation's and sharing its code, each side in its own folder
 - `dedup`: near-duplicates on each side (`dedup.run`); with `pair_dedup="either"` a pair survives
   when both its image and its caption do, with "both" unless the two repeat the same other pair
   -> `dedup/keep.npy`.
-- `cluster`: each side's hierarchical k-means (`cluster.run`) of the deduplicated pairs.
-- `sample`: `sample.text_size` pairs by balanced sampling of the text hierarchy, then
-  `sample.target_size` of them by balanced sampling of the image hierarchy -> `sample/selected.npy`
-  and `selection.json`, which the dino.txt trainer reads as `--config.data.source=curated:<workdir>/sample`.
+- `cluster`: the image side's hierarchical k-means (`cluster.run`) of the deduplicated pairs; the text
+  side's MetaCLIP entry counts of their captions (`metaclip.run`) or its hierarchical k-means.
+- `sample`: the text side's selection (MetaCLIP's balance sampling at `text.t`, or `sample.text_size`
+  pairs by balanced sampling of the text hierarchy), then `sample.target_size` of them by balanced
+  sampling of the image hierarchy -> `sample/selected.npy` and `selection.json`, which the dino.txt
+  trainer reads as `--config.data.source=curated:<workdir>/sample`.
 
 Processes split the work as the image steps do (`--process_index/--process_count`, a shared workdir).
 """
@@ -32,7 +36,7 @@ from absl import logging
 from tqdm import tqdm
 
 from dinojax import convert, parallel
-from dinojax.curation import cluster, dedup, embed, sampling, store
+from dinojax.curation import cluster, dedup, embed, metaclip, sampling, store
 from dinojax.data import captions, clip_tokenizer
 from dinojax.models.clip_text import VARIANTS, CLIPTextEncoder
 from dinojax.ops.numerics import l2_normalize
@@ -41,6 +45,9 @@ SIDES = ("image", "text")
 # Which pairs `dedup` drops: "either" side's near-duplicates (a pair goes when its image or its
 # caption repeats another's), or only pairs whose image and caption "both" repeat the same pair's.
 PAIR_DEDUP = ("either", "both")
+# How the text side balances captions: MetaCLIP's substring matching against metadata entries (the
+# paper's), or Vo et al.'s hierarchical k-means of caption embeddings.
+TEXT_METHODS = ("metaclip", "kmeans")
 
 
 def side_dir(workdir: str, side: str) -> str:
@@ -152,7 +159,10 @@ def embed_captions(config, source, spec: str, workdir: str, process_index: int,
 # ---------------------------------------------------------------------------------------------------
 def embed_step(config, workdir: str, process_index: int = 0, process_count: int = 1) -> dict:
   """Both sides' embeddings (and the evaluation images', when named); {name: summary or None while
-  other processes' shards are missing}."""
+  other processes' shards are missing}. Captions are embedded for the text side's deduplication, with
+  either `text.method`."""
+  if _text_method(config) == "metaclip":
+    metaclip.check_inputs(config.text.metadata)
   source = pair_source(config)
   spec = f"{config.data.pairs}:{config.data.split}"
   image_dir = side_dir(workdir, "image")
@@ -210,18 +220,37 @@ def _keep_unless_both_repeat(config, workdir: str) -> np.ndarray:
   return ids[~store.is_in(ids, removed) & ~store.is_in(ids, near_evaluation)]
 
 
+def _text_method(config) -> str:
+  if config.text.method not in TEXT_METHODS:
+    raise ValueError(f"Unknown text.method {config.text.method!r}; choose one of {TEXT_METHODS}.")
+  return config.text.method
+
+
 def cluster_step(config, workdir: str, process_index: int = 0, process_count: int = 1) -> dict | None:
-  """Each side's hierarchical k-means; None while either waits for other processes."""
-  sides = {side: cluster.run(side_config(config, side, workdir), side_dir(workdir, side), process_index,
-                             process_count) for side in SIDES}
+  """The image side's hierarchical k-means and the text side's MetaCLIP entry counts or k-means; None
+  while either waits for other processes."""
+  sides = {"image": cluster.run(side_config(config, "image", workdir), side_dir(workdir, "image"),
+                                process_index, process_count)}
+  if _text_method(config) == "metaclip":
+    sides["text"] = metaclip.run(metadata=config.text.metadata, source=pair_source(config),
+                                 keep=dedup.load_keep(workdir), directory=side_dir(workdir, "text"),
+                                 shard_size=config.embed.shard_size, process_index=process_index,
+                                 process_count=process_count)
+  else:
+    sides["text"] = cluster.run(side_config(config, "text", workdir), side_dir(workdir, "text"),
+                                process_index, process_count)
   return None if any(s is None for s in sides.values()) else sides
 
 
-def concept_entropy(labels: np.ndarray) -> float:
-  """Entropy (nats) of the histogram of `labels`: log(#concepts) when balanced, lower when skewed."""
-  counts = np.bincount(labels)
+def count_entropy(counts: np.ndarray) -> float:
+  """Entropy (nats) of a histogram: log(#concepts) when balanced, lower when skewed."""
   p = counts[counts > 0] / counts.sum()
   return float(-(p * np.log(p)).sum())
+
+
+def concept_entropy(labels: np.ndarray) -> float:
+  """Entropy (nats) of the histogram of `labels`."""
+  return count_entropy(np.bincount(labels))
 
 
 def balanced_sample(hierarchy: dict, allowed: np.ndarray, target: int, strategy: str,
@@ -234,19 +263,29 @@ def balanced_sample(hierarchy: dict, allowed: np.ndarray, target: int, strategy:
 def sample_step(config, workdir: str, process_index: int = 0, process_count: int = 1) -> dict:
   """`sample/selected.npy` (sorted pair ids), `text_selected.npy` (the text side's selection they were
   drawn from), `selection.json` (what they index) and `summary.json` (the text selection's size, and
-  each side's top-level concept entropy before and after).
+  each side's concept entropy before and after: the image side's top-level clusters, the text side's
+  MetaCLIP entries or top-level clusters).
 
   The intersection of the two sides' curations: the image side's balanced sample is drawn among the
-  pairs the text side's balanced sample keeps, so every selected pair is chosen by both."""
+  pairs the text side's selection keeps (MetaCLIP's balance sampling at `text.t`, or a balanced
+  sample of `sample.text_size` from the text hierarchy), so every selected pair is chosen by both."""
   del process_index, process_count  # one cheap pass over ids; any process may run it
-  s = config.sample
-  if s.text_size < s.target_size:
-    raise ValueError(f"sample.text_size={s.text_size} is below sample.target_size={s.target_size}: the "
-                     "image side samples its target among the text side's selection.")
+  s, method = config.sample, _text_method(config)
   keep = np.load(store.require(os.path.join(workdir, "dedup", "keep.npy"), "The deduplicated pairs", "dedup"))
-  hierarchies = {side: cluster.load(side_dir(workdir, side)) for side in SIDES}
+  sides = ("image",) if method == "metaclip" else SIDES
+  hierarchies = {side: cluster.load(side_dir(workdir, side)) for side in sides}
   rng = np.random.default_rng(s.seed)
-  text_selected = balanced_sample(hierarchies["text"], keep, s.text_size, s.strategy, rng)
+  text_dir = side_dir(workdir, "text")
+  if method == "metaclip":
+    text_selected = metaclip.balanced_pairs(text_dir, t=config.text.t, seed=s.seed)
+    if len(text_selected) < s.target_size:
+      raise ValueError(f"MetaCLIP's balancing at text.t={config.text.t} keeps {len(text_selected)} pairs, "
+                       f"fewer than sample.target_size={s.target_size}: raise text.t or lower the target.")
+  else:
+    if s.text_size < s.target_size:
+      raise ValueError(f"sample.text_size={s.text_size} is below sample.target_size={s.target_size}: the "
+                       "image side samples its target among the text side's selection.")
+    text_selected = balanced_sample(hierarchies["text"], keep, s.text_size, s.strategy, rng)
   selected = balanced_sample(hierarchies["image"], text_selected, s.target_size, s.strategy, rng)
   out_dir = os.path.join(workdir, "sample")
   os.makedirs(out_dir, exist_ok=True)
@@ -255,12 +294,16 @@ def sample_step(config, workdir: str, process_index: int = 0, process_count: int
   store.write_json(os.path.join(out_dir, "selection.json"),
                    {"pairs": config.data.pairs, "split": config.data.split, "count": int(len(selected))})
   summary = {"selected": int(len(selected)), "target_size": s.target_size,
-             "text_selected": int(len(text_selected))}
+             "text_selected": int(len(text_selected)), "text_method": method}
   for side, h in hierarchies.items():
     top = cluster.top_level_labels(h)
     summary[f"{side}_entropy"] = {
         "kept": concept_entropy(top[store.is_in(h["ids"], keep)]),
         "selected": concept_entropy(top[store.is_in(h["ids"], selected)])}
+  if method == "metaclip":
+    summary["text_entropy"] = {"kept": count_entropy(metaclip.load_entry_count(text_dir)),
+                               "selected": count_entropy(metaclip.entry_histogram(text_dir, selected))}
+    summary["text_t"] = config.text.t
   store.write_json(os.path.join(out_dir, "summary.json"), summary)
   logging.info("sample: %s", summary)
   return summary

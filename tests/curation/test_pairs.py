@@ -5,11 +5,15 @@ the tail: on the image side, on the text side (ordered the other way), and on bo
 share their concept across sides). Embeddings are written directly (as `test_sampling.py` does: a
 random backbone cannot tell concepts apart). After dedup, cluster and sample, each side's concept
 histogram is flatter by its entropy, planted duplicates are gone, the selection lies within the text
-side's (the intersection), and a tiny dino.txt run trains on the curated list. The embed step itself
-runs on a few digit pairs.
+side's (the intersection), and a tiny dino.txt run trains on the curated list. The same pool with
+captions naming its text concepts is balanced by MetaCLIP's metadata on the text side. The embed step
+itself runs on a few digit pairs.
 """
 
+import functools
+import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -17,7 +21,7 @@ import pytest
 
 import jobs
 from dinojax import config_args, config_check
-from dinojax.curation import embed, pairs, store
+from dinojax.curation import embed, metaclip, pairs, store
 from dinojax.data import captions
 from dinojax.trainers import dinotxt
 
@@ -36,6 +40,17 @@ GAP_CLOSED = 0.5
 
 def tiny_config():
   return config_args.load_config(CONFIG)
+
+
+def synthetic_config():
+  """The tiny config, at the synthetic pool's scale."""
+  config = tiny_config()
+  for side in pairs.SIDES:
+    config[side].dedup.threshold = 0.999
+    config[side].cluster.update(n_clusters=[40, CONCEPTS], n_splits=[1, 1], resampling_steps=[1, 10],
+                                sample_sizes=[1, 3], iterations=10)
+  config.sample.update(target_size=TARGET, text_size=TEXT_SIZE)
+  return config
 
 
 def synthetic_pool(seed=0, dim=16):
@@ -66,12 +81,7 @@ def curated(tmp_path_factory):
   for side, vectors in (("image", image), ("text", text)):
     store.write_embeddings(embed.collection_dir(pairs.side_dir(workdir, side), "pool"), vectors,
                            shard_size=400)
-  config = tiny_config()
-  for side in pairs.SIDES:
-    config[side].dedup.threshold = 0.999
-    config[side].cluster.update(n_clusters=[40, CONCEPTS], n_splits=[1, 1], resampling_steps=[1, 10],
-                                sample_sizes=[1, 3], iterations=10)
-  config.sample.update(target_size=TARGET, text_size=TEXT_SIZE)
+  config = synthetic_config()
   config.pair_dedup = "both"
   assert pairs.dedup_step(config, workdir, 0, 2) is None  # waits for process 1's blocks
   assert pairs.dedup_step(config, workdir, 1, 2) is not None
@@ -107,6 +117,77 @@ def test_curation_flattens_both_sides_and_removes_duplicates(curated):
   text_selected = np.load(os.path.join(curated["workdir"], "sample/text_selected.npy"))
   assert len(text_selected) == curated["summary"]["text_selected"] == TEXT_SIZE
   assert store.is_in(selected, text_selected).all()
+
+
+WORDS = ("cat", "red car", "New York", "dog", "tree", "bird")  # the metadata: text concept c is entry c
+T = 80  # MetaCLIP's t: the four head entries (the text concepts' histogram is U-shaped) are capped
+
+
+def pool_captions(text_concept):
+  """(captions of each pair, (pair, entry) of every entry a caption names): a caption names its pair's
+  text concept, every 10th none (it is dropped unless every 50th's second caption names the next one)."""
+  captions, named = [], []
+  for i, c in enumerate(text_concept):
+    texts = ["an untitled picture"] if i % 10 == 0 else [f"A photo of a {WORDS[c]}."]
+    named += [] if i % 10 == 0 else [(i, c)]
+    if i % 50 == 0:
+      texts.append(f"{WORDS[(c + 1) % CONCEPTS]} at night")
+      named.append((i, (c + 1) % CONCEPTS))
+    captions.append(texts)
+  return captions, np.array(named)
+
+
+@pytest.fixture(scope="module")
+def metaclip_curated(curated, tmp_path_factory):
+  """The curated pool's workdir again, its text side now MetaCLIP's: counted by two processes, and by
+  one in a folder of its own."""
+  root = tmp_path_factory.mktemp("metaclip")
+  workdir = str(root / "work")
+  shutil.copytree(curated["workdir"], workdir)
+  captions, named = pool_captions(curated["text_concept"])
+  with open(root / "pairs.jsonl", "w") as f:
+    f.writelines(json.dumps({"image": f"{i}.png", "captions": c}) + "\n" for i, c in enumerate(captions))
+  (root / "metadata.json").write_text(json.dumps(WORDS))
+  config = synthetic_config()
+  config.text.update(method="metaclip", metadata=str(root / "metadata.json"), t=T)
+  config.data.pairs = f"jsonl:{root / 'pairs.jsonl'}"
+  assert config_check.problems(config) == []
+  assert pairs.cluster_step(config, workdir, 0, 2) is None  # waits for process 1's counts
+  counted = pairs.cluster_step(config, workdir, 1, 2)["text"]
+  assert pairs.cluster_step(config, workdir, 0, 2)["text"] == counted  # resumed: every part is there
+  run = functools.partial(metaclip.run, source=pairs.pair_source(config), keep=curated["keep"],
+                          directory=str(root / "single"), shard_size=config.embed.shard_size)
+  single = run(metadata=config.text.metadata)
+  (root / "other.txt").write_text("cat\n")
+  with pytest.raises(ValueError, match="MetaCLIP matches made with other inputs"):
+    run(metadata=str(root / "other.txt"))
+  summary = pairs.sample_step(config, workdir)
+  text_dir = pairs.side_dir(workdir, "text")
+  return dict(named=named, counted=counted, single=single, summary=summary, text_dir=text_dir,
+              entry_count=metaclip.load_entry_count(text_dir),
+              single_count=metaclip.load_entry_count(str(root / "single")),
+              text_selected=np.load(os.path.join(workdir, "sample/text_selected.npy")),
+              selected=np.load(os.path.join(workdir, "sample/selected.npy")))
+
+
+def test_metaclip_text_side_caps_head_entries_and_keeps_tail_ones(curated, metaclip_curated):
+  m, keep = metaclip_curated, curated["keep"]
+  named = m["named"][store.is_in(m["named"][:, 0], keep)]
+  before = np.bincount(named[:, 1], minlength=CONCEPTS)
+  np.testing.assert_array_equal(m["entry_count"], before)
+  np.testing.assert_array_equal(m["single_count"], before)  # two processes count as one
+  assert m["counted"] == m["single"] and m["counted"]["matched_pairs"] == len(np.unique(named[:, 0]))
+  after = np.bincount(named[store.is_in(named[:, 0], m["text_selected"]), 1], minlength=CONCEPTS)
+  head = before > T
+  assert head.sum() == 4 and (abs(after[head] - T) < 0.25 * T).all(), (before, after)
+  np.testing.assert_array_equal(after[~head], before[~head])
+  # Pairs matching no entry are gone; the image side samples within MetaCLIP's selection.
+  assert store.is_in(m["text_selected"], keep).all() and store.is_in(m["text_selected"], named[:, 0]).all()
+  assert len(m["selected"]) == TARGET and store.is_in(m["selected"], m["text_selected"]).all()
+  stated = m["summary"]
+  assert stated["text_method"] == "metaclip" and stated["text_selected"] == len(m["text_selected"])
+  assert stated["text_entropy"]["selected"] > stated["text_entropy"]["kept"]
+  assert stated["image_entropy"]["selected"] > stated["image_entropy"]["kept"]
 
 
 @pytest.mark.slow
