@@ -239,7 +239,7 @@ RULES: dict[str, Check] = {
     "variant": optional(one_of("dinojax.models.vit:VARIANTS")),
     "centering": one_of(("softmax", "sinkhorn_knopp")),
     "pooling": one_of("dinojax.models.text:POOLINGS"),
-    "text.activation": one_of("dinojax.models.clip_text:ACTIVATIONS"),
+    "text.activation": one_of("dinojax.models.text:ACTIVATIONS"),
     "projection.act": one_of("dinojax.models.talk2dino:ACTIVATIONS"),
     "loss.kind": one_of("dinojax.losses.contrastive:LOSSES"),
     "tokenizer.kind": one_of(("clip", "sentencepiece")),
@@ -250,7 +250,7 @@ RULES: dict[str, Check] = {
     "search.method": one_of("dinojax.curation.search:METHODS"),
     "cluster.input": one_of("dinojax.curation.cluster:INPUTS"),
     "sample.strategy": one_of("dinojax.curation.sampling:STRATEGIES"),
-    "text_model.variant": one_of("dinojax.models.clip_text:VARIANTS"),
+    "text_model.variant": one_of("dinojax.models.text:CLIP_VARIANTS"),
     "pair_dedup": one_of("dinojax.curation.pairs:PAIR_DEDUP"),
     "text.method": one_of("dinojax.curation.pairs:TEXT_METHODS"),
     "text.t": positive,  # MetaCLIP's threshold: an entry's matches kept in expectation

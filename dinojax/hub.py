@@ -15,13 +15,12 @@ import numpy as np
 
 from dinojax import convert
 from dinojax.data import clip_tokenizer
-from dinojax.models import clip_text, depther
-from dinojax.models.classifier import LinearClassifier, head_from_state_dict
+from dinojax.models import depther
+from dinojax.models.classifier import LinearClassifier
 from dinojax.models.dinotxt import INIT_LOGIT_SCALE, DinoTxt, VisionHead
 from dinojax.models.segmenter import BNHead, LinearSegmenter
-from dinojax.models.segmenter import head_from_state_dict as segmenter_head_from_state_dict
 from dinojax.models.talk2dino import TextToPatchProjection
-from dinojax.models.text import TextTransformer
+from dinojax.models.text import CLIP_VARIANTS, TextTransformer
 from dinojax.models.vit import VARIANTS, ViT
 
 _ARCHS = {"vits14": "vit_small", "vitb14": "vit_base", "vitl14": "vit_large", "vitg14": "vit_giant2"}
@@ -74,7 +73,7 @@ def dinov2_classifier(name: str, checkpoint: str | os.PathLike | None = None,
     head_params = {"kernel": 0.01 * jax.random.normal(jax.random.key(seed + 1), (in_features, 1000)),
                    "bias": jnp.zeros(1000)}
   else:
-    head_params = head_from_state_dict(convert.load_state_dict(head), in_features)
+    head_params = convert.classifier_head_from_state_dict(convert.load_state_dict(head), in_features)
   model = LinearClassifier(backbone, blocks, avgpool, head_params["bias"].shape[0])
   return model, {"params": {"backbone": backbone_params["params"], "head": head_params}}
 
@@ -93,7 +92,8 @@ def dinov2_segmenter(name: str, checkpoint: str | os.PathLike | None = None,
     features = jnp.zeros((1, 1, 1, layers * backbone.embed_dim), jnp.float32)
     head_params = BNHead(num_classes).init(jax.random.key(seed + 1), features)["params"]
   else:
-    layers, head_params = segmenter_head_from_state_dict(convert.load_state_dict(head), backbone.embed_dim)
+    layers, head_params = convert.segmenter_head_from_state_dict(convert.load_state_dict(head),
+                                                                 backbone.embed_dim)
   model = LinearSegmenter(backbone, layers, head_params["conv_seg"]["bias"].shape[0])
   if model.layers > backbone.depth:
     raise ValueError(f"The head reads the last {model.layers} blocks; the backbone has {backbone.depth}.")
@@ -124,7 +124,7 @@ def dinov2_depther(name: str, checkpoint: str | os.PathLike | None = None,
     head_module = depther.new_head(head_type, depth_range=depth_range, layers=layers)
     head_params = depther.init_head(head_module, backbone.embed_dim, seed + 1)
   else:
-    head_module, head_params = depther.head_from_state_dict(
+    head_module, head_params = convert.depther_head_from_state_dict(
         convert.load_state_dict(head), embed_dim=backbone.embed_dim, head_type=head_type,
         depth_range=depth_range)
   blocks = depther.official_blocks(_ARCHS[key], backbone.depth, head_module.layers)
@@ -226,7 +226,7 @@ def talk2dino(backbone: str = "vitb14_reg", backbone_checkpoint: str | None = No
   if clip_checkpoint:
     text, text_params = convert.clip_text_from_state_dict(convert.load_state_dict(clip_checkpoint))
   else:
-    text = clip_text.CLIPTextEncoder(**{**clip_text.VARIANTS["ViT-B/16"], **(text_overrides or {})})
+    text = TextTransformer(**{**CLIP_VARIANTS["ViT-B/16"], **(text_overrides or {})})
     ids = jnp.zeros((1, text.context_length), jnp.int32)
     text_params = jax.jit(lambda k: nn.unbox(text.init(k, ids)))(key)
   if projection:

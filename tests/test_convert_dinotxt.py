@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinojax import convert, hub
+from dinojax.convert import dinotxt as dinotxt_convert
 from dinojax.models.dinotxt import VisionHead, backbone_tokens
 from dinojax.models.text import TextTransformer
 
@@ -260,8 +261,8 @@ def test_the_released_model_has_the_official_keys_and_shapes():
   with torch.device("meta"):
     official_head = OfficialVisionHead(1024, 16, 2, 2048)
     official_text = OfficialTextTower(49408, 77, 1280, 24, 20, 2048)
-  for ours, official in ((jax.eval_shape(convert._vision_head_tensors, head_params), official_head),
-                         (jax.eval_shape(convert._text_encoder_tensors, text_params), official_text)):
+  for ours, official in ((jax.eval_shape(dinotxt_convert._vision_head_tensors, head_params), official_head),
+                         (jax.eval_shape(dinotxt_convert._text_encoder_tensors, text_params), official_text)):
     official_shapes = {k: tuple(v.shape) for k, v in official.state_dict().items()}
     assert {k: v.shape for k, v in ours.items()} == official_shapes
   assert len(ours) == 2 + 2 + 24 * 11 + 1 and "linear_projection.weight" not in official_head.state_dict()

@@ -10,7 +10,7 @@ import pytest
 
 from dinojax import segment as seg
 from dinojax.models import talk2dino
-from dinojax.models.clip_text import CLIPTextEncoder
+from dinojax.models.text import CLIP, TextTransformer
 from dinojax.models.vit import ViT
 
 
@@ -56,7 +56,7 @@ WINDOWS = dict(short_side=56, window=56, stride=28)
 @pytest.fixture(scope="module")
 def models():
   vit = ViT(embed_dim=32, depth=2, num_heads=2, patch_size=14, img_size=56, num_register_tokens=4)
-  text = CLIPTextEncoder(width=32, depth=1, num_heads=2, embed_dim=16)
+  text = TextTransformer(**CLIP, width=32, depth=1, num_heads=2, embed_dim=16)
   proj = talk2dino.TextToPatchProjection(dino_dim=32)
   key = jax.random.key(0)
   return seg.Talk2DINOModels(

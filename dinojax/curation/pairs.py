@@ -38,7 +38,7 @@ from tqdm import tqdm
 from dinojax import convert, parallel
 from dinojax.curation import cluster, dedup, embed, metaclip, sampling, store
 from dinojax.data import captions, clip_tokenizer
-from dinojax.models.clip_text import VARIANTS, CLIPTextEncoder
+from dinojax.models.text import CLIP_VARIANTS, TextTransformer
 from dinojax.ops.numerics import l2_normalize
 
 SIDES = ("image", "text")
@@ -75,7 +75,7 @@ def pair_source(config):
 # ---------------------------------------------------------------------------------------------------
 # Caption embeddings
 # ---------------------------------------------------------------------------------------------------
-def build_text_tower(config) -> tuple[CLIPTextEncoder, dict]:
+def build_text_tower(config) -> tuple[TextTransformer, dict]:
   """(model, params): CLIP text weights if `config.text_model.checkpoint`, else `variant` (with
   `overrides`) with random weights, announced: such embeddings only exercise the pipeline."""
   t = config.text_model
@@ -83,7 +83,7 @@ def build_text_tower(config) -> tuple[CLIPTextEncoder, dict]:
     return convert.clip_text_from_state_dict(convert.load_state_dict(t.checkpoint))
   logging.warning("No config.text_model.checkpoint: caption embeddings come from a randomly "
                   "initialised %s text tower; similarities between them say little.", t.variant)
-  model = CLIPTextEncoder(**{**VARIANTS[t.variant], **dict(t.overrides)})
+  model = TextTransformer(**{**CLIP_VARIANTS[t.variant], **dict(t.overrides)})
   init = lambda key: nn.unbox(model.init(key, jnp.zeros((1, model.context_length), jnp.int32)))  # noqa: E731
   return model, jax.jit(init)(jax.random.key(config.seed))
 

@@ -325,5 +325,5 @@ def write_head(workdir: str, head: dict) -> None:
   state dict, the layout of the released heads (`hub.dinov2_classifier(..., head=...)` with the
   blocks and avgpool of its name loads it)."""
   if jax.process_index() == 0:
-    convert.save_state_dict(classifier.head_to_state_dict(jax.device_get(head)),
+    convert.save_state_dict(convert.classifier_head_to_state_dict(jax.device_get(head)),
                             os.path.join(workdir, "best_linear_head.safetensors"))

@@ -8,7 +8,6 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dinojax.models.vit import ViT
 
@@ -36,24 +35,3 @@ class LinearClassifier(nn.Module):
   def __call__(self, images: jax.Array) -> jax.Array:
     outputs = self.backbone.get_intermediate_layers(images, self.blocks, return_class_token=True)
     return nn.Dense(self.num_classes, name="head")(linear_input(outputs, self.blocks, self.avgpool))
-
-
-def head_from_state_dict(sd: dict, in_features: int) -> dict:
-  """{"kernel", "bias"} from a PyTorch `nn.Linear` state dict (`weight` (classes, in), `bias`), as the
-  released `*_linear{,4}_head.pth` files hold it; the input width must be `in_features`."""
-  missing = [k for k in ("weight", "bias") if k not in sd]
-  if missing:
-    raise KeyError(f"A linear head needs 'weight' and 'bias'; the state dict lacks {missing} "
-                   f"(it has {sorted(sd)[:5]}).")
-  weight = np.asarray(sd["weight"], np.float32)
-  if weight.ndim != 2 or weight.shape[1] != in_features:
-    raise ValueError(f"The head's weight is {tuple(weight.shape)}; this backbone and head input need "
-                     f"(classes, {in_features}). Is it the head of another backbone, or of the other "
-                     "number of blocks?")
-  return {"kernel": weight.T, "bias": np.asarray(sd["bias"], np.float32)}
-
-
-def head_to_state_dict(head: dict) -> dict:
-  """The inverse of `head_from_state_dict`: `nn.Linear`'s `weight` and `bias`."""
-  return {"weight": np.asarray(head["kernel"], np.float32).T.copy(),
-          "bias": np.asarray(head["bias"], np.float32)}

@@ -9,7 +9,6 @@ import math
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dinojax.models.vit import ViT
 
@@ -53,27 +52,3 @@ class LinearSegmenter(nn.Module):
     outputs = self.backbone.get_intermediate_layers(center_padding(images, self.backbone.patch_size),
                                                     self.layers, reshape=True)
     return BNHead(self.num_classes, name="head")(jnp.concatenate(outputs, axis=-1).astype(jnp.float32))
-
-
-def head_from_state_dict(state_dict: dict, embed_dim: int) -> tuple[int, dict]:
-  """(layers, head params) from a released head file: mmcv's checkpoint of mmseg's `EncoderDecoder`
-  (`decode_head.bn.*`, `decode_head.conv_seg.*`; the prefix optional). The number of blocks it reads
-  is its input channels over the backbone's width."""
-  state_dict = {k.removeprefix("decode_head."): v for k, v in state_dict.items()}
-  required = ("bn.weight", "bn.bias", "bn.running_mean", "bn.running_var", "conv_seg.weight",
-              "conv_seg.bias")
-  missing = [k for k in required if k not in state_dict]
-  if missing:
-    raise KeyError(f"The segmentation head checkpoint lacks {missing}; it has {sorted(state_dict)[:8]}.")
-  kernel = np.asarray(state_dict["conv_seg.weight"], np.float32)
-  if kernel.ndim == 4:  # (classes, channels, 1, 1)
-    kernel = kernel[:, :, 0, 0]
-  channels = kernel.shape[1]
-  if channels % embed_dim or np.shape(state_dict["bn.weight"]) != (channels,):
-    raise ValueError(f"The head reads {channels} channels (batch norm: {np.shape(state_dict['bn.weight'])}), "
-                     f"not a whole number of this backbone's {embed_dim}-wide blocks.")
-  f32 = lambda k: np.asarray(state_dict[k], np.float32)
-  head = {"scale": f32("bn.weight"), "bias": f32("bn.bias"), "mean": f32("bn.running_mean"),
-          "var": f32("bn.running_var"),
-          "conv_seg": {"kernel": kernel.T, "bias": f32("conv_seg.bias")}}
-  return channels // embed_dim, head

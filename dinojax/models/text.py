@@ -1,9 +1,16 @@
-"""dino.txt's text tower (Jose et al., "DINOv2 Meets Text", 2025, §3): a causal transformer trained from
-scratch, pooled at the end-of-text token (or averaged over the caption's tokens), linearly projected
-into the joint space. The blocks are CLIP's (`clip_text.TextBlock`) with the exact GELU.
+"""Causal text transformers: CLIP's text tower (Radford et al., 2021), the text side of Talk2DINO, and
+dino.txt's (Jose et al., "DINOv2 Meets Text", 2025, §3), trained from scratch. Both embed tokens and
+positions, run causal pre-LN blocks, take a final LayerNorm, pool one vector per caption and project it
+linearly (no bias) into the joint space; they differ only in options:
 
-Captions are right-padded with `pad_id`. Attention is causal, so a real token never sees the padding
-after it; pooling reads real tokens only; hence the embedding does not depend on the padded length.
+- `activation`: CLIP's QuickGELU or dino.txt's exact GELU;
+- `qkv_bias`: CLIP's biased q, k, v projections or dino.txt's bias-free ones;
+- `pooling`: CLIP's "argmax" (the row's highest id, its end-of-text token) or dino.txt's "eot" (the
+  first `eot_id`), "last" or "mean" (over non-padding tokens);
+- `embed_dim`: None keeps the pooled width (no projection).
+
+Captions are right-padded. Attention is causal, so a real token never sees the padding after it, and
+pooling reads real tokens only: the embedding does not depend on the padded length.
 """
 
 from typing import Any
@@ -12,21 +19,65 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dinojax.models.clip_text import LAYER_NORM_EPS, TextBlock
-from dinojax.models.vit import layer_norm, with_axes
+from dinojax.models.vit import Linear, layer_norm, with_axes
+from dinojax.ops import attention as attention_ops
+from dinojax.ops.numerics import gelu
 
-POOLINGS = ("eot", "last", "mean")
+LAYER_NORM_EPS = 1e-5
+POOLINGS = ("argmax", "eot", "last", "mean")
+
+# OpenAI CLIP's text towers: its BPE vocabulary (end-of-text is the last id), 77 positions.
+CLIP = dict(vocab_size=49408, context_length=77, pooling="argmax", activation="quick_gelu", qkv_bias=True)
+CLIP_VARIANTS = {"ViT-B/16": dict(CLIP, width=512, depth=12, num_heads=8, embed_dim=512),
+                 "ViT-L/14": dict(CLIP, width=768, depth=12, num_heads=12, embed_dim=768)}
+
+
+def quick_gelu(x):
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"quick_gelu": quick_gelu, "gelu": gelu}
+
+
+def _layer_norm(name, dtype):
+  return layer_norm(name, dtype, eps=LAYER_NORM_EPS)
+
+
+class TextBlock(nn.Module):
+  """Causal pre-LN block: attention, then a 4×-wide MLP with `activation`."""
+  num_heads: int
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+  activation: str = "gelu"
+  qkv_bias: bool = False
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    width = x.shape[-1]
+    head_dim = width // self.num_heads
+    y = _layer_norm("layer_norm1", self.dtype)(x)
+    q, k, v = (Linear((self.num_heads, head_dim), ("embed",), ("heads", "kv"), use_bias=self.qkv_bias,
+                      dtype=self.dtype, name=f"{n}_proj")(y) for n in "qkv")
+    y = attention_ops.dot_product_attention(q, k, v, attention=self.attention, causal=True)
+    x = x + Linear((width,), ("heads", "kv"), ("embed",), dtype=self.dtype, name="out_proj")(y)
+    y = _layer_norm("layer_norm2", self.dtype)(x)
+    y = ACTIVATIONS[self.activation](Linear((4 * width,), ("embed",), ("mlp",), dtype=self.dtype,
+                                            name="fc1")(y))
+    return x + Linear((width,), ("mlp",), ("embed",), dtype=self.dtype, name="fc2")(y)
 
 
 def pool_tokens(x: jax.Array, token_ids: jax.Array, pooling: str, eot_id: int, pad_id: int) -> jax.Array:
   """(B, T, D) hidden states -> (B, D).
 
-  "eot": the first end-of-text token (CLIP's `argmax` pooling when EOT is the largest id, as in the
-  released dino.txt text encoder); "last": the last non-padding token; "mean": the average over
-  non-padding tokens.
+  "argmax": the token with the row's highest id (CLIP's; its end-of-text is the last vocabulary
+  entry); "eot": the first `eot_id` token (the same when EOT is the largest id, as in the released
+  dino.txt text encoder); "last": the last non-padding token; "mean": the average over non-padding
+  tokens.
   """
   real = token_ids != pad_id
   rows = jnp.arange(x.shape[0])
+  if pooling == "argmax":
+    return x[rows, jnp.argmax(token_ids, axis=-1)]
   if pooling == "eot":
     return x[rows, jnp.argmax(token_ids == eot_id, axis=-1)]
   if pooling == "last":
@@ -39,11 +90,11 @@ def pool_tokens(x: jax.Array, token_ids: jax.Array, pooling: str, eot_id: int, p
 
 
 class TextTransformer(nn.Module):
-  """Token ids (B, T ≤ context_length) -> {"last_hidden_state", "pooled", "text_embeds"}.
+  """Token ids (B, T ≤ context_length) -> {"last_hidden_state", "pooled" (fp32), "text_embeds"}.
 
-  `embed_dim` None keeps the pooled width (no projection); the released dino.txt tower projects its
-  1280-d output to the 2048-d joint space with a bias-free linear layer. Its attention has no q/k/v
-  bias (`qkv_bias=False`, the default; CLIP's has one).
+  The defaults are dino.txt's tower (the released one projects its 1280-d output to the 2048-d joint
+  space); `CLIP_VARIANTS` hold CLIP's. Params: `token_embedding`, `position_embedding`, `blocks_<i>`,
+  `ln_final` and, with `embed_dim`, `projection` (width, embed_dim).
   """
   vocab_size: int
   context_length: int = 77
@@ -76,7 +127,7 @@ class TextTransformer(nn.Module):
     for i in range(self.depth):
       x = TextBlock(self.num_heads, attention=self.attention, dtype=self.dtype, activation=self.activation,
                     qkv_bias=self.qkv_bias, name=f"blocks_{i}")(x)
-    x = layer_norm("ln_final", self.dtype, eps=LAYER_NORM_EPS)(x)
+    x = _layer_norm("ln_final", self.dtype)(x)
     pooled = pool_tokens(x, token_ids, self.pooling, self.eot_id, self.pad_id).astype(jnp.float32)
     embeds = pooled
     if self.embed_dim is not None:

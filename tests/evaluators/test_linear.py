@@ -15,7 +15,6 @@ import torch
 import jobs
 from dinojax import backbones, checkpoint, config_args, convert, loop, parallel
 from dinojax.evaluators import linear
-from dinojax.models import classifier
 
 CONFIG = f"{jobs.REPO / 'configs/linear_eval.py'}:tiny"
 LRS = config_args.load_config(CONFIG).linear.learning_rates
@@ -196,8 +195,8 @@ def test_tiny_run_trains_the_grid_and_reports_the_best_classifier(straight_run):
   # The best classifier, written as a PyTorch nn.Linear (the released heads' layout).
   probe, i = linear.classifier_grid(linear.make_probes((1, 4), (False, True)),
                                     linear.scaled_learning_rates(LRS, 64))[best["name"]]
-  head = classifier.head_from_state_dict(convert.load_state_dict(straight_run / "best_linear_head.safetensors"),
-                                         (probe.blocks + probe.avgpool) * 96)
+  head = convert.classifier_head_from_state_dict(
+      convert.load_state_dict(straight_run / "best_linear_head.safetensors"), (probe.blocks + probe.avgpool) * 96)
   np.testing.assert_array_equal(head["kernel"], state["params"][probe.name]["kernel"][i])
   np.testing.assert_array_equal(head["bias"], state["params"][probe.name]["bias"][i])
 

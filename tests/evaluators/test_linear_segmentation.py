@@ -17,7 +17,7 @@ import jobs
 from dinojax import config_args, convert, hub
 from dinojax.data import segmentation as seg_data
 from dinojax.evaluators import linear_segmentation, open_vocab
-from dinojax.models.segmenter import LinearSegmenter, head_from_state_dict
+from dinojax.models.segmenter import LinearSegmenter
 
 CONFIG = jobs.REPO / "configs/linear_segmentation_eval.py"
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
@@ -53,7 +53,7 @@ def test_window_logits_match_the_official_composition(tmp_path, layers):
     reference = F.interpolate(logits, (40, 50), mode="bilinear", align_corners=False).numpy()
 
   backbone, params = convert.from_state_dict({k: v.numpy() for k, v in hf.state_dict().items()}, num_heads=2)
-  found, head = head_from_state_dict(convert.load_state_dict(tmp_path / "head.pth"), 32)
+  found, head = convert.segmenter_head_from_state_dict(convert.load_state_dict(tmp_path / "head.pth"), 32)
   assert found == layers
   model = LinearSegmenter(backbone, layers, num_classes=5)
   scorer = linear_segmentation.window_scorer(model, {"params": {"backbone": params["params"], "head": head}})

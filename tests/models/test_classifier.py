@@ -9,7 +9,7 @@ import torch
 from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 from dinojax import convert, hub
-from dinojax.models.classifier import LinearClassifier, head_from_state_dict
+from dinojax.models.classifier import LinearClassifier
 
 
 def _hf_backbone():
@@ -59,7 +59,7 @@ def test_hub_classifier_loads_a_released_head_file(tmp_path):
   # A 4-block head where a 1-block one (2 × 384 inputs) belongs; a file without the bias.
   released = convert.load_state_dict(tmp_path / "dinov2_vits14_reg4_linear4_head.pth")
   with pytest.raises(ValueError, match=r"\(1000, 1920\); this backbone and head input need \(classes, 768\)"):
-    head_from_state_dict(released, 2 * 384)
+    convert.classifier_head_from_state_dict(released, 2 * 384)
   torch.save({"weight": head.weight}, tmp_path / "no_bias.pth")  # a live parameter, as saved by hand
   with pytest.raises(KeyError, match="lacks \\['bias'\\]"):
-    head_from_state_dict(convert.load_state_dict(tmp_path / "no_bias.pth"), 1920)
+    convert.classifier_head_from_state_dict(convert.load_state_dict(tmp_path / "no_bias.pth"), 1920)

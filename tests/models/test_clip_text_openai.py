@@ -1,5 +1,6 @@
 """OpenAI-naming CLIP checkpoints (the `clip` package's state dict) convert to the same text tower as
-the Hugging Face naming of the same random weights, and match `transformers`."""
+the Hugging Face naming of the same random weights, match `transformers`, and export back to the
+Hugging Face state dict exactly."""
 
 import jax
 import numpy as np
@@ -68,3 +69,13 @@ def test_openai_naming_errors_name_the_key():
   openai = {**_openai_naming(hf), "transformer.resblocks.0.attn.extra.weight": np.zeros(3)}
   with pytest.raises(ValueError, match="attn.extra.weight"):
     convert.clip_text_from_state_dict(openai, num_heads=2)
+
+
+def test_export_gives_back_the_huggingface_state_dict():
+  hf_model, hf = _hf_state_dict()
+  _, params = convert.clip_text_from_state_dict(_openai_naming(hf), num_heads=2)
+  exported = convert.clip_text_to_state_dict(params)
+  assert exported.keys() == hf.keys()
+  for key, value in hf.items():
+    np.testing.assert_array_equal(exported[key], value, err_msg=key)
+  hf_model.load_state_dict({k: torch.from_numpy(v) for k, v in exported.items()}, strict=True)

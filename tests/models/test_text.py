@@ -1,4 +1,5 @@
-"""dino.txt's text tower: padding never changes the embedding, pooling reads the right tokens."""
+"""The text transformer with dino.txt's options (CLIP's are checked against `transformers` in
+test_clip_text.py): padding never changes the embedding, pooling reads the right tokens."""
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,7 @@ def test_pooling_reads_the_expected_tokens():
   np.testing.assert_array_equal(pool_tokens(x, ids, "eot", EOS, PAD)[:, 0], [4, 8])
   np.testing.assert_array_equal(pool_tokens(x, ids, "last", EOS, PAD)[:, 0], [4, 8])
   np.testing.assert_allclose(pool_tokens(x, ids, "mean", EOS, PAD)[:, 0], [2, 7])
+  np.testing.assert_array_equal(pool_tokens(x, ids, "argmax", EOS, PAD)[:, 0], [3, 7])  # ids 9 and 11
 
 
 @pytest.mark.slow
