@@ -7,7 +7,8 @@ numbers in `dinojax.config_defaults.curation()`. Point the collections at your d
       --config.data.evaluation=list:/data/benchmark_images.txt \
       --process_index=$i --process_count=$N
 
-then `dedup`, `retrieve`, `cluster`, `sample` the same way (docs/curation.md). The first level is
+then `dedup`, `retrieve`, `cluster`, `sample` the same way (docs/curation.md), `cluster` with
+`--coordinator=HOST0:PORT` as well, so that its level-1 k-means spans every host. The first level is
 the official's: 100k k-means clusters over the whole pool, each split 100 ways (10M). A dry run
 prints the memory and FLOPs per host of the `cluster` step for `config.plan` (the official ran its
 level 1 on 16 nodes of 8 GPUs; the pool is the papers' 1.2B images, ViT-g/14 embeddings):

@@ -191,8 +191,9 @@ RULES: dict[str, Check] = {
         "iterations", "sinkhorn_iterations", "knn_k", "shard_size", "dedup.k", "retrieve.k",
         "clusters", "samples_per_query", "kmeans_batch_size", "kmeans_epochs", "target_size",
         "num_leaves_to_search", "training_sample_size", "text_size", "dims_per_block", "shards_per_block",
-        "checkpoint_period", "pool_size", "dim", "hosts", "devices_per_host"),
+        "checkpoint_period", "split_part_clusters", "pool_size", "dim", "hosts", "devices_per_host"),
         positive),
+    "barrier_timeout": above_zero,  # seconds
     **dict.fromkeys((
         "seed", "total_steps", "local_number", "num_register_tokens", "mask_group", "max_images",
         "workdir_step", "teacher.step", "resize_size", "warmup_epochs", "warmup_steps",

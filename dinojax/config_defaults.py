@@ -154,10 +154,13 @@ def curation() -> ml_collections.ConfigDict:
   # Vo et al. (configs/4levels_web_based_images.yaml): 10M, 500k, 50k, 10k clusters, the first level
   # reached as 100k clusters split 100 ways; `resampling_steps` counts the first k-means (1: no
   # resampling), then 10 steps with 10, 5, 3 points per cluster; 50 iterations per k-means. The
-  # level-1 k-means saves its state every `checkpoint_period` seeds and every iteration.
+  # level-1 k-means saves its state every `checkpoint_period` seeds and every iteration, its split
+  # every `split_part_clusters` clusters. A process waiting on others' files gives up after
+  # `barrier_timeout` seconds (ours; raise it where `curate plan` shows a longer level 1 or 2).
   c.cluster = ml_collections.ConfigDict(dict(
       input="dedup", n_clusters=[100_000, 500_000, 50_000, 10_000], n_splits=[100, 1, 1, 1],
-      resampling_steps=[1, 10, 10, 10], sample_sizes=[1, 10, 5, 3], iterations=50, checkpoint_period=10_000))
+      resampling_steps=[1, 10, 10, 10], sample_sizes=[1, 10, 5, 3], iterations=50, checkpoint_period=10_000,
+      split_part_clusters=100, barrier_timeout=86_400.0))
 
   # Balanced hierarchical sampling; random within level-1 clusters, the official default ("c" in its
   # web config is the resampling strategy of its k-means, not this one).

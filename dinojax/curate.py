@@ -11,9 +11,10 @@ Image–caption pairs for dino.txt (`dinojax/curation/pairs.py`): the steps embe
 sample with `--config configs/curate_dinotxt_tiny.py` (or `curate_dinotxt.py`).
 
 Each step reads the previous steps' files from DIR. On many hosts, start process i of P with
-`--process_index=i --process_count=P` (no coordinator needed: processes share only the workdir);
-see docs/curation.md. `python -m dinojax.main --config configs/curate_tiny.py --workdir DIR` runs
-all steps in one go.
+`--process_index=i --process_count=P` (processes share only the workdir); add
+`--coordinator=HOST:PORT` (process 0's) to the `cluster` step to join them into one JAX job, whose
+level-1 k-means then spreads the pool over all their devices; see docs/curation.md.
+`python -m dinojax.main --config configs/curate_tiny.py --workdir DIR` runs all steps in one go.
 """
 
 import sys
@@ -21,7 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dinojax import config_check
+from dinojax import config_check, parallel
 from dinojax.curation import cluster, pairs, pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a curation config file.",
@@ -29,6 +30,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Path to a curation co
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory the steps read and write.")
 _PROCESS_INDEX = flags.DEFINE_integer("process_index", 0, "This process's index (0..process_count-1).")
 _PROCESS_COUNT = flags.DEFINE_integer("process_count", 1, "Processes sharing the work.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator", None, "host:port of process 0: joins the processes into one JAX job (jax.distributed), "
+    "so the level-1 k-means shards the pool over all of them.")
 
 STEPS = {"curate": pipeline.STEPS, "curate_pairs": pairs.STEPS}  # by config.job
 
@@ -51,9 +55,11 @@ def main(argv):
   if problems:
     config_check.exit_with(problems)
   logging.info("Config:\n%s", _CONFIG.value)
+  if _COORDINATOR.value and _PROCESS_COUNT.value > 1:
+    parallel.join_processes(_COORDINATOR.value, _PROCESS_COUNT.value, _PROCESS_INDEX.value)
   try:
     result = known[steps[0]](_CONFIG.value, _WORKDIR.value, _PROCESS_INDEX.value, _PROCESS_COUNT.value)
-  except (FileNotFoundError, ValueError, ImportError) as e:  # missing inputs, settings, extras: say what
+  except (FileNotFoundError, TimeoutError, ValueError, ImportError) as e:  # missing inputs or parts, settings, extras
     sys.exit(f"curate {steps[0]}: {e}")
   print(f"{steps[0]}: {result}")
 

@@ -13,7 +13,7 @@ import os
 import jax
 from absl import app, flags, logging
 
-from dinojax import config_check
+from dinojax import config_check, parallel
 
 # Job name -> module with `run(config, workdir)`.
 JOBS = {
@@ -44,9 +44,7 @@ def init_distributed() -> None:
   """Joins the other processes of a multi-host run, from flags or (with --distributed) the
   environment; CPU runs exchange data over gloo."""
   if _NUM_PROCESSES.value > 1:
-    # Only the CPU backend reads this (it must be set before any backend starts).
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    parallel.join_processes(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
 

@@ -37,6 +37,14 @@ DEFAULT_RULES: Rules = (
 )
 
 
+def join_processes(coordinator: str | None, num_processes: int, process_id: int) -> None:
+  """Joins the other processes of a multi-process JAX job (`coordinator` is process 0's host:port);
+  on CPU they exchange data over gloo, which only the CPU backend reads and must be chosen before
+  any backend starts."""
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator, num_processes, process_id)
+
+
 def mesh_shape(axes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
   """Resolves sizes (at most one -1 meaning "the rest") against the device count."""
   unknown = [a for a in axes if a not in MESH_AXES]

@@ -7,6 +7,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -44,6 +45,51 @@ def cpu_env(devices: int = 8) -> dict:
   """This process's environment, with `devices` fake CPU devices."""
   return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
           "JAX_PLATFORMS": "cpu"}
+
+
+def free_port() -> int:
+  """A free TCP port on this machine, for a multi-process run's coordinator."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def start_processes(commands: list[list[str]], workdir, devices: int) -> list[subprocess.Popen]:
+  """The processes of a multi-process run, each with `devices` fake CPU devices and its stderr in
+  `workdir`/stderr_<i>.txt (`process_errors`): a pipe that nobody reads while the test waits on
+  another process fills up and stalls its writer."""
+  os.makedirs(workdir, exist_ok=True)
+  processes = []
+  for i, command in enumerate(commands):
+    with open(os.path.join(workdir, f"stderr_{i}.txt"), "a") as stderr:
+      processes.append(subprocess.Popen(command, cwd=REPO, env=cpu_env(devices), stdout=subprocess.DEVNULL,
+                                        stderr=stderr))
+  return processes
+
+
+def wait_processes(processes: list[subprocess.Popen], workdir, timeout: float = 600) -> None:
+  """Waits for `start_processes`'s processes to succeed; one still running after `timeout` seconds
+  is killed (a pair can wait for each other forever), and a failure shows their errors."""
+  deadline = time.time() + timeout
+  try:
+    for p in processes:
+      p.wait(timeout=max(deadline - time.time(), 0))
+  except subprocess.TimeoutExpired:
+    for p in processes:
+      p.kill()
+      p.wait()
+  assert [p.returncode for p in processes] == [0] * len(processes), process_errors(workdir, len(processes))
+
+
+def process_errors(workdir, processes: int = 2) -> str:
+  """The stderr files of `start_processes`: each process's first error (often the cause, the
+  others' failures a consequence) and its end."""
+  out = []
+  for i in range(processes):
+    text = open(os.path.join(workdir, f"stderr_{i}.txt")).read()
+    first = next((line for line in text.splitlines() if "Error" in line), "")
+    out.append(f"process {i}: first error: {first[:1000]}\n...{text[-2000:]}")
+  return "\n".join(out)
 
 
 def main_command(config: str, workdir, *overrides: str) -> list[str]:

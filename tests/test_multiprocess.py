@@ -5,8 +5,6 @@ process with 8 devices, through a kill -9 of both processes and a resume; and ev
 import json
 import os
 import signal
-import socket
-import subprocess
 import time
 
 import jax
@@ -24,42 +22,12 @@ OVERRIDES = ["--config.model.depth=2", "--config.batch_size=16", "--config.ibot.
              "--config.checkpoint.every=3", "--config.log_every=1", "--config.data.threads=1"]
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def _start_pair(workdir, *extra, config=CONFIG, overrides=OVERRIDES):
-  """The two processes of a run; each one's stderr goes to a file (`_errors`): a pipe that nobody
-  reads while the test waits on the other process fills up and stalls its writer."""
-  port = _free_port()
-  os.makedirs(workdir, exist_ok=True)
-  pair = []
-  for i in range(2):
-    with open(os.path.join(workdir, f"stderr_{i}.txt"), "a") as stderr:
-      pair.append(subprocess.Popen(
-          jobs.main_command(config, workdir, *overrides, *extra, f"--coordinator=127.0.0.1:{port}",
-                            "--num_processes=2", f"--process_id={i}"),
-          cwd=jobs.REPO, env=jobs.cpu_env(4), stdout=subprocess.DEVNULL, stderr=stderr))
-  return pair
-
-
-def _errors(workdir) -> str:
-  """Both processes' stderr: each one's first error (often the cause, the other's failure a
-  consequence) and its end."""
-  out = []
-  for i in range(2):
-    text = open(os.path.join(workdir, f"stderr_{i}.txt")).read()
-    first = next((line for line in text.splitlines() if "Error" in line), "")
-    out.append(f"process {i}: first error: {first[:1000]}\n...{text[-2000:]}")
-  return "\n".join(out)
-
-
-def _wait(pair, workdir):
-  for p in pair:
-    p.wait(timeout=600)
-  assert [p.returncode for p in pair] == [0, 0], _errors(workdir)
+  """The two processes of a run (`jobs.start_processes`)."""
+  coordinator = f"--coordinator=127.0.0.1:{jobs.free_port()}"
+  commands = [jobs.main_command(config, workdir, *overrides, *extra, coordinator, "--num_processes=2",
+                                f"--process_id={i}") for i in range(2)]
+  return jobs.start_processes(commands, workdir, devices=4)
 
 
 def _final_params(workdir):
@@ -82,13 +50,13 @@ def test_two_processes_on_a_hybrid_mesh_with_kill_and_resume_equal_one_process(t
   pair = _start_pair(tmp_path / "two", *hybrid)
   deadline = time.time() + 600
   while not (tmp_path / "two/checkpoints/3").exists() and time.time() < deadline:
-    assert all(p.poll() is None for p in pair), _errors(tmp_path / "two")
+    assert all(p.poll() is None for p in pair), jobs.process_errors(tmp_path / "two")
     time.sleep(0.05)
   for p in pair:
     p.send_signal(signal.SIGKILL)
     p.wait()
 
-  _wait(_start_pair(tmp_path / "two", *hybrid), tmp_path / "two")
+  jobs.wait_processes(_start_pair(tmp_path / "two", *hybrid), tmp_path / "two")
 
   (step_one, one), (step_two, two) = _final_params(tmp_path / "one"), _final_params(tmp_path / "two")
   assert step_one == step_two == 6
@@ -110,7 +78,8 @@ SHORT_SWEEP = ["--config.log_regression.c_powers=(-2, 2, 3)", "--config.log_regr
 
 def test_log_regression_on_two_processes_equals_one_process(tmp_path):
   jobs.run_main(LOG_REGRESSION, tmp_path / "one", *SHORT_SWEEP)
-  _wait(_start_pair(tmp_path / "two", config=LOG_REGRESSION, overrides=SHORT_SWEEP), tmp_path / "two")
+  pair = _start_pair(tmp_path / "two", config=LOG_REGRESSION, overrides=SHORT_SWEEP)
+  jobs.wait_processes(pair, tmp_path / "two")
   one, two = (json.loads((tmp_path / run / "results_eval_log_regression.json").read_text())
               for run in ("one", "two"))
   assert two["train_images"] == one["train_images"] and two["test_images"] == one["test_images"] == 360

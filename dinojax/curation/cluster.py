@@ -3,15 +3,18 @@
 Level 1 clusters the pool's embeddings with the official k-means (`lloyd.py`): one collective job
 whose rows are sharded over every device of every JAX process, resumable per iteration. With
 `n_splits[0] > 1` each level-1 cluster is then split further by k-means of its own points (the
-official reaches its 10M first-level clusters as 100k clusters split 100 ways); process p splits the
-clusters c with c mod P = p. Every process assigns its own shards to the level-1 centroids. Levels
-2.. cluster the previous level's centroids in memory, with resampling (`kmeans.py`). The `sample`
-step reads the resulting hierarchy.
+official reaches its 10M first-level clusters as 100k clusters split 100 ways), in parts of
+`split_part_clusters` consecutive clusters: part j is process j mod P's and is saved as it finishes.
+Every process assigns its own shards to the level-1 centroids. Levels 2.. cluster the previous
+level's centroids in memory, with resampling (`kmeans.py`). The `sample` step reads the resulting
+hierarchy.
 
-Processes share only the workdir, so a file is the barrier between them: process 0 fits level 1
-while the others wait for its centroids; with splits, every process waits for all assignments
-before splitting its clusters, process 0 merges the parts and runs the upper levels, and the others
-wait for its summary, so one invocation of every process completes the step.
+Processes share the workdir, and a file is the barrier between them: without a JAX job joining them
+(`python -m dinojax.curate --coordinator`), process 0 fits level 1 while the others wait for its
+centroids; with splits, every process waits for all assignments before splitting its parts,
+process 0 merges the parts and runs the upper levels, and the others wait for its summary, so one
+invocation of every process completes the step. A process that waits longer than
+`cluster.barrier_timeout` seconds stops with an error naming the files and processes it waits for.
 
 Input (`config.cluster.input`): `dedup` (the deduplicated pool, as in Vo et al.) or `retrieve`
 (the DINOv2 retrieval result).
@@ -68,21 +71,48 @@ def _paths(workdir: str):
   return out, os.path.join(out, "parts"), os.path.join(out, "level1_centroids.npy")
 
 
-def _wait_for(paths: list[str], what: str) -> None:
-  """Blocks until every path exists (another process writes it), logging what it waits for."""
-  while missing := store.missing_parts(paths):
+def _wait_for(parts: dict[str, int], what: str, timeout: float) -> None:
+  """Blocks until every file of `parts` (path: the process that writes it) exists, logging what it
+  waits for; after `timeout` seconds, a TimeoutError names the files still missing and their
+  processes (one that crashed or was never started)."""
+  deadline = time.monotonic() + timeout
+  while missing := store.missing_parts(list(parts)):
+    if time.monotonic() > deadline:
+      shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+      raise TimeoutError(
+          f"Waited {timeout:g} s for {what}: {len(missing)} file(s) missing ({shown}), written by process(es) "
+          f"{sorted({parts[p] for p in missing})}. Run those with the same --process_count, then rerun this one "
+          "(it resumes); cluster.barrier_timeout sets the wait.")
     logging.log_every_n_seconds(logging.INFO, "cluster: waiting for %s (%d files missing, %s ...).", 60,
                                 what, len(missing), missing[0])
     time.sleep(POLL_SECONDS)
 
 
+def _assignment_parts(parts_dir: str, num_shards: int) -> list[str]:
+  return [os.path.join(parts_dir, f"assign-{s:05d}.npz") for s in range(num_shards)]
+
+
+def _split_parts(parts_dir: str, c) -> list[str]:
+  """Part j of the split holds level-1 clusters j·S .. (j+1)·S − 1 (S = `split_part_clusters`); its
+  name says which, so a part saved with another S is never taken for one of these."""
+  k, size = c.n_clusters[0], c.split_part_clusters
+  return [os.path.join(parts_dir, f"split-{start:09d}-{min(start + size, k):09d}.npz")
+          for start in range(0, k, size)]
+
+
+def _owners(parts: list[str], process_count: int) -> dict[str, int]:
+  """Each part and the process that writes it: part i is process i mod P's (`store.owned`)."""
+  return {p: i % process_count for i, p in enumerate(parts)}
+
+
 def level1_centroids(config, pool: store.EmbeddingShards, ids: np.ndarray, state_dir: str) -> np.ndarray:
-  """The official k-means of the pool: JAX process i holds the shards i, i+P, ... (P JAX processes),
-  sharded over its devices of the config's mesh; then the level's resampling steps, which need the
-  whole pool in one process."""
+  """The official k-means of the pool: JAX process i holds the i-th run of consecutive shards,
+  sharded over its devices of the config's mesh, so the rows keep the pool's order and a seed draws
+  the same rows on any number of processes; then the level's resampling steps, which need the whole
+  pool in one process."""
   c = config.cluster
   k = c.n_clusters[0]
-  shards = store.owned(pool.num_shards, jax.process_index(), jax.process_count())
+  shards = store.owned_run(pool.num_shards, jax.process_index(), jax.process_count())
   _, local = pool.load_many(shards, ids)
   rows = lloyd.shard_rows(local, parallel.make_mesh(config.mesh), lloyd.chunk_rows(k))
   logging.info("cluster: k-means with %d clusters over %d images, %d devices.", k, rows.num_rows,
@@ -99,24 +129,25 @@ def level1_centroids(config, pool: store.EmbeddingShards, ids: np.ndarray, state
 
 
 def map_phase(config, workdir: str, process_index: int, process_count: int) -> None:
-  """Level-1 centroids (fitted by process 0, with every JAX process of its job; the others wait for
-  them), then this process's shards' assignments to them."""
+  """Level-1 centroids (fitted by every process of a JAX job joining them, else by process 0 while
+  the others wait for them), then this process's shards' assignments to them."""
   c = config.cluster
   check_levels(c)
   pool = store.EmbeddingShards(embed.collection_dir(workdir, "pool")).check_complete("cluster")
   ids = input_ids(config, workdir)
   out_dir, parts_dir, centroids_path = _paths(workdir)
   os.makedirs(parts_dir, exist_ok=True)
-  if process_index > 0:
-    _wait_for([centroids_path], "the level-1 centroids of process 0")
   if os.path.exists(centroids_path):
     centroids = np.load(centroids_path)
-  else:
+  elif process_index == 0 or jax.process_count() > 1:
     centroids = store.save_once(centroids_path,
                                 level1_centroids(config, pool, ids, os.path.join(out_dir, "level1")))
+  else:
+    _wait_for({centroids_path: 0}, "the level-1 centroids of process 0", c.barrier_timeout)
+    centroids = np.load(centroids_path)
+  parts = _assignment_parts(parts_dir, pool.num_shards)
   for s in store.owned(pool.num_shards, process_index, process_count):
-    part = os.path.join(parts_dir, f"assign-{s:05d}.npz")
-    if not os.path.exists(part):
+    if not os.path.exists(part := parts[s]):
       shard_ids, vectors = pool.load(s, ids)
       labels, sqdist = kmeans.assign(vectors, centroids)
       store.atomic_savez(part, ids=shard_ids, labels=labels, sqdist=sqdist)
@@ -128,61 +159,61 @@ def _assignments(parts: list[str]) -> tuple[np.ndarray, ...]:
 
 
 def split_phase(config, workdir: str, process_index: int, process_count: int) -> None:
-  """Splits the level-1 clusters c with c mod process_count = process_index into up to
-  `n_splits[0]` each, once every process's assignments are written."""
+  """Splits the level-1 clusters of this process's parts (`_split_parts`) into up to `n_splits[0]`
+  each, once every process's assignments are written; each part is saved as it finishes, so a
+  restarted process continues at its first missing part."""
   c = config.cluster
   pool = store.EmbeddingShards(embed.collection_dir(workdir, "pool"))
-  out_dir, parts_dir, _ = _paths(workdir)
-  part = os.path.join(parts_dir, f"split-{process_index:05d}.npz")
-  if os.path.exists(part):
+  _, parts_dir, _ = _paths(workdir)
+  parts = _split_parts(parts_dir, c)
+  todo = [j for j in store.owned(len(parts), process_index, process_count) if not os.path.exists(parts[j])]
+  if not todo:
     return
-  parts = [os.path.join(parts_dir, f"assign-{s:05d}.npz") for s in range(pool.num_shards)]
-  _wait_for(parts, "the other processes' level-1 assignments")
-  ids, labels, _ = _assignments(parts)
-  mine = labels % process_count == process_index
+  assignments = _assignment_parts(parts_dir, pool.num_shards)
+  _wait_for(_owners(assignments, process_count), "the level-1 assignments of every process", c.barrier_timeout)
+  ids, labels, _ = _assignments(assignments)
+  mine = np.isin(labels // c.split_part_clusters, todo)
   order = np.argsort(ids[mine])
   my_ids, my_labels = ids[mine][order], labels[mine][order]
   _, vectors = pool.load_many(range(pool.num_shards), my_ids)  # shards hold ascending ids
-  arrays = {k: [] for k in ("parents", "centroids", "ids", "labels", "sqdist")}
-  count = 0
-  for cluster_index in np.unique(my_labels):
-    members = my_labels == cluster_index
-    centroids, sub = kmeans.split(vectors[members], c.n_splits[0], config.seed + 1 + int(cluster_index),
-                                  c.iterations)
-    arrays["parents"].append(np.full(len(centroids), cluster_index, np.int64))
-    arrays["centroids"].append(centroids)
-    arrays["ids"].append(my_ids[members])
-    arrays["labels"].append(count + sub)
-    arrays["sqdist"].append(np.sum((vectors[members] - centroids[sub]) ** 2, 1).astype(np.float32))
-    count += len(centroids)
-  empty = {"parents": (0,), "centroids": (0, pool.dim), "ids": (0,), "labels": (0,), "sqdist": (0,)}
-  store.atomic_savez(part, **{k: np.concatenate(v) if v else np.zeros(empty[k]) for k, v in arrays.items()})
+  for j in todo:
+    arrays = {k: [] for k in ("centroids", "ids", "labels", "sqdist")}
+    count = 0
+    for cluster_index in np.unique(my_labels[my_labels // c.split_part_clusters == j]):
+      members = my_labels == cluster_index
+      centroids, sub = kmeans.split(vectors[members], c.n_splits[0], config.seed + 1 + int(cluster_index),
+                                    c.iterations)
+      arrays["centroids"].append(centroids)
+      arrays["ids"].append(my_ids[members])
+      arrays["labels"].append(count + sub)
+      arrays["sqdist"].append(np.sum((vectors[members] - centroids[sub]) ** 2, 1).astype(np.float32))
+      count += len(centroids)
+    empty = {"centroids": np.zeros((0, pool.dim), np.float32), "ids": np.zeros(0, np.int64),
+             "labels": np.zeros(0, np.int32), "sqdist": np.zeros(0, np.float32)}
+    store.atomic_savez(parts[j], **{k: np.concatenate(v) if v else empty[k] for k, v in arrays.items()})
 
 
 def _split_assignments(parts: list[str]) -> tuple[np.ndarray, ...]:
   """(ids, labels, sqdist, centroids) of the split clusters, numbered in the order of the level-1
-  cluster they come from (as the official concatenates them)."""
+  cluster they come from (as the official concatenates them): the parts hold consecutive level-1
+  clusters, each part its clusters in order."""
   loaded = [np.load(p) for p in parts]
   offsets = np.cumsum([0] + [len(p["centroids"]) for p in loaded])
-  parents = np.concatenate([p["parents"] for p in loaded])
-  order = np.argsort(parents, kind="stable")
-  rank = np.empty_like(order)
-  rank[order] = np.arange(len(order))
-  labels = np.concatenate([rank[o + p["labels"].astype(np.int64)] for o, p in zip(offsets, loaded)])
+  labels = np.concatenate([o + p["labels"].astype(np.int64) for o, p in zip(offsets, loaded)])
   return (np.concatenate([p["ids"] for p in loaded]), labels.astype(np.int32),
           np.concatenate([p["sqdist"] for p in loaded]),
-          np.concatenate([p["centroids"] for p in loaded])[order].astype(np.float32))
+          np.concatenate([p["centroids"] for p in loaded]).astype(np.float32))
 
 
-def reduce_phase(config, workdir: str, process_count: int = 1) -> dict | None:
+def reduce_phase(config, workdir: str) -> dict | None:
   """Upper levels and `cluster/hierarchy.npz`; None while other processes' parts are missing."""
   c = config.cluster
   pool = store.EmbeddingShards(embed.collection_dir(workdir, "pool"))
   out_dir, parts_dir, centroids_path = _paths(workdir)
   if c.n_splits[0] > 1:
-    parts = [os.path.join(parts_dir, f"split-{p:05d}.npz") for p in range(process_count)]
+    parts = _split_parts(parts_dir, c)
   else:
-    parts = [os.path.join(parts_dir, f"assign-{s:05d}.npz") for s in range(pool.num_shards)]
+    parts = _assignment_parts(parts_dir, pool.num_shards)
   missing = store.missing_parts(parts)
   if missing:
     logging.info("cluster: waiting for %d parts of other processes (%s ...).", len(missing), missing[0])
@@ -238,18 +269,19 @@ def top_level_labels(hierarchy: dict) -> np.ndarray:
 def run(config, workdir: str, process_index: int = 0, process_count: int = 1) -> dict | None:
   """The step's summary; without splits None in every process but the last to finish (which
   reduces), with splits the summary in every process (they wait for each other)."""
+  c = config.cluster
   map_phase(config, workdir, process_index, process_count)
-  if config.cluster.n_splits[0] == 1:
-    return reduce_phase(config, workdir, process_count)
+  if c.n_splits[0] == 1:
+    return reduce_phase(config, workdir)
   split_phase(config, workdir, process_index, process_count)
   out_dir, parts_dir, _ = _paths(workdir)
   if process_index > 0:
     summary = os.path.join(out_dir, "summary.json")
-    _wait_for([summary], "process 0's merge and upper levels")
+    _wait_for({summary: 0}, "process 0's merge and upper levels", c.barrier_timeout)
     return store.read_json(summary)
-  _wait_for([os.path.join(parts_dir, f"split-{p:05d}.npz") for p in range(process_count)],
-            "the other processes' split clusters")
-  return reduce_phase(config, workdir, process_count)
+  _wait_for(_owners(_split_parts(parts_dir, c), process_count), "the other processes' split clusters",
+            c.barrier_timeout)
+  return reduce_phase(config, workdir)
 
 
 def plan(config, pool_size: int, dim: int, hosts: int, devices_per_host: int) -> str:

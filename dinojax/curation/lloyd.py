@@ -57,13 +57,28 @@ class Rows:
   def axes(self) -> tuple[str, ...]:
     return tuple(self.mesh.axis_names)
 
+  @property
+  def processes(self) -> int:
+    """The JAX processes whose devices hold rows: 1 for a k-means within one process."""
+    return _processes(self.mesh)
+
+  def replicated(self, array) -> jax.Array:
+    """`array` (the same in every process) on every device of the mesh. The programs' arguments are
+    all placed explicitly, so each compiles once whatever produced them (a file, another program)."""
+    array = np.asarray(array)
+    return jax.make_array_from_process_local_data(NamedSharding(self.mesh, P()), array, array.shape)
+
+
+def _processes(mesh: Mesh) -> int:
+  return len({d.process_index for d in mesh.devices.flat})
+
 
 def shard_rows(local_rows: np.ndarray, mesh: Mesh, chunk: int, bucket: bool = False) -> Rows:
   """Places this process's rows (n_p, D) on its devices of `mesh`; collective over processes.
   Every device's slice is padded to a whole number of `chunk`-row chunks, and with `bucket` to a
   power of two rows (many arrays of different sizes then share a few compiled programs)."""
   local_rows = np.asarray(local_rows, np.float32)
-  processes = len({d.process_index for d in mesh.devices.flat})
+  processes = _processes(mesh)
   counts = np.array([len(local_rows)])
   if processes > 1:
     counts = np.asarray(multihost_utils.process_allgather(np.int64(len(local_rows)))).reshape(-1)
@@ -225,27 +240,42 @@ def _seed(rows: Rows, n_clusters: int, seed: int, state_dir: str | None, checkpo
   """Greedy k-means++ centres (k, D), continuing a saved seeding state if there is one."""
   random_state = np.random.RandomState(seed)
   first_row = random_state.randint(rows.num_rows)
-  uniforms = jnp.asarray(random_state.uniform(size=(max(n_clusters - 1, 1), local_trials(n_clusters))),
-                         jnp.float32)
-  centres = jnp.zeros((n_clusters, rows.x.shape[1]), jnp.float32)
+  uniforms = rows.replicated(
+      random_state.uniform(size=(max(n_clusters - 1, 1), local_trials(n_clusters))).astype(np.float32))
+  centres = rows.replicated(np.zeros((n_clusters, rows.x.shape[1]), np.float32))
   done = _latest(state_dir, "seeding-{}.npz") if state_dir else None
   if done is None:
-    centres, closest, pot = first(rows.x, rows.valid, centres, jnp.int32(first_row))
+    centres, closest, pot = first(rows.x, rows.valid, centres, rows.replicated(np.int32(first_row)))
     done = 1
   else:
     saved = np.load(os.path.join(state_dir, f"seeding-{done:09d}.npz"))
-    centres, pot = jnp.asarray(saved["centres"]), jnp.asarray(saved["pot"])
+    centres, pot = rows.replicated(saved["centres"]), rows.replicated(saved["pot"])
     local = np.load(os.path.join(state_dir, f"seeding-{done:09d}-closest-{jax.process_index():05d}.npy"))
     closest = jax.make_array_from_process_local_data(rows.valid.sharding, local, rows.valid.shape)
     logging.info("k-means++: resuming after %d of %d centres.", done, n_clusters)
   while done < n_clusters:
     stop = min(n_clusters, (done // checkpoint_every + 1) * checkpoint_every) if state_dir else n_clusters
-    centres, closest, pot = block(rows.x, rows.valid, centres, closest, pot, uniforms, jnp.int32(done),
-                                  jnp.int32(stop))
+    centres, closest, pot = block(rows.x, rows.valid, centres, closest, pot, uniforms,
+                                  rows.replicated(np.int32(done)), rows.replicated(np.int32(stop)))
     done = stop
     if state_dir:
       _save_seeding(state_dir, done, centres, closest, pot)
   return centres
+
+
+def _compile_on_every_process(rows: Rows, n_clusters: int, programs) -> None:
+  """Compiles the programs for these shapes, and returns once every process has. The first run of
+  a cross-process collective waits only 30 s for the other processes (gloo's rendezvous), and one
+  process can compile for longer than that (`dinojax.loop.compiled_on_every_process`)."""
+  first, block, iterate = programs
+  replicated = NamedSharding(rows.mesh, P())
+  shape = lambda *s, dtype=jnp.float32: jax.ShapeDtypeStruct(s, dtype, sharding=replicated)  # noqa: E731
+  centres, index = shape(n_clusters, rows.x.shape[1]), shape(dtype=jnp.int32)
+  uniforms = shape(max(n_clusters - 1, 1), local_trials(n_clusters))
+  first.lower(rows.x, rows.valid, centres, index).compile()
+  block.lower(rows.x, rows.valid, centres, rows.valid, shape(), uniforms, index, index).compile()
+  iterate.lower(rows.x, rows.valid, centres).compile()
+  _sync("kmeans compiled")
 
 
 def fit(rows: Rows, n_clusters: int, iterations: int, seed: int, state_dir: str | None = None,
@@ -256,7 +286,9 @@ def fit(rows: Rows, n_clusters: int, iterations: int, seed: int, state_dir: str 
     raise ValueError(f"k-means with {n_clusters} clusters needs 1 <= k <= the {rows.num_rows} points.")
   if iterations < 0 or checkpoint_every < 1:
     raise ValueError(f"iterations must be >= 0 and checkpoint_every >= 1, got {iterations}, {checkpoint_every}.")
-  first, block, iterate = _programs(rows.mesh, rows.chunk)
+  first, block, iterate = programs = _programs(rows.mesh, rows.chunk)
+  if rows.processes > 1:
+    _compile_on_every_process(rows, n_clusters, programs)
   if state_dir:
     os.makedirs(state_dir, exist_ok=True)
   done = _latest(state_dir, "centroids-{}.npy") if state_dir else None
@@ -264,7 +296,7 @@ def fit(rows: Rows, n_clusters: int, iterations: int, seed: int, state_dir: str 
     centroids = _seed(rows, n_clusters, seed, state_dir, checkpoint_every, first, block)
     done = 0
   else:
-    centroids = jnp.asarray(np.load(os.path.join(state_dir, f"centroids-{done:04d}.npy")))
+    centroids = rows.replicated(np.load(os.path.join(state_dir, f"centroids-{done:04d}.npy")))
     logging.info("k-means: resuming after %d of %d iterations.", done, iterations)
   for step in range(done, iterations):
     # One iteration in flight at a time: queued collective programs can starve XLA:CPU's thread pool.

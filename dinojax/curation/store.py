@@ -80,6 +80,14 @@ def owned(count: int, process_index: int, process_count: int) -> range:
   return range(process_index, count, process_count)
 
 
+def owned_run(count: int, process_index: int, process_count: int) -> range:
+  """Items of process `process_index` as one run of consecutive ones, process after process: the
+  processes' items, taken in process order, are all items in order (as the official splits a
+  pool's rows over its workers)."""
+  owned(count, process_index, process_count)  # the same bounds
+  return range(process_index * count // process_count, (process_index + 1) * count // process_count)
+
+
 def missing_parts(paths: list[str]) -> list[str]:
   return [p for p in paths if not os.path.exists(p)]
 

@@ -1,22 +1,29 @@
 """The `cluster` step with split level-1 clusters (`cluster.n_splits = [s, 1]`): two processes sharing
 the workdir (threads here) each finish in one call; the merged clusters are numbered as the
 official concatenation (level-1 cluster by cluster, each one's parts in k-means order, empty parts
-dropped), each a k-means split of one level-1 cluster; the upper level runs on them; and a run
-killed mid split resumes to the same hierarchy."""
+dropped), each a k-means split of one level-1 cluster; the upper level runs on them; a run killed
+mid split resumes at its first unsaved part to the same hierarchy; a process whose partner never
+comes stops with an error naming it. And as two real processes joined into one JAX job by
+`python -m dinojax.curate --coordinator`: the same hierarchy."""
 
 import os
+import shutil
 import sys
 import threading
 
 import numpy as np
 import pytest
 
+import jobs
 from dinojax.curation import cluster, embed, kmeans, store
 
 sys.path.insert(0, os.path.dirname(__file__))
 from test_search import clustered, tiny_config  # noqa: E402
 
 N, SPLITS = 240, 4
+# Parts of 2 level-1 clusters: 3 parts of the 5 clusters, shared by both processes.
+CLUSTER = dict(n_clusters=[5, 3], n_splits=[SPLITS, 1], resampling_steps=[1, 2], sample_sizes=[1, 2], iterations=4,
+               split_part_clusters=2)
 
 
 def make_workdir(path, vectors):
@@ -30,8 +37,7 @@ def make_workdir(path, vectors):
 def split_config():
   config = tiny_config()
   config.data.pool = "digits:train"  # only names the keys written beside the ids
-  config.cluster.update(n_clusters=[5, 3], n_splits=[SPLITS, 1], resampling_steps=[1, 2], sample_sizes=[1, 2],
-                        iterations=4)
+  config.cluster.update(**CLUSTER)
   return config
 
 
@@ -81,24 +87,76 @@ def test_split_parts_merge_in_the_official_order(two_processes):
   np.testing.assert_array_equal(hierarchy["centroids_2"], upper[0]["centroids"])
 
 
-def test_killed_mid_split_resumes_to_the_same_hierarchy(two_processes, tmp_path, monkeypatch):
+def test_killed_mid_split_resumes_at_its_first_unsaved_part(two_processes, tmp_path, monkeypatch):
   vectors, config, reference, _ = two_processes
   workdir = make_workdir(tmp_path, vectors)
   split, calls = kmeans.split, []
 
-  def killed_at_the_third_cluster(*args):
-    calls.append(args)
-    if len(calls) == 3:
-      raise KeyboardInterrupt
+  def counted(*args):
+    calls.append(args[2])  # the seed: config.seed + 1 + the level-1 cluster
     return split(*args)
+
+  def killed_at_the_third_cluster(*args):
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    return counted(*args)
 
   monkeypatch.setattr(kmeans, "split", killed_at_the_third_cluster)
   with pytest.raises(KeyboardInterrupt):
     cluster.run(config, workdir)
-  assert not os.path.exists(os.path.join(workdir, "cluster/hierarchy.npz"))
-  monkeypatch.undo()
+  assert sorted(f for f in os.listdir(os.path.join(workdir, "cluster/parts")) if f.startswith("split")) == [
+      "split-000000000-000000002.npz"]  # clusters 0 and 1, saved before the kill in cluster 2
+  monkeypatch.setattr(kmeans, "split", counted)
+  calls.clear()
   assert cluster.run(config, workdir)["points"] == N
+  assert calls == [config.seed + 1 + c for c in (2, 3, 4)]  # only the unsaved parts are split again
   resumed, one = (np.load(os.path.join(w, "cluster/hierarchy.npz")) for w in (workdir, reference))
   assert sorted(resumed.files) == sorted(one.files)
   for key in one.files:  # one process resumed = two processes
     np.testing.assert_array_equal(resumed[key], one[key], err_msg=key)
+
+
+def test_a_partner_that_never_comes_is_named_after_the_timeout(two_processes, tmp_path, monkeypatch):
+  vectors, _, reference, _ = two_processes
+  monkeypatch.setattr(cluster, "POLL_SECONDS", 0.01)
+  config = split_config()
+  config.cluster.barrier_timeout = 0.05
+  alone = make_workdir(tmp_path / "one", vectors)
+  with pytest.raises(TimeoutError, match=r"level-1 centroids of process 0: 1 file\(s\) missing "
+                                         r"\(.*level1_centroids.npy\), written by process\(es\) \[0\]"):
+    cluster.run(config, alone, process_index=1, process_count=2)
+  # Process 0 with the centroids already fitted: assigns shards 0 and 2, then waits for shard 1's.
+  shutil.copy(os.path.join(reference, "cluster/level1_centroids.npy"), os.path.join(alone, "cluster"))
+  with pytest.raises(TimeoutError, match=r"assignments of every process: 1 file\(s\) missing "
+                                         r"\(.*assign-00001.npz\), written by process\(es\) \[1\]"):
+    cluster.run(config, alone, process_index=0, process_count=2)
+
+
+@pytest.mark.slow  # two subprocesses
+def test_two_jax_processes_equal_one_process(two_processes, tmp_path):
+  """Level 1 as one JAX job over two processes (2 devices each), holding shard 0 and shards 1-2 of
+  the pool (80 and 160 rows, padded unevenly), the same rows in the same order as one process; then
+  the split parts shared between them through the workdir. Gloo's sums add in another order than
+  one process's, so centroids agree to rounding."""
+  vectors, config, reference, _ = two_processes
+  workdir = make_workdir(tmp_path / "two", vectors)
+  config_file = tmp_path / "config.py"
+  config_file.write_text(f"""from dinojax import config_args
+
+def get_config():
+  c = config_args.load_config({str(jobs.REPO / "configs/curate_tiny.py")!r})
+  c.cluster.update(barrier_timeout=300.0, **{CLUSTER!r})
+  return c
+""")
+  coordinator = f"--coordinator=127.0.0.1:{jobs.free_port()}"
+  commands = [[sys.executable, "-m", "dinojax.curate", "cluster", "--config", str(config_file),
+               "--workdir", workdir, coordinator, f"--process_index={i}", "--process_count=2"] for i in range(2)]
+  jobs.wait_processes(jobs.start_processes(commands, workdir, devices=2), workdir, timeout=600)
+  one, two = (np.load(os.path.join(w, "cluster/hierarchy.npz")) for w in (reference, workdir))
+  assert sorted(two.files) == sorted(one.files)
+  for key in ("ids", "labels", "parents_2"):
+    np.testing.assert_array_equal(two[key], one[key], err_msg=key)
+  for key in ("centroids_1", "centroids_2", "sqdist"):
+    np.testing.assert_allclose(two[key], one[key], atol=1e-5, err_msg=key)
+  level1 = [np.load(os.path.join(w, "cluster/level1_centroids.npy")) for w in (workdir, reference)]
+  np.testing.assert_allclose(*level1, atol=1e-5)
