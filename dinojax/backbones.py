@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from absl import logging
 
 from dinojax import checkpoint, convert, hub, parallel
-from dinojax.models.vit import ViT, vit
+from dinojax.models.vit import ViT, stack_blocks, unstack_blocks, vit
 from dinojax.ops import platform
 
 # The state entry of a dinojax run that holds the backbone to reuse: SSL's EMA teacher, distillation's
@@ -50,24 +50,45 @@ def place(module: nn.Module, params, example, mesh, rules):
   return parallel.to_device(params, parallel.logical_to_shardings(abstract, mesh, rules))
 
 
+def blocks_like(tree, like):
+  """`tree` with each ViT's params (a dict holding `patch_embed`) in the blocks layout of the same
+  place in `like` (stacked `blocks` or `blocks_0`, ...; see `vit.stack_blocks`): a run's backbone
+  restores into a model that scans its blocks, or not, whichever way the run did."""
+  if not isinstance(tree, dict) or not isinstance(like, dict):
+    return tree
+  if "patch_embed" in tree and "blocks" in tree and "blocks_0" in like:
+    tree = unstack_blocks(tree)
+  elif "patch_embed" in tree and "blocks_0" in tree and "blocks" in like:
+    tree = stack_blocks(tree)
+  return {k: blocks_like(v, like.get(k)) for k, v in tree.items()}
+
+
 def restore_from_run(workdir: str, init, entry: tuple[str, ...], mesh, rules, step: int = 0,
                      flag: str = "backbone.workdir"):
   """(params, source): the state entry at key path `entry` (e.g. `("teacher", "backbone")`) of a
   dinojax run's checkpoint at `step` (0: its latest), restored alone onto the shardings the logical
-  axes of `init(rng)` map to. `source` names the run and the step: saved with the checkpoints of a
-  run built on it, it keeps a resume from switching backbones silently. `flag` is the config entry
-  that named `workdir`, for the errors."""
+  axes of `init(rng)` map to, its ViT blocks restacked when the run saved the other layout (see
+  `blocks_like`). `source` names the run and the step: saved with the checkpoints of a run built on
+  it, it keeps a resume from switching backbones silently. `flag` is the config entry that named
+  `workdir`, for the errors."""
   directory = os.path.join(workdir, "checkpoints")
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{flag}={workdir!r} has no checkpoints/ yet (not a dinojax run?).")
   step = step or checkpoint.latest_step(checkpoint.manager(directory, None))
   abstract = jax.eval_shape(init, jax.random.key(0))
-  target = checkpoint.abstract_like(nn.unbox(abstract), parallel.logical_to_shardings(abstract, mesh, rules))
+  saved = checkpoint.saved_structure(directory, step)
+  for key in entry:
+    saved = saved.get(key, {}) if isinstance(saved, dict) else {}
+  stored = jax.eval_shape(lambda tree: blocks_like(tree, saved), abstract)
+  target = checkpoint.abstract_like(nn.unbox(stored), parallel.logical_to_shardings(stored, mesh, rules))
   for key in reversed(entry):
     target = {key: target}
   params = checkpoint.restore_subtree(directory, target, step)
   for key in entry:
     params = params[key]
+  if jax.tree.structure(stored) != jax.tree.structure(abstract):
+    shardings = parallel.logical_to_shardings(abstract, mesh, rules)
+    params = jax.jit(lambda tree: blocks_like(tree, nn.unbox(abstract)), out_shardings=shardings)(params)
   return params, f"workdir:{os.path.abspath(workdir)}@{step}"
 
 
@@ -77,7 +98,7 @@ def build_backbone(config) -> ViT:
   `backbone.model` describes."""
   b = config.backbone
   overrides = dict(attention=b.attention, dtype=platform.compute_dtype(b.dtype), remat=b.remat,
-                   scan_blocks=b.scan_blocks)
+                   remat_policy=b.remat_policy, scan_blocks=b.scan_blocks)
   if b.workdir:
     return build_vit({**read_run_config(b.workdir)["model"], **overrides})
   if b.name:

@@ -5,6 +5,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -159,8 +160,30 @@ def damage(mgr: ocp.CheckpointManager, step: int, items: tuple[str, ...] = ITEMS
   return reason or f"found by process {int(np.argmax(damaged))}"
 
 
+def _blocks_layouts(tree: Any) -> dict[str, str]:
+  """Where `tree` holds ViT blocks, and in which layout: {path above them: "stacked" or "unrolled"}."""
+  layouts = {}
+  for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    if m := re.match(r"(.*?)\['blocks(_\d+)?'\]", jax.tree_util.keystr(path)):
+      layouts[m.group(1)] = "unrolled" if m.group(2) else "stacked"
+  return layouts
+
+
+def check_blocks_layout(saved: Any, target: Any, where: str) -> None:
+  """Fails, naming the mismatch, when a checkpoint's ViT blocks are stacked (written with
+  `model.scan_blocks=True`) where `target` wants them one per block, or the other way round."""
+  target_layouts = _blocks_layouts(target)
+  for path, layout in _blocks_layouts(saved).items():
+    if target_layouts.get(path, layout) != layout:
+      raise ValueError(
+          f"{where} holds the ViT blocks at {path} {layout} (written with model.scan_blocks="
+          f"{layout == 'stacked'}), this run's model has them {target_layouts[path]}: resume with the "
+          "scan_blocks the run was started with (a frozen backbone read from a run converts itself).")
+
+
 def _restore(mgr: ocp.CheckpointManager, target: Any, step: int, with_meta: bool) -> Any:
   target = abstract_like(target)
+  check_blocks_layout(saved_like(mgr, step), target, f"Checkpoint step {step} in {mgr.directory}")
   items = {"state": ocp.args.PyTreeRestore(
       item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))}
   if with_meta:
@@ -229,18 +252,29 @@ def set_aside(mgr: ocp.CheckpointManager, steps) -> None:
   mgr.reload()
 
 
+def _reader(directory: str | os.PathLike) -> ocp.CheckpointManager:
+  """A manager that reads the checkpoints under `directory` (which must exist) item by item."""
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"No checkpoint directory {directory}.")
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
+                               item_names=("state", "meta"),
+                               item_handlers={"state": ocp.PyTreeCheckpointHandler(
+                                   type_handler_registry=TYPE_HANDLERS),
+                                              "meta": ocp.JsonCheckpointHandler()})
+
+
+def saved_structure(directory: str | os.PathLike, step: int) -> Any:
+  """The tree of the state saved at `step` under `directory`, from its metadata (nothing else is
+  read): nested dicts whose leaves carry each array's shape and dtype."""
+  return _reader(directory).item_metadata(step)["state"].tree
+
+
 def restore_subtree(directory: str | os.PathLike, target: Any, step: int | None = None) -> Any:
   """Restores only `target`'s part of the state saved under `directory` (e.g. `{"teacher": ...}` out
   of a whole training state) onto its shapes, dtypes and shardings, reading nothing else. A key the
   checkpoint lacks, or a shape that differs, is an error naming the key; so is damage (see `damage`)."""
-  directory = os.path.abspath(os.fspath(directory))
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f"No checkpoint directory {directory}.")
-  mgr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False),
-                              item_names=("state", "meta"),
-                              item_handlers={"state": ocp.PyTreeCheckpointHandler(
-                                  type_handler_registry=TYPE_HANDLERS),
-                                             "meta": ocp.JsonCheckpointHandler()})
+  mgr = _reader(directory)
   step = mgr.latest_step() if step is None else step
   if step is None or step not in mgr.all_steps():
     raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in {mgr.directory}.")

@@ -237,6 +237,7 @@ RULES: dict[str, Check] = {
     "backbone.dtype": one_of("dinojax.ops.platform:COMPUTE_DTYPES"),  # "auto": by platform
     "log_regression.dtype": one_of(("float32", "float64")),
     "ffn": one_of(("mlp", "swiglu")),
+    "remat_policy": one_of("dinojax.models.vit:REMAT_POLICIES"),
     "variant": optional(one_of("dinojax.models.vit:VARIANTS")),
     "centering": one_of(("softmax", "sinkhorn_knopp")),
     "pooling": one_of("dinojax.models.text:POOLINGS"),

@@ -14,12 +14,14 @@ def dinov2_ssl() -> ml_collections.ConfigDict:
   c.seed = 0
 
   # scan_blocks: compile one block, scanned over all (faster compiles); with remat it also plans
-  # less memory, without it more (docs/benchmarks.md). Needs drop_path_uniform.
+  # less memory, without it more (docs/benchmarks.md). Needs drop_path_uniform. Its params are
+  # stacked (docs/configs.md). remat_policy: what a rematerialised block keeps for the backward.
   c.model = ml_collections.ConfigDict(dict(
       variant="vit_large", patch_size=16, img_size=224, drop_path_rate=0.3, drop_path_uniform=True,
       init_values=1e-5, ffn="mlp", qkv_bias=True, proj_bias=True, ffn_bias=True,
       num_register_tokens=0, interpolate_antialias=False, interpolate_offset=0.1,
-      attention="xla", remat=False, scan_blocks=False, dtype="bfloat16"))
+      attention="xla", remat=False, remat_policy="nothing_saveable", scan_blocks=False,
+      dtype="bfloat16"))
 
   c.dino = ml_collections.ConfigDict(dict(loss_weight=1.0, koleo_weight=0.1, student_temp=0.1))
   c.dino.head = ml_collections.ConfigDict(dict(prototypes=65536, bottleneck_dim=256, nlayers=3,
@@ -86,11 +88,12 @@ def frozen_backbone(name: str, attention: str = "auto", dtype: str = "auto") -> 
   dinojax SSL or distillation run (`workdir`, at `workdir_step`, 0: the latest; its architecture from
   the run's config.json); or, with an empty name, the ViT `model` describes (random weights unless
   `checkpoint`). `dtype` "auto" computes in float16 on GPUs, as the official evaluations' autocast,
-  and in bfloat16 on TPUs and CPUs (`ops.platform.compute_dtype`); remat and scan_blocks as `model.*`
+  and in bfloat16 on TPUs and CPUs (`ops.platform.compute_dtype`); remat, remat_policy and scan_blocks as `model.*`
   in the DINOv2 configs (they matter only where the backbone trains)."""
   return ml_collections.ConfigDict(dict(
       name=name, checkpoint="", workdir="", workdir_step=0, attention=attention, dtype=dtype,
-      remat=False, scan_blocks=False, model=ml_collections.ConfigDict()))
+      remat=False, remat_policy="nothing_saveable", scan_blocks=False,
+      model=ml_collections.ConfigDict()))
 
 
 # The ViT of the tiny CPU configs (`dinov2_vits14.py:tiny`, the teacher of the tiny distillation, the

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -37,9 +38,11 @@ def _path_name(path) -> str:
 def lr_multipliers(params: Any, num_blocks: int, layerwise_decay: float,
                    patch_embed_lr_mult: float, backbone_key: str = "backbone") -> Any:
   """Per-param lr multipliers: backbone block i gets decay^(L - i), embeddings decay^(L + 1),
-  everything else (final norm, heads) 1; patch embedding additionally × `patch_embed_lr_mult`."""
+  everything else (final norm, heads) 1; patch embedding additionally × `patch_embed_lr_mult`.
+  Scanned blocks (one `blocks` entry stacked on a leading axis) get an array of the L blocks'
+  multipliers, shaped to broadcast against their stacked param."""
 
-  def multiplier(path, _):
+  def multiplier(path, param):
     name = _path_name(path)
     mult = 1.0
     if name.startswith(backbone_key + "/"):
@@ -48,6 +51,9 @@ def lr_multipliers(params: Any, num_blocks: int, layerwise_decay: float,
         mult = layerwise_decay ** (num_blocks + 1)
       elif m := re.match(r"blocks_(\d+)/", local):
         mult = layerwise_decay ** (num_blocks - int(m.group(1)))
+      elif local.startswith("blocks/"):
+        per_block = layerwise_decay ** (num_blocks - np.arange(num_blocks, dtype=np.float32))
+        mult = per_block.reshape(-1, *[1] * (len(param.shape) - 1))
     if "patch_embed" in name:
       mult *= patch_embed_lr_mult
     return mult

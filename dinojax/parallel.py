@@ -1,7 +1,7 @@
 """Device meshes and the logical-axis rules that place params and activations on them.
 
-Models name their axes (`embed`, `mlp`, `heads`, `kv`, `vocab`, `norm`; activations `batch`, `length`,
-`act_embed`); a config's rule table maps each name to mesh axes (`data`, `fsdp`, `model`). The same
+Models name their axes (`embed`, `mlp`, `heads`, `kv`, `vocab`, `norm`, `layers` for scanned blocks'
+stacking axis; activations `batch`, `length`, `act_embed`); a config's rule table maps each name to mesh axes (`data`, `fsdp`, `model`). The same
 model then runs data-parallel (`data`), with params sharded FSDP-style (`fsdp`), or tensor-parallel
 (`model`) by changing only the mesh shape.
 """
@@ -22,7 +22,8 @@ MESH_AXES = ("data", "fsdp", "model")
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
-# Batch over every data-like axis; params' embed dim over fsdp; heads / FFN width over model.
+# Batch over every data-like axis; params' embed dim over fsdp; heads / FFN width over model; the
+# stacked blocks' `layers` axis replicated (each device holds its share of every block).
 DEFAULT_RULES: Rules = (
     ("batch", ("data", "fsdp")),
     ("embed", "fsdp"),
@@ -31,6 +32,7 @@ DEFAULT_RULES: Rules = (
     ("kv", None),
     ("vocab", "model"),
     ("norm", None),
+    ("layers", None),
     ("length", None),
     ("act_embed", None),
     ("act_heads", "model"),

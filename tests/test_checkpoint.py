@@ -36,6 +36,18 @@ def test_save_restore_onto_sharding_and_keep_last(tmp_path):
   assert int(restored["step"]) == 7
 
 
+def test_resuming_with_the_other_blocks_layout_names_scan_blocks(tmp_path):
+  unrolled = {"params": {"backbone": {f"blocks_{i}": {"k": jnp.ones(3)} for i in range(2)}},
+              "step": jnp.asarray(1, jnp.int32)}
+  mgr = checkpoint.manager(tmp_path / "ckpt")
+  checkpoint.save(mgr, 1, unrolled, meta={})
+  mgr.wait_until_finished()
+  stacked = {"params": {"backbone": {"blocks": {"k": jnp.ones((2, 3))}}}, "step": unrolled["step"]}
+  with pytest.raises(ValueError, match=r"\['params'\]\['backbone'\] unrolled \(written with "
+                                       r"model.scan_blocks=False\), this run's model has them stacked"):
+    checkpoint.restore(mgr, stacked)
+
+
 def test_restore_without_checkpoint_is_clear(tmp_path):
   mgr = checkpoint.manager(tmp_path / "empty")
   with pytest.raises(FileNotFoundError, match="No checkpoint"):

@@ -3,6 +3,7 @@
 import re
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -88,6 +89,14 @@ def test_export_round_trips_exactly(registers, swiglu):
   assert set(exported) == set(official)
   for k in official:
     np.testing.assert_array_equal(exported[k], official[k], err_msg=k)
+  # A scanned model's params hold the blocks stacked on a leading depth axis, and export the same.
+  _, stacked = convert.from_state_dict(official, num_heads=2, scan_blocks=True)
+  assert "blocks_0" not in stacked["params"]
+  assert {p.shape[0] for p in jax.tree.leaves(stacked["params"]["blocks"])} == {2}
+  exported = convert.params_to_state_dict(stacked)
+  assert set(exported) == set(official)
+  for k in official:
+    np.testing.assert_array_equal(exported[k], official[k], err_msg=k)
 
 
 def test_infers_official_architecture_and_interpolation():
@@ -121,10 +130,12 @@ def test_file_round_trip_pth_and_safetensors(tmp_path):
     model, loaded = convert.from_checkpoint(path, num_heads=2)
     for a, b in zip(*(sorted(convert.params_to_state_dict(p).items()) for p in (params, loaded))):
       np.testing.assert_array_equal(a[1], b[1])
-  # Hugging Face's own safetensors file loads too.
+  # Hugging Face's own safetensors file loads too, into unrolled and scanned blocks alike.
   hf.save_pretrained(tmp_path / "hf")
-  model, loaded = convert.from_checkpoint(tmp_path / "hf" / "model.safetensors", num_heads=2)
-  _assert_parity(hf, model, loaded, grids=[(98, 98)])
+  for scan_blocks in (False, True):
+    model, loaded = convert.from_checkpoint(tmp_path / "hf" / "model.safetensors", num_heads=2,
+                                            scan_blocks=scan_blocks)
+    _assert_parity(hf, model, loaded, grids=[(98, 98)])
 
 
 def test_missing_key_is_named():

@@ -35,6 +35,13 @@ def test_layerwise_lr_and_weight_decay_multipliers():
   assert b["cls_token"] == 0.5 ** 3 and b["patch_embed"]["kernel"] == 0.5 ** 3 * 0.2
   assert b["blocks_0"]["attn"]["qkv"]["kernel"] == 0.5 ** 2 and b["blocks_1"]["mlp"]["fc1"]["kernel"] == 0.5
   assert b["norm"]["scale"] == 1.0 and lr["dino_head"]["mlp_0"]["kernel"] == 1.0
+  # Scanned blocks (stacked on a leading axis): each block's multiplier, broadcasting over its param.
+  stacked = {"backbone": {"cls_token": np.zeros((2,)), "blocks": {"attn": {"qkv": {"kernel": np.zeros((2, 4, 3))}}}}}
+  scanned = optim.lr_multipliers(stacked, num_blocks=2, layerwise_decay=0.5, patch_embed_lr_mult=0.2)
+  qkv = scanned["backbone"]["blocks"]["attn"]["qkv"]["kernel"]
+  assert qkv.shape == (2, 1, 1)
+  np.testing.assert_array_equal(qkv.ravel(), [b["blocks_0"]["attn"]["qkv"]["kernel"], 0.5])
+  assert scanned["backbone"]["cls_token"] == b["cls_token"]
   wd = optim.wd_multipliers(_params())
   assert wd["backbone"]["patch_embed"]["bias"] == 0 and wd["backbone"]["blocks_0"]["norm1"]["scale"] == 0
   assert wd["backbone"]["blocks_0"]["ls1"]["gamma"] == 0 and wd["backbone"]["cls_token"] == 1

@@ -44,8 +44,9 @@ def test_sharded_forward_equals_one_device(mesh_axes, scan_blocks):
   for key in ("x_norm_clstoken", "x_norm_patchtokens", "x_norm_regtokens"):
     np.testing.assert_allclose(out[key], ref[key], atol=1e-5)
   if mesh_axes.get("model", 1) > 1:
-    qkv = params["params"]["blocks_0"]["attn"]["qkv"]["kernel"]
-    assert qkv.sharding.spec == jax.sharding.PartitionSpec("fsdp", None, "model", None)
+    # Scanned blocks are stacked on a leading `layers` axis, which the rules replicate.
+    qkv = params["params"]["blocks" if scan_blocks else "blocks_0"]["attn"]["qkv"]["kernel"]
+    assert qkv.sharding.spec == jax.sharding.PartitionSpec(*[None] * scan_blocks, "fsdp", None, "model", None)
     assert parallel.sharded_fraction(params) < 0.25  # big matrices split 8 ways, norms replicated
 
 

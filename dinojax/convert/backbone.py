@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinojax.convert.state_dicts import StateDict, load_state_dict, require
-from dinojax.models.vit import ViT, ffn_hidden_dim
+from dinojax.models.vit import ViT, ffn_hidden_dim, stack_blocks, unstack_blocks
 
 _PREFIXES = ("module.", "backbone.", "_orig_mod.", "dinov2.", "model.")
 
@@ -195,9 +195,10 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict:
 
 def state_dict_to_params(sd: StateDict, model: ViT) -> dict:
   """Maps an official-naming state dict onto `model`'s params tree, strictly: a missing key, a key
-  left over or a shape mismatch is an error that names the key and both shapes."""
+  left over or a shape mismatch is an error that names the key and both shapes. A scanned model
+  (`scan_blocks`) gets its blocks stacked (`vit.stack_blocks`)."""
   params, used = {}, set()
-  for path, shape in _expected_shapes(model).items():
+  for path, shape in _expected_shapes(model.clone(scan_blocks=False)).items():
     key = _official_key(path)
     tensor = require(sd, key)
     used.add(key)
@@ -210,12 +211,15 @@ def state_dict_to_params(sd: StateDict, model: ViT) -> dict:
   if unexpected:
     raise ValueError(f"Checkpoint has keys the model does not use: {unexpected[:8]}"
                      f"{' ...' if len(unexpected) > 8 else ''}")
-  return {"params": _unflatten(params)}
+  params = {"params": _unflatten(params)}
+  return stack_blocks(params) if model.scan_blocks else params
 
 
 def params_to_state_dict(params: dict) -> StateDict:
-  """Our params -> an official-naming state dict (what `torch.hub` DINOv2 models `load_state_dict`)."""
+  """Our params (either blocks layout) -> an official-naming state dict (what `torch.hub` DINOv2
+  models `load_state_dict`)."""
   tree = params["params"] if "params" in params else params
+  tree = unstack_blocks(tree) if "blocks" in tree else tree
   flat = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {_official_key(tuple(k.key for k in path)): _to_torch(tuple(k.key for k in path),
                                                                np.asarray(leaf, np.float32))

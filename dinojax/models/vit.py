@@ -3,11 +3,19 @@
 Images are NHWC float arrays. `ViT.__call__` returns the official `forward_features` dictionary
 (`x_norm_clstoken`, `x_norm_regtokens`, `x_norm_patchtokens`, `x_prenorm`, `masks`), so code written
 against the PyTorch repository reads the same here. Parameters carry logical axis names (`embed`, `mlp`,
-`heads`, `kv`, `norm`); `dinojax.parallel` maps them to mesh axes.
+`heads`, `kv`, `norm`; `layers` for the leading axis of scanned blocks); `dinojax.parallel` maps them to
+mesh axes.
+
+The blocks' params come in two layouts: one `blocks_i` entry per block (the default, the official
+`blocks.i.` naming), or, with `scan_blocks`, one `blocks` entry whose leaves stack every block's on a
+leading `layers` axis, run by one `nn.scan`. `stack_blocks` and `unstack_blocks` convert between them
+(the converter and the checkpoint readers use them); both layouts are initialised alike.
 """
 
+import dataclasses
 import functools
 import math
+import re
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -29,6 +37,15 @@ VARIANTS = {
 }
 
 LAYER_NORM_EPS = 1e-6
+
+# What a rematerialised block (`remat=True`) keeps from its forward for the backward, by the name of
+# its `jax.checkpoint_policies` entry; "nothing_saveable" recomputes the whole block.
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "everything_saveable")
+
+# The metadata `nn.scan` and `stack_blocks` give the stacked blocks' leading axis.
+_LAYERS = {nn.PARTITION_NAME: "layers"}
+_BLOCK_KEY = re.compile(r"blocks_(\d+)")
 
 
 def with_axes(init: Callable, *names: str | None) -> Callable:
@@ -152,6 +169,7 @@ class Linear(nn.Module):
 class Attention(nn.Module):
   """Multi-head self-attention; qkv kernel is (embed, 3, heads, head_dim) so heads shard cleanly."""
   num_heads: int
+  _: dataclasses.KW_ONLY
   qkv_bias: bool = True
   proj_bias: bool = True
   attention: str = "xla"
@@ -226,6 +244,7 @@ class Block(nn.Module):
   backbone's 1e-6; blocks built with PyTorch's default LayerNorm (dino.txt's head) use 1e-5."""
   num_heads: int
   mlp_hidden_dim: int
+  _: dataclasses.KW_ONLY
   ffn: str = "mlp"
   qkv_bias: bool = True
   proj_bias: bool = True
@@ -279,11 +298,48 @@ class Block(nn.Module):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))  # one program, also for an eager init
-def _draw_blocks(block: Block, width: int, depth: int, rng: jax.Array) -> list:
-  """`depth` independent draws of `block`'s params (one vmapped init), as a list."""
+def _draw_blocks(block: Block, width: int, depth: int, rng: jax.Array) -> dict:
+  """`depth` independent draws of `block`'s params by one vmapped init (XLA compiles one block's
+  initialisers, not `depth` of them), in the scanned layout: `{"blocks": stacked}`."""
   x = jnp.zeros((1, 1, width))
   stacked = jax.vmap(lambda key: block.init(key, x)["params"])(jax.random.split(rng, depth))
-  return [jax.tree.map(lambda p: p[i], stacked) for i in range(depth)]
+  return {"blocks": nn.meta.add_axis(stacked, 0, _LAYERS)}
+
+
+def _stack(*leaves):
+  """Stacks on a new leading axis; host (NumPy) arrays stay on the host (a converted checkpoint is
+  placed on its shardings only afterwards)."""
+  if all(isinstance(x, np.ndarray) for x in leaves):
+    return np.stack(leaves)
+  return jnp.stack(leaves)
+
+
+def stack_blocks(params: dict) -> dict:
+  """A ViT's params in the unrolled layout (`blocks_0` ... `blocks_{depth-1}`) -> the scanned one
+  (`blocks`, each leaf stacked on a leading `layers` axis); the other entries are kept. Takes the
+  ViT's own params dict or `{"params": ...}`; boxed (logically annotated) leaves get the `layers` name."""
+  if "params" in params:
+    return {**params, "params": stack_blocks(params["params"])}
+  depth = sum(1 for k in params if _BLOCK_KEY.fullmatch(k))
+  if not depth or "blocks" in params:
+    raise ValueError(f"Expected a ViT's params in the unrolled layout (blocks_0, blocks_1, ...), got "
+                     f"entries {sorted(params)}.")
+  blocks = [params[f"blocks_{i}"] for i in range(depth)]
+  rest = {k: v for k, v in params.items() if not _BLOCK_KEY.fullmatch(k)}
+  return {**rest, "blocks": nn.meta.add_axis(jax.tree.map(_stack, *blocks), 0, _LAYERS)}
+
+
+def unstack_blocks(params: dict) -> dict:
+  """The inverse of `stack_blocks`: the scanned layout's `blocks` -> `blocks_0` ... `blocks_{depth-1}`."""
+  if "params" in params:
+    return {**params, "params": unstack_blocks(params["params"])}
+  if "blocks" not in params:
+    raise ValueError(f"Expected a ViT's params in the scanned layout (one stacked 'blocks' entry), got "
+                     f"entries {sorted(params)}.")
+  stacked = nn.meta.remove_axis(params["blocks"], 0, _LAYERS)
+  depth = jax.tree.leaves(stacked)[0].shape[0]
+  rest = {k: v for k, v in params.items() if k != "blocks"}
+  return {**rest, **{f"blocks_{i}": jax.tree.map(lambda p: p[i], stacked) for i in range(depth)}}
 
 
 class ViT(nn.Module):
@@ -313,6 +369,7 @@ class ViT(nn.Module):
   interpolate_antialias: bool = False
   attention: str = "xla"
   remat: bool = False
+  remat_policy: str = "nothing_saveable"
   scan_blocks: bool = False
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
@@ -321,6 +378,8 @@ class ViT(nn.Module):
     if self.ffn not in ("mlp", "swiglu"):
       raise ValueError(f"Unknown ffn {self.ffn!r}; choose 'mlp' or 'swiglu'.")
     attention_ops.check_implementation(self.attention)
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"Unknown remat_policy {self.remat_policy!r}; choose one of {REMAT_POLICIES}.")
     d, p = self.embed_dim, self.patch_size
     grid = self.img_size // p
     self.patch_embed = PatchEmbed(p, d, self.in_chans, self.dtype, self.param_dtype)
@@ -338,30 +397,39 @@ class ViT(nn.Module):
     if self.scan_blocks and len(set(self.drop_rates)) > 1:
       raise ValueError("scan_blocks needs the same stochastic-depth rate in every block "
                        "(drop_path_uniform=True, or drop_path_rate=0).")
-    self.block_params = self._init_block_params()
+    if self.is_initializing():
+      self._init_blocks()
+    block = self._block_class()
+    if self.scan_blocks:
+      self.blocks = block(**self._block_kwargs(), drop_path=self.drop_rates[0], name="blocks")
+    else:
+      self.blocks = [block(**self._block_kwargs(), drop_path=rate, name=f"blocks_{i}")
+                     for i, rate in enumerate(self.drop_rates)]
     self.norm = layer_norm("norm", self.dtype, self.param_dtype)
 
-  def _block(self, rate: float) -> "Block":
-    """An unbound `Block`, applied to each block's params (`block_params`)."""
-    return Block(self.num_heads, ffn_hidden_dim(self.embed_dim, self.mlp_ratio, self.ffn), ffn=self.ffn,
-                 qkv_bias=self.qkv_bias, proj_bias=self.proj_bias, ffn_bias=self.ffn_bias,
-                 init_values=self.init_values, drop_path=rate, attention=self.attention,
-                 dtype=self.dtype, param_dtype=self.param_dtype, parent=None)
+  def _block_kwargs(self) -> dict:
+    """What every block shares (all but its stochastic-depth rate)."""
+    return dict(num_heads=self.num_heads,
+                mlp_hidden_dim=ffn_hidden_dim(self.embed_dim, self.mlp_ratio, self.ffn), ffn=self.ffn,
+                qkv_bias=self.qkv_bias, proj_bias=self.proj_bias, ffn_bias=self.ffn_bias,
+                init_values=self.init_values, attention=self.attention, dtype=self.dtype,
+                param_dtype=self.param_dtype)
 
-  def _init_block_params(self) -> list:
-    """Each block's params as one `blocks_i` param (the tree a `Block` submodule would hold), all
-    initialised by one vmapped init: XLA compiles one block's initialisers, not `depth` of them
-    (compile times: docs/benchmarks.md)."""
-    drawn = []
+  def _block_class(self) -> type[Block]:
+    """`Block`, or with `remat` the block recomputed in the backward, keeping what `remat_policy`
+    saves. Its `train` and `logits` arguments (2 and 3, counting the module) choose the program."""
+    if not self.remat:
+      return Block
+    return nn.remat(Block, policy=getattr(jax.checkpoint_policies, self.remat_policy),
+                    prevent_cse=not self.scan_blocks, static_argnums=(2, 3))
 
-    def init(i):
-      def init_fn(rng):
-        if not drawn:
-          drawn.extend(_draw_blocks(self._block(0.0), self.embed_dim, self.depth, rng))
-        return drawn[i]
-      return init_fn
-
-    return [self.param(f"blocks_{i}", init(i)) for i in range(self.depth)]
+  def _init_blocks(self):
+    """Draws every block's params at once (`_draw_blocks`) and stores them in this model's layout,
+    where the blocks find them: scanned and unrolled models initialise alike."""
+    drawn = _draw_blocks(Block(**self._block_kwargs(), parent=None), self.embed_dim, self.depth,
+                         self.make_rng("params"))
+    for name, value in (drawn if self.scan_blocks else unstack_blocks(drawn)).items():
+      self.put_variable("params", name, value)
 
   def interpolate_pos_encoding(self, h: int, w: int) -> jax.Array:
     """Position embedding (1, 1 + h*w, D) for an h×w patch grid."""
@@ -397,49 +465,49 @@ class ViT(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
 
   def _run_blocks(self, x, train, take=(), logits=None):
-    """Tokens after the last block, the outputs of the blocks in `take`, and the last block's
-    attention logits (with `logits`).
-
-    The blocks run one after another in the program, or with `scan_blocks` as `lax.scan`s over
-    their params stacked on the fly, so that XLA compiles one block instead of `depth` of them
-    (compile times: docs/benchmarks.md); the params tree is the same. The
-    blocks between two whose outputs are taken form one scan; the last block runs on its own when
-    its attention logits are asked for. Stochastic depth keys are per block, folded from one key,
-    so both ways draw alike.
-    """
+    """Tokens after the last block, the outputs of the blocks in `take` (in block order), and the
+    last block's attention logits (with `logits`). Stochastic depth keys are per block, folded from
+    one key by the block's index, so that scanned and unrolled blocks draw alike."""
     key = self.make_rng("drop_path") if train and self.drop_path_rate > 0 else None
-
-    def block_fn(i, block_logits=None):
-      block = self._block(self.drop_rates[i])
-
-      def apply(x, params, index):
-        rng = None if key is None else jax.random.fold_in(key, index)
-        x, scores = block.apply({"params": params}, x, train, block_logits, rng)
-        return nn.with_logical_constraint(x, ("batch", "length", "act_embed")), scores
-
-      return jax.checkpoint(apply, prevent_cse=not self.scan_blocks) if self.remat else apply
-
-    def run(x, first, stop):  # blocks first, ..., stop - 1
-      if stop <= first:
-        return x
-      if not self.scan_blocks:
-        for i in range(first, stop):
-          x, _ = block_fn(i)(x, self.block_params[i], i)
-        return x
-      stacked = jax.tree.map(lambda *p: jnp.stack(p), *self.block_params[first:stop])
-      body = block_fn(first)  # every block has the same drop rate when scanned
-      return jax.lax.scan(lambda x, p_i: (body(x, *p_i)[0], None), x, (stacked, jnp.arange(first, stop)))[0]
-
-    taken, scores, first, last = [], None, 0, self.depth - 1
-    for i in sorted({*take, last}):
-      if logits and i == last:
-        x, scores = block_fn(last, logits)(run(x, first, last), self.block_params[last], last)
-      else:
-        x = run(x, first, i + 1)
+    if self.scan_blocks:
+      return self._scan_blocks(x, train, key, take, logits)
+    taken, scores = [], None
+    for i, block in enumerate(self.blocks):
+      rng = None if key is None else jax.random.fold_in(key, i)
+      x, scores = block(x, train, logits if i == self.depth - 1 else None, rng)
+      x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
       if i in take:
         taken.append(x)
-      first = i + 1
     return x, taken, scores
+
+  def _scan_blocks(self, x, train, key, take, logits):
+    """`_run_blocks` as one `nn.scan` over the stacked blocks, so that XLA compiles one block
+    instead of `depth` of them (compile times: docs/benchmarks.md). The outputs of the blocks in
+    `take` are written into a buffer carried through the scan (a slot each, and one scratch slot the
+    other blocks write), so memory holds only those. A scan runs one body, so with `logits` every
+    block computes its logits ("all": with the materialising attention) and the carry keeps the last."""
+    taken = sorted(set(take))
+    slots = np.full(self.depth, len(taken), np.int32)
+    slots[taken] = np.arange(len(taken))
+    buffer = jnp.zeros((len(taken) + 1, *x.shape), x.dtype) if taken else None
+    b, t = x.shape[:2]
+    scores_shape = {"cls": (b, self.num_heads, t), "all": (b, self.num_heads, t, t)}
+    scores = jnp.zeros(scores_shape[logits], jnp.float32) if logits else None
+
+    def body(block, carry, index, slot, key):
+      x, buffer, _ = carry
+      rng = None if key is None else jax.random.fold_in(key, index)
+      x, scores = block(x, train, logits, rng)
+      x = nn.with_logical_constraint(x, ("batch", "length", "act_embed"))
+      if buffer is not None:
+        buffer = jax.lax.dynamic_update_index_in_dim(buffer, x, slot, 0)
+      return (x, buffer, scores), None
+
+    scan = nn.scan(body, variable_axes={"params": 0}, split_rngs={"params": True},
+                   in_axes=(0, 0, nn.broadcast), length=self.depth, metadata_params=_LAYERS)
+    (x, buffer, scores), _ = scan(self.blocks, (x, buffer, scores), jnp.arange(self.depth),
+                                  jnp.asarray(slots), key)
+    return x, [buffer[j] for j in range(len(taken))], scores
 
   def __call__(self, images: jax.Array, masks: jax.Array | None = None, *, train: bool = False,
                return_attention: bool = False, return_cls_attention: bool = False) -> dict[str, jax.Array]:

@@ -15,6 +15,7 @@ import torch
 import jobs
 from dinojax import backbones, checkpoint, config_args, convert, loop, parallel
 from dinojax.evaluators import linear
+from dinojax.models.vit import unstack_blocks
 
 CONFIG = f"{jobs.REPO / 'configs/linear_eval.py'}:tiny"
 LRS = config_args.load_config(CONFIG).linear.learning_rates
@@ -123,13 +124,16 @@ def test_backbone_is_read_from_a_dinojax_run(tmp_path, job, key):
       np.float32), nn.unbox(abstract)), parallel.logical_to_shardings(abstract, mesh, rules))
   _save_run(tmp_path / "run", job, key, params, model)
 
-  # The run's architecture, not the hub name's; the evaluation's own compile options (the params
-  # tree is the same with blocks scanned or not).
+  # The run's architecture, not the hub name's; the evaluation's own compile options (the run's
+  # stacked blocks restore into the evaluation's unrolled ones).
   config.backbone.update(name="vits14", workdir=str(tmp_path / "run"))
   backbone = backbones.build_backbone(config)
   assert (backbone.depth, backbone.embed_dim, backbone.scan_blocks) == (2, 96, False)
   restored, source = backbones.init_backbone(config, backbone, mesh, rules)
   assert source.endswith("run@3")
+  jobs.assert_same_state(unstack_blocks(params), restored)
+  config.backbone.scan_blocks = True
+  restored, _ = backbones.init_backbone(config, backbones.build_backbone(config), mesh, rules)
   jobs.assert_same_state(params, restored)
 
   config.backbone.checkpoint = "x.pth"

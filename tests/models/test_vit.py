@@ -5,8 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
-from dinojax.models.vit import VARIANTS, ViT, ffn_hidden_dim, stochastic_depth_residual, vit
+from dinojax.models.vit import (VARIANTS, ViT, ffn_hidden_dim, stack_blocks, stochastic_depth_residual,
+                                unstack_blocks, vit)
 
 TINY = dict(embed_dim=64, depth=3, num_heads=4, patch_size=14, img_size=56, init_values=0.1)
 
@@ -196,13 +198,14 @@ def test_stochastic_depth_expected_update_is_the_full_residual():
 
 @pytest.mark.slow
 def test_scanned_blocks_equal_unrolled():
-  """Same params tree, same outputs, gradients and stochastic-depth draws: scanning (here with
-  remat, which must not change a thing either) is only how XLA compiles the blocks."""
+  """The same params (stacked), same outputs, gradients and stochastic-depth draws: scanning (here
+  with remat, which must not change a thing either) is only how XLA compiles the blocks."""
   kwargs = dict(TINY, depth=4, num_register_tokens=4, drop_path_rate=0.5, drop_path_uniform=True)
   unrolled, scanned = ViT(**kwargs), ViT(**kwargs, scan_blocks=True, remat=True)
   params, x = _init(unrolled)
+  stacked = stack_blocks(params)
   abstract = jax.eval_shape(scanned.init, jax.random.key(0), x)
-  assert jax.tree.structure(nn.unbox(abstract)) == jax.tree.structure(params)
+  assert jax.tree.structure(nn.unbox(abstract)) == jax.tree.structure(stacked)
   # One vmapped init draws every block's params, each block its own.
   kernels = [params["params"][f"blocks_{i}"]["attn"]["qkv"]["kernel"] for i in range(4)]
   assert all(not np.allclose(kernels[0], k) for k in kernels[1:])
@@ -212,20 +215,59 @@ def test_scanned_blocks_equal_unrolled():
     out = model.apply(params, x, train=True, rngs=rngs)
     return jnp.sum(out["x_norm_patchtokens"] ** 2) + jnp.sum(out["x_norm_clstoken"])
 
-  (want, want_grads), (got, got_grads) = (jax.jit(jax.value_and_grad(partial(loss, m)))(params)
-                                          for m in (unrolled, scanned))
+  want, want_grads = jax.jit(jax.value_and_grad(partial(loss, unrolled)))(params)
+  got, got_grads = jax.jit(jax.value_and_grad(partial(loss, scanned)))(stacked)
   np.testing.assert_allclose(got, want, rtol=1e-5)
-  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(stack_blocks(want_grads))):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
 
-  # Inference paths: taken layers split the scan; the last block's logits come from its own call.
-  def inference(model):
+  # Inference paths: taken layers fill the scan's buffer; the last block's logits ride in its carry.
+  def inference(model, params):
     return (model.apply(params, x, return_cls_attention=True),
             model.apply(params, x, [0, 2], return_class_token=True, method=ViT.get_intermediate_layers))
 
-  want, got = jax.jit(partial(inference, unrolled))(), jax.jit(partial(inference, scanned))()
+  want, got = jax.jit(partial(inference, unrolled))(params), jax.jit(partial(inference, scanned))(stacked)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
+
+
+def test_scanned_params_are_stacked_and_drawn_as_unrolled():
+  """With scan_blocks the blocks' params live stacked on a leading `layers` axis (no stacking per
+  forward); `stack_blocks`/`unstack_blocks` convert exactly, and both layouts draw the same init."""
+  unrolled, scanned = ViT(**TINY), ViT(**TINY, scan_blocks=True)
+  params, x = _init(unrolled)
+  boxed = scanned.init(jax.random.key(0), x)
+  assert {"blocks_0", "blocks_1"}.isdisjoint(boxed["params"])
+  specs = nn.get_partition_spec(boxed)["params"]["blocks"]
+  assert specs["attn"]["qkv"]["kernel"] == jax.sharding.PartitionSpec("layers", "embed", None, "heads", "kv")
+  stacked = nn.unbox(boxed)
+  assert all(p.shape[0] == TINY["depth"] for p in jax.tree.leaves(stacked["params"]["blocks"]))
+  jax.tree.map(np.testing.assert_array_equal, stacked, stack_blocks(params))
+  jax.tree.map(np.testing.assert_array_equal, unstack_blocks(stacked), params)
+  out = scanned.apply(stacked, x, return_cls_attention=True)
+  want = unrolled.apply(params, x, return_cls_attention=True)
+  for key in ("x_prenorm", "cls_attention_logits"):
+    np.testing.assert_allclose(out[key], want[key], rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="unrolled layout"):
+    stack_blocks(stacked)
+  with pytest.raises(ValueError, match="scanned layout"):
+    unstack_blocks(params)
+
+
+def test_remat_policy_chooses_what_the_backward_keeps(capsys):
+  x = jax.random.normal(jax.random.key(1), (1, 28, 28, 3))
+  params = nn.unbox(jax.eval_shape(ViT(**TINY).init, jax.random.key(0), x))
+
+  def residuals(**remat):  # one printed line per array the backward keeps
+    loss = lambda p: jnp.sum(ViT(**TINY, **remat).apply(p, x)["x_prenorm"])
+    print_saved_residuals(loss, params)
+    return capsys.readouterr().out.splitlines()
+
+  nothing, dots = residuals(remat=True), residuals(remat=True, remat_policy="dots_saveable")
+  # Each block keeps its input only, or its matmul outputs too; without remat, everything.
+  assert len(nothing) < len(dots) < len(residuals())
+  with pytest.raises(ValueError, match="Unknown remat_policy 'dots'"):
+    ViT(**TINY, remat=True, remat_policy="dots").init(jax.random.key(0), x)
 
 
 def test_scanned_blocks_compile_one_block_and_need_one_drop_rate():
