@@ -116,7 +116,7 @@ def make_train_step(config, backbone: ViT, heads: st.Heads, make_tx, t_backbone:
   images_per_loss_group = st.loss_group(config, mesh, rules)
 
   def train_step(state, batch, schedule, teacher):
-    step, s = state["step"], schedule
+    step = state["step"]
     b = batch["global_crops"].shape[0]
     # Sample-major layout (b·2, ...), so merging crops into the batch keeps its sharding.
     global_crops = batch["global_crops"].reshape(2 * b, *batch["global_crops"].shape[2:])
@@ -127,7 +127,7 @@ def make_train_step(config, backbone: ViT, heads: st.Heads, make_tx, t_backbone:
     t_cls_logits, t_patch_logits = t_heads(
         teacher, t_out["x_norm_clstoken"], t_out["x_norm_patchtokens"].reshape(-1, t_backbone.embed_dim))
     t_cls, t_patch, center = st.teacher_targets(config, t_cls_logits, t_patch_logits, state["center"],
-                                                s["teacher_temp"])
+                                                schedule["teacher_temp"])
     t_cls = t_cls.reshape(b, 2, -1)
     t_patch = t_patch.reshape(2 * b, num_patches, -1)
 
@@ -147,9 +147,9 @@ def make_train_step(config, backbone: ViT, heads: st.Heads, make_tx, t_backbone:
       return st.combine_losses(config, terms)
 
     (loss, logged), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    params, opt, grad_norms = st.update(config, make_tx, s, state["params"], state["opt"], grads)
-    ema = st.ema_update(state["ema"], params, s["momentum"])
-    metrics = {"loss": loss, **logged, **s, "teacher_entropy": st.target_entropy(t_cls),
+    params, opt, grad_norms = st.update(config, make_tx, schedule, state["params"], state["opt"], grads)
+    ema = st.ema_update(state["ema"], params, schedule["momentum"])
+    metrics = {"loss": loss, **logged, **schedule, "teacher_entropy": st.target_entropy(t_cls),
                "param_norm": optax.tree.norm(params),
                **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
     new_state = {"params": params, "ema": ema, "opt": opt, "center": center, "step": step + 1}

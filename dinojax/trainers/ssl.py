@@ -38,7 +38,7 @@ def make_train_step(config, backbone: ViT, heads: st.Heads, make_tx, mesh, rules
   images_per_loss_group = st.loss_group(config, mesh, rules)
 
   def train_step(state, batch, schedule):
-    step, s = state["step"], schedule
+    step = state["step"]
     b = batch["global_crops"].shape[0]
     # Sample-major layout (b·2, ...), so merging crops into the batch keeps its sharding.
     global_crops = batch["global_crops"].reshape(2 * b, *batch["global_crops"].shape[2:])
@@ -56,7 +56,7 @@ def make_train_step(config, backbone: ViT, heads: st.Heads, make_tx, mesh, rules
     t_patches = st.take_masked(t_out["x_norm_patchtokens"], masked_idx)
     t_cls_logits, t_patch_logits = heads(state["teacher"], t_out["x_norm_clstoken"], t_patches)
     t_cls, t_patch, center = st.teacher_targets(config, t_cls_logits, t_patch_logits, state["center"],
-                                                s["teacher_temp"], valid, patch_group,
+                                                schedule["teacher_temp"], valid, patch_group,
                                                 b // images_per_loss_group)
     t_cls = t_cls.reshape(b, 2, -1)
 
@@ -78,9 +78,9 @@ def make_train_step(config, backbone: ViT, heads: st.Heads, make_tx, mesh, rules
       return st.combine_losses(config, terms)
 
     (loss, logged), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    params, opt, grad_norms = st.update(config, make_tx, s, state["params"], state["opt"], grads)
-    teacher = st.ema_update(state["teacher"], params, s["momentum"])
-    metrics = {"loss": loss, **logged, **s, "masked_patches": valid.sum(),
+    params, opt, grad_norms = st.update(config, make_tx, schedule, state["params"], state["opt"], grads)
+    teacher = st.ema_update(state["teacher"], params, schedule["momentum"])
+    metrics = {"loss": loss, **logged, **schedule, "masked_patches": valid.sum(),
                "teacher_entropy": st.target_entropy(t_cls), **st.center_norms(config, center),
                "param_norm": optax.tree.norm(params),
                **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
