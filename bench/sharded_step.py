@@ -58,10 +58,11 @@ def collectives(hlo: str) -> dict:
   return dict(found)
 
 
-def compile_for_tpu(devices, cpu_mesh, rules, train_step, state, batch):
-  """The step the trainer built for `cpu_mesh`, compiled for TPU `devices` laid out the same way:
-  every input becomes an abstract array with its sharding's spec on the TPU mesh (nothing is
-  placed), and the model's platform choices (attention) are made for TPU, the mesh's platform."""
+def compile_for_tpu(devices, cpu_mesh, rules, train_step, args):
+  """The step the trainer built for `cpu_mesh`, compiled for TPU `devices` laid out the same way on
+  its arguments `args` (state, batch, then what the trainer hands it beside them): every input
+  becomes an abstract array with its sharding's spec on the TPU mesh (nothing is placed), and the
+  model's platform choices (attention) are made for TPU, the mesh's platform."""
   import jax
   import numpy as np
   from jax.sharding import Mesh, NamedSharding
@@ -71,10 +72,10 @@ def compile_for_tpu(devices, cpu_mesh, rules, train_step, state, batch):
   sharding = lambda x: NamedSharding(mesh, x.sharding.spec)
   on_tpu = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding(x))
   step = getattr(train_step, "__wrapped__", train_step)
-  step = jax.jit(step, in_shardings=jax.tree.map(sharding, (state, batch)),
-                 out_shardings=(jax.tree.map(sharding, state), None), donate_argnums=0)
+  step = jax.jit(step, in_shardings=jax.tree.map(sharding, args),
+                 out_shardings=(jax.tree.map(sharding, args[0]), None), donate_argnums=0)
   with parallel.activation_sharding(mesh, rules):
-    return step.lower(*jax.tree.map(on_tpu, (state, batch))).compile()
+    return step.lower(*jax.tree.map(on_tpu, args)).compile()
 
 
 def main():
@@ -119,17 +120,15 @@ def main():
 
   compiled = {}
 
-  def compile_first_step(config, workdir, mesh, rules, state, train_step, data_iter, batch_shardings,
-                         *unused, **unused_kw):
-    batch = loop.global_batch(next(data_iter), batch_shardings)
+  def compile_first_step(run, state, train_step, *, step_args=lambda state: (), **unused):
+    batch = loop.global_batch(next(run.data_iter), run.batch_shardings)
+    args = (state, batch, *step_args(state))
     start = time.perf_counter()
     if tpu is not None:
-      compiled["step"] = compile_for_tpu(tpu.devices, mesh, rules, train_step, state, batch)
+      compiled["step"] = compile_for_tpu(tpu.devices, run.mesh, run.rules, train_step, args)
     else:
-      with parallel.activation_sharding(mesh, rules):
-        # Some trainers close over frozen state in a lambda around their jitted step.
-        step = train_step if hasattr(train_step, "lower") else jax.jit(train_step)
-        compiled["step"] = step.lower(state, batch).compile()
+      with parallel.activation_sharding(run.mesh, run.rules):
+        compiled["step"] = train_step.lower(*args).compile()
     compiled["seconds"] = time.perf_counter() - start
     return state, {}
 

@@ -24,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from dinojax import config_args, loop
+from dinojax import config_args, loop, student_teacher
 from dinojax.data import sources
 from dinojax.data.multi_crop import MultiCrop
 from dinojax.models.vit import VARIANTS, drop_path_rates, ffn_hidden_dim, stochastic_depth_keep
@@ -126,13 +126,13 @@ class _FirstBatchForever(_Wrapped):
 
 def wrap_data(cached: bool):
   """Makes the trainer's multi-crop data cached."""
-  multi_crop_data = ssl.multi_crop_data
+  multi_crop_data = student_teacher.multi_crop_data
 
   def wrapped(*args, **kwargs):
     dataset, skipped, shardings = multi_crop_data(*args, **kwargs)
     return _FirstBatchForever(iter(dataset)) if cached else iter(dataset), skipped, shardings
 
-  ssl.multi_crop_data = wrapped
+  student_teacher.multi_crop_data = wrapped
 
 
 def main():

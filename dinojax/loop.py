@@ -1,6 +1,7 @@
 """Pieces every trainer and evaluation job runs on: the mesh, metrics files, progress, finiteness
 checks, global batches, resuming from a checkpoint, and the training loop itself."""
 
+import dataclasses
 import json
 import math
 import os
@@ -12,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 from PIL import Image
 from tqdm import tqdm
 
@@ -138,26 +140,43 @@ def make_mesh(config):
   return mesh, rules
 
 
-def restore(ckpt, state: Any, shardings: Any, data_iter, skipped, init_from: str = "",
-            init_keys: Sequence[str] = (), run_meta: dict | None = None) -> tuple[Any, int]:
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """What one run's loop works with, set up by its job: the config and workdir, the mesh and its
+  logical-axis rules, the data iterator (with a position, saved in checkpoints) and the shardings
+  of its global batches, the checkpoint manager, the skipped-image counter, and `run_meta`: entries
+  saved with every checkpoint that a resume must find unchanged (e.g. the frozen teacher's source)."""
+  config: Any
+  workdir: str
+  mesh: Mesh
+  rules: tuple
+  data_iter: Any
+  batch_shardings: dict
+  ckpt: Any
+  skipped: Any
+  run_meta: dict = dataclasses.field(default_factory=dict)
+
+
+def restore(run: Run, state: Any, shardings: Any, init_from: str = "",
+            init_keys: Sequence[str] = ()) -> tuple[Any, int]:
   """(state, first step): the run's newest intact checkpoint if it has one (state, data iterator
   position, skipped-image count; damaged ones are skipped, see `checkpoint.restore_newest_intact`),
   else the `init_keys` entries of the state of `init_from` (another run's workdir: a new phase with a
   fresh optimizer and schedule), else `state` unchanged at step 0.
 
-  `run_meta` entries were saved with every checkpoint (see `train`); resuming with different values
-  (e.g. another frozen teacher) is an error naming the entry.
+  `run.run_meta` entries were saved with every checkpoint (see `train`); resuming with different
+  values (e.g. another frozen teacher) is an error naming the entry.
   """
-  resumed = checkpoint.restore_newest_intact(ckpt, checkpoint.abstract_like(state, shardings))
+  resumed = checkpoint.restore_newest_intact(run.ckpt, checkpoint.abstract_like(state, shardings))
   if resumed is not None:
     start, state, meta = resumed
-    for key, value in (run_meta or {}).items():
+    for key, value in run.run_meta.items():
       if key in meta and meta[key] != value:
         raise ValueError(f"This run's checkpoints were written with {key}={meta[key]!r}; resuming with "
                          f"{key}={value!r} would silently change the run; restore the earlier value "
                          "or use a new workdir.")
-    data_iter.set_state(meta["data"])
-    skipped.restore(meta)
+    run.data_iter.set_state(meta["data"])
+    run.skipped.restore(meta)
     logging.info("Resumed from step %d.", start)
     return state, start
   if init_from:
@@ -197,20 +216,23 @@ def evaluate(evaluations: Sequence, params: Any, step: int, writer: MetricWriter
   return scalars
 
 
-def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, data_iter,
-          batch_shardings: dict, ckpt, skipped, start: int, num_steps: int,
-          evaluations: Sequence = (), eval_params: Callable[[Any], Any] = lambda state: state,
-          run_meta: dict | None = None) -> tuple[Any, dict]:
-  """Steps `start + 1 .. num_steps` of `state, batch -> state, metrics`: metrics every
-  `config.log_every` steps (metrics.jsonl, progress bar), checkpoints every `config.checkpoint.every`
-  (with the data iterator's state, so resuming is exact), and each of `evaluations`
-  (`evaluators.base.Evaluation`) run on `eval_params(state)` when it is due: on its schedule, at the
-  last step, and before the first step where it asks to (`evaluate`). A non-finite metric stops the
-  run naming the step. Resumed at `start`, the rows a dead run wrote past it are dropped, and the
-  evaluations due at `start` that it did not write run first: a run killed between its last save and
-  its final evaluation, restarted at its last step, still evaluates. The step runs under
-  `jax.transfer_guard("disallow")`: everything it reads beside the batch must already be on the
-  devices. Returns (final state, summary of the last logged loss and evaluations)."""
+def train(run: Run, state: Any, train_step: Callable, *, start: int, num_steps: int,
+          step_args: Callable[[Any], tuple] = lambda state: (), evaluations: Sequence = (),
+          eval_params: Callable[[Any], Any] = lambda state: state) -> tuple[Any, dict]:
+  """Steps `start + 1 .. num_steps` of `train_step(state, batch, *step_args(state)) -> (state,
+  metrics)`, the batches from `run.data_iter`: `step_args` gives what the step reads beside state and
+  batch (frozen params, this step's schedules computed on the devices from the state's step), none
+  by default. Metrics every `config.log_every` steps (metrics.jsonl, progress bar), checkpoints every
+  `config.checkpoint.every` (with the data iterator's state, so resuming is exact, and
+  `run.run_meta`), and each of `evaluations` (`evaluators.base.Evaluation`) run on
+  `eval_params(state)` when it is due: on its schedule, at the last step, and before the first step
+  where it asks to (`evaluate`). A non-finite metric stops the run naming the step. Resumed at
+  `start`, the rows a dead run wrote past it are dropped, and the evaluations due at `start` that it
+  did not write run first: a run killed between its last save and its final evaluation, restarted at
+  its last step, still evaluates. The step runs under `jax.transfer_guard("disallow")`: everything it
+  reads beside the batch must already be on the devices. Returns (final state, summary of the last
+  logged loss and evaluations)."""
+  config, workdir, data_iter, skipped = run.config, run.workdir, run.data_iter, run.skipped
   writer = MetricWriter(workdir)
   evaluated = writer.resume_at(start)
   throughput = Throughput(config.batch_size)
@@ -220,8 +242,8 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
   summary = {}
 
   def save(step, force=False):
-    meta = {**(run_meta or {}), "data": data_iter.get_state(), **skipped.state(), "step": step}
-    checkpoint.save(ckpt, step, state, meta, force=force)
+    meta = {**run.run_meta, "data": data_iter.get_state(), **skipped.state(), "step": step}
+    checkpoint.save(run.ckpt, step, state, meta, force=force)
 
   def run_evaluations(step):
     due = [e for e in evaluations if e.due(step, num_steps)]
@@ -229,7 +251,7 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
       summary.update(evaluate(due, eval_params(state), step, writer))
 
   try:
-    with parallel.activation_sharding(mesh, rules):
+    with parallel.activation_sharding(run.mesh, run.rules):
       if start and not evaluated:  # the dead run saved, then died before evaluating
         run_evaluations(start)
       if not start:  # those that look at the features before training
@@ -239,12 +261,12 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
         # `make_array_from_process_local_data` is a guarded transfer): an implicit transfer (a NumPy
         # array or a Python number handed to the step, params copied per call) fails here instead
         # of silently slowing every step. Metrics come back explicitly, at the steps that log them.
-        batch = global_batch(next(data_iter), batch_shardings)
+        batch = global_batch(next(data_iter), run.batch_shardings)
         with jax.transfer_guard("disallow"):
           if step == start + 1:
-            train_step = compiled_on_every_process(train_step, state, batch)
+            train_step = compiled_on_every_process(train_step, state, batch, *step_args(state))
           profiler.before(step)
-          state, metrics = train_step(state, batch)
+          state, metrics = train_step(state, batch, *step_args(state))
           profiler.after(step, state)
         bar.update(1)
         is_last = step == num_steps
@@ -265,7 +287,7 @@ def train(config, workdir: str, mesh, rules, state: Any, train_step: Callable, d
     bar.close()
     writer.close()
     profiler.close()
-    ckpt.wait_until_finished()
+    run.ckpt.wait_until_finished()
   return state, summary
 
 

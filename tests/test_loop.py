@@ -50,9 +50,13 @@ def _run(workdir, die_at=None, profile_steps=(), host_batch=False):
   state = {"w": jnp.zeros((), jnp.float32), "step": jnp.zeros((), jnp.int32)}
   shardings = jax.tree.map(lambda _: replicated, state)
   state = jax.device_put(state, shardings)
-  ckpt = checkpoint.manager(workdir / "checkpoints", None, CONFIG.checkpoint.every)
-  data, skipped = Counting(), pipeline.SkipCounter()
-  state, start = loop.restore(ckpt, state, shardings, data, skipped)
+  config = CONFIG.copy_and_resolve_references()
+  config.profile = {"steps": profile_steps}
+  run = loop.Run(config=config, workdir=str(workdir), mesh=mesh, rules=(), data_iter=Counting(),
+                 batch_shardings={"x": NamedSharding(mesh, P("data"))},
+                 ckpt=checkpoint.manager(workdir / "checkpoints", None, CONFIG.checkpoint.every),
+                 skipped=pipeline.SkipCounter())
+  state, start = loop.restore(run, state, shardings)
 
   def train_step(state, batch):
     if int(jax.device_get(state["step"])) + 1 == die_at:
@@ -65,10 +69,7 @@ def _run(workdir, die_at=None, profile_steps=(), host_batch=False):
     evaluated.append(int(state["step"]))
     return {"w": state["w"]}
 
-  config = CONFIG.copy_and_resolve_references()
-  config.profile = {"steps": profile_steps}
-  loop.train(config, str(workdir), mesh, (), state, train_step, data,
-             {"x": NamedSharding(mesh, P("data"))}, ckpt, skipped, start, 8,
+  loop.train(run, state, train_step, start=start, num_steps=8,
              evaluations=[base.Evaluation("w", evaluate, every=config.eval.every)])
   return evaluated
 

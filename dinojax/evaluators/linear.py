@@ -226,9 +226,10 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
                             config.checkpoint.every)
-  data_iter = iter(dataset)
-  run_meta = {"backbone": backbone_source}
-  state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, run_meta=run_meta)
+  context = loop.Run(config=config, workdir=workdir, mesh=mesh, rules=rules, data_iter=iter(dataset),
+                     batch_shardings=batch_shardings, ckpt=ckpt, skipped=skipped,
+                     run_meta={"backbone": backbone_source})
+  state, start = loop.restore(context, state, state_shardings)
 
   # ------------------------------------------------------------------------------------------------
   # Evaluation: every classifier on the validation split, the best by top-1
@@ -272,8 +273,7 @@ def run(config, workdir: str) -> dict:
   # The loop, then the classifier chosen on the validation split on each test set (the official
   # `--test-datasets`, e.g. ImageNet-V2)
   # ------------------------------------------------------------------------------------------------
-  state, summary = loop.train(config, workdir, mesh, rules, state, step_fn, data_iter, batch_shardings,
-                              ckpt, skipped, start, num_steps, run_meta=run_meta,
+  state, summary = loop.train(context, state, step_fn, start=start, num_steps=num_steps,
                               evaluations=[base.Evaluation("linear", evaluate, every=config.eval.every)])
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)

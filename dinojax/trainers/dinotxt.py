@@ -1,14 +1,16 @@
 """dino.txt (Jose et al., "DINOv2 Meets Text", 2025): a text tower trained from scratch and a few vision
 blocks trained on top of a frozen DINOv2, aligned by a contrastive loss over the global batch.
 
-Reads top to bottom: mesh, tokenizer, data, models, frozen backbone, sharded init, the update step,
-checkpoint and resume, zero-shot and retrieval evaluation, the loop, and the export of the trained
-head and text tower in the released files' layout. Everything numeric comes from the config
+Reads top to bottom: the optimizer and the update step (`make_train_step`), then `run`: mesh,
+tokenizer, data, models, frozen backbone, sharded init, checkpoint and resume, zero-shot and
+retrieval evaluation, the loop, and the export of the trained head and text tower in the released
+files' layout. Everything numeric comes from the config
 (`configs/dinotxt_vitl14.py`). The frozen backbone is never part of `params`: it gets no
 gradient, no optimizer state and no checkpoint (it is re-read from its source on resume);
 `backbone.freeze=False` trains it too (a full CLIP-style step, for comparison).
 """
 
+import functools
 import os
 
 import jax
@@ -17,6 +19,7 @@ import numpy as np
 import optax
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from dinojax import backbones, checkpoint, convert, loop, optim, parallel
 from dinojax.data import captions
@@ -46,6 +49,69 @@ def schedules(config, step: jax.Array) -> dict:
   return {"lr": optim.cosine_schedule(step, o.lr, o.min_lr, config.total_steps, o.warmup_steps)}
 
 
+def make_optimizer(config, params):
+  """`make_tx(lr, weight_decay)`: AdamW over `params`, the config's decay exemptions, no per-layer
+  lr and no frozen last layer."""
+  ones = jax.tree.map(lambda _: 1.0, params)
+  wd_mult = optim.wd_multipliers(params, tuple(config.optim.no_weight_decay))
+  not_last = jax.tree.map(lambda _: False, params)
+
+  def make_tx(lr, weight_decay):
+    return optim.adamw(lr, weight_decay, 0.0, ones, wd_mult, not_last, config.optim.adamw_beta1,
+                       config.optim.adamw_beta2)
+
+  return make_tx
+
+
+def image_embeddings(backbone, head, params, images, train=False, rng=None):
+  """Unit image embeddings (B, embed_dim): [CLS ; mean of patches] of the head. `params` holds the
+  backbone's too (`{**frozen, **params}`)."""
+  image = encode_image(backbone, params["backbone"], head, params["vision_head"], images, train, rng)
+  return l2_normalize(image["image_embeds"])
+
+
+def text_embeddings(text, params, token_ids):
+  """Unit caption embeddings (B, embed_dim) of the text tower."""
+  return l2_normalize(text.apply({"params": params["text"]}, token_ids)["text_embeds"])
+
+
+def make_train_step(config, backbone, head, text, make_tx, mesh, rules):
+  """`train_step(state, batch, schedule, frozen) -> (state, metrics)`: one contrastive step, pure
+  (jit it with the state donated). `schedule` holds this step's lr (`schedules`), an input so that
+  runs of any length share one compiled step; `frozen` the params that get no gradient (the
+  backbone's, unless `backbone.freeze=False` put them in the state)."""
+  kind = config.loss.kind
+  batch_axes = dict(rules)["batch"]
+
+  def train_step(state, batch, schedule, frozen):
+    step = state["step"]
+
+    def loss_fn(params):
+      rng = jax.random.fold_in(jax.random.key(config.seed + 1), step)
+      image = image_embeddings(backbone, head, {**frozen, **params}, batch["image"], True, rng)
+      txt = text_embeddings(text, params, batch["tokens"])
+      loss = contrastive.contrastive_loss(image, txt, params["logit_scale"], params.get("logit_bias"),
+                                          kind, mesh=mesh, batch_axes=batch_axes)
+      # Accuracy of matching each image to its own caption within the global batch.
+      matches = (jnp.argmax(image @ txt.T, axis=-1) == jnp.arange(image.shape[0])).mean()
+      return loss, matches
+
+    (loss, matches), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = make_tx(schedule["lr"], config.optim.weight_decay).update(grads, state["opt"],
+                                                                              state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    if kind == "softmax":
+      params["logit_scale"] = contrastive.clip_logit_scale(params["logit_scale"])
+    metrics = {"loss": loss, **schedule, "batch_match_accuracy": matches,
+               "temperature": jnp.exp(-params["logit_scale"]),
+               "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+    if kind == "sigmoid":
+      metrics["logit_bias"] = params["logit_bias"]
+    return {"params": params, "opt": opt, "step": step + 1}, metrics
+
+  return train_step
+
+
 def run(config, workdir: str) -> dict:
   os.makedirs(workdir, exist_ok=True)
   num_steps = config.total_steps
@@ -57,8 +123,6 @@ def run(config, workdir: str) -> dict:
   # Mesh
   # ------------------------------------------------------------------------------------------------
   mesh, rules = loop.make_mesh(config)
-  batch_axes = dict(rules)["batch"]
-  data_devices = mesh.shape["data"] * mesh.shape["fsdp"]
 
   # ------------------------------------------------------------------------------------------------
   # Tokenizer and data
@@ -101,13 +165,7 @@ def run(config, workdir: str) -> dict:
     frozen = {"backbone": backbone_params}
   else:
     frozen, params = {}, {**params, "backbone": backbone_params}
-  ones = jax.tree.map(lambda _: 1.0, params)
-  wd_mult = optim.wd_multipliers(params, tuple(config.optim.no_weight_decay))
-  not_last = jax.tree.map(lambda _: False, params)
-
-  def make_tx(lr, weight_decay):
-    return optim.adamw(lr, weight_decay, 0.0, ones, wd_mult, not_last, config.optim.adamw_beta1,
-                       config.optim.adamw_beta2)
+  make_tx = make_optimizer(config, params)
 
   # ------------------------------------------------------------------------------------------------
   # Sharded init of the whole state (the frozen backbone stays outside it)
@@ -123,45 +181,13 @@ def run(config, workdir: str) -> dict:
                backbone_source)
 
   # ------------------------------------------------------------------------------------------------
-  # The update step
+  # The update step, and its schedule computed on the devices from the state's step
   # ------------------------------------------------------------------------------------------------
-  def image_embeddings(params, images, train=False, rng=None):
-    """Unit image embeddings (B, embed_dim): [CLS ; mean of patches] of the head. `params` holds the
-    backbone's too (`{**frozen, **params}`)."""
-    image = encode_image(backbone, params["backbone"], head, params["vision_head"], images, train, rng)
-    return l2_normalize(image["image_embeds"])
-
-  def text_embeddings(params, token_ids):
-    return l2_normalize(text.apply({"params": params["text"]}, token_ids)["text_embeds"])
-
-  def train_step(state, frozen, batch):
-    step = state["step"]
-    s = schedules(config, step)
-
-    def loss_fn(params):
-      rng = jax.random.fold_in(jax.random.key(config.seed + 1), step)
-      image = image_embeddings({**frozen, **params}, batch["image"], True, rng)
-      txt = text_embeddings(params, batch["tokens"])
-      loss = contrastive.contrastive_loss(image, txt, params["logit_scale"], params.get("logit_bias"),
-                                          kind, mesh=mesh, batch_axes=batch_axes)
-      # Accuracy of matching each image to its own caption within the global batch.
-      matches = (jnp.argmax(image @ txt.T, axis=-1) == jnp.arange(image.shape[0])).mean()
-      return loss, matches
-
-    (loss, matches), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt = make_tx(s["lr"], config.optim.weight_decay).update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    if kind == "softmax":
-      params["logit_scale"] = contrastive.clip_logit_scale(params["logit_scale"])
-    metrics = {"loss": loss, **s, "batch_match_accuracy": matches,
-               "temperature": jnp.exp(-params["logit_scale"]),
-               "grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
-    if kind == "sigmoid":
-      metrics["logit_bias"] = params["logit_bias"]
-    return {"params": params, "opt": opt, "step": step + 1}, metrics
-
-  train_step = jax.jit(train_step, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+  train_step = jax.jit(make_train_step(config, backbone, head, text, make_tx, mesh, rules),
+                       in_shardings=(state_shardings, batch_shardings, NamedSharding(mesh, P()),
+                                     frozen_shardings),
                        out_shardings=(state_shardings, None), donate_argnums=0)
+  schedule = jax.jit(functools.partial(schedules, config))
 
   # ------------------------------------------------------------------------------------------------
   # Checkpoint and resume
@@ -170,18 +196,20 @@ def run(config, workdir: str) -> dict:
                             config.checkpoint.every)
   if config.eval_only and checkpoint.latest_step(ckpt) is None:
     raise FileNotFoundError(f"eval_only: no checkpoint to evaluate in {workdir}/checkpoints.")
-  data_iter = iter(dataset)
   # The frozen parts are not checkpointed: resuming must read the same ones.
-  run_meta = {"backbone": backbone_source, "tokenizer": tokenizer.description}
-  state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, run_meta=run_meta)
+  context = loop.Run(config=config, workdir=workdir, mesh=mesh, rules=rules, data_iter=iter(dataset),
+                     batch_shardings=batch_shardings, ckpt=ckpt, skipped=skipped,
+                     run_meta={"backbone": backbone_source, "tokenizer": tokenizer.description})
+  state, start = loop.restore(context, state, state_shardings)
 
   # ------------------------------------------------------------------------------------------------
   # Evaluations (`config.evals`: zero-shot classification, image↔text retrieval, pictures of the head)
   # ------------------------------------------------------------------------------------------------
-  evaluations = base.from_config(config, image_size=config.image_size, tokenizer=tokenizer,
-                                 embed_images=jax.jit(image_embeddings),
-                                 embed_texts=jax.jit(text_embeddings), backbone=backbone,
-                                 vision_head=head, backbone_frozen=freeze, mesh=mesh, rules=rules)
+  evaluations = base.from_config(
+      config, image_size=config.image_size, tokenizer=tokenizer,
+      embed_images=jax.jit(functools.partial(image_embeddings, backbone, head)),
+      embed_texts=jax.jit(functools.partial(text_embeddings, text)), backbone=backbone,
+      vision_head=head, backbone_frozen=freeze, mesh=mesh, rules=rules)
   eval_params = lambda state: {**frozen, **state["params"]}
 
   if config.eval_only:
@@ -192,10 +220,9 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # The loop
   # ------------------------------------------------------------------------------------------------
-  state, summary = loop.train(config, workdir, mesh, rules, state,
-                              lambda state, batch: train_step(state, frozen, batch), data_iter,
-                              batch_shardings, ckpt, skipped, start, num_steps,
-                              evaluations=evaluations, eval_params=eval_params, run_meta=run_meta)
+  state, summary = loop.train(context, state, train_step, start=start, num_steps=num_steps,
+                              step_args=lambda state: (schedule(state["step"]), frozen),
+                              evaluations=evaluations, eval_params=eval_params)
   export_towers(state["params"], workdir)
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)

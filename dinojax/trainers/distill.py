@@ -1,7 +1,7 @@
 """DINOv2 distillation of smaller models (Oquab et al., 2023, §5): a student trained with the DINOv2
 losses against the head outputs of a larger, frozen teacher.
 
-The SSL training loop (`ssl.py`, whose pieces this file calls) with the paper's exceptions:
+SSL's training (`ssl.py`, with the pieces both share in `student_teacher`) with the paper's exceptions:
 - the teacher is a larger pretrained model, frozen: never updated, no optimizer state, not part of
   the checkpoints (it is read again from its source on resume, which must not have changed);
 - a spare EMA of the student (momentum schedule `config.ema`, as SSL's teacher) is kept in the state
@@ -16,8 +16,9 @@ The SSL training loop (`ssl.py`, whose pieces this file calls) with the paper's 
 The DINO loss (student global and local CLS tokens against the teacher's global CLS targets, each
 global view against the other view, Sinkhorn-Knopp or softmax centering) and KoLeo are SSL's.
 
-Reads top to bottom: mesh, data, the frozen teacher, student and optimizer, sharded init, the update
-step, checkpoint and resume, the evaluations of the student's EMA, the loop, export.
+Reads top to bottom: loading and checking the teacher, the update step (`make_train_step`), then
+`run`: mesh, data, the frozen teacher, student and optimizer, sharded init, checkpoint and resume,
+the evaluations of the student's EMA, the loop, export.
 """
 
 import functools
@@ -28,10 +29,13 @@ import jax.numpy as jnp
 import optax
 from absl import logging
 
+from jax.sharding import NamedSharding, PartitionSpec as P
+
 from dinojax import backbones, checkpoint, convert, loop, parallel
+from dinojax import student_teacher as st
 from dinojax.evaluators import base
 from dinojax.losses import dino
-from dinojax.trainers import ssl
+from dinojax.models.vit import ViT
 
 
 def load_teacher(config, mesh, rules):
@@ -53,15 +57,15 @@ def load_teacher(config, mesh, rules):
 
   if t.checkpoint:
     backbone, head_modules, params = convert.teacher_from_checkpoint(t.checkpoint, **model_overrides)
-    heads = ssl.Heads(head_modules["dino_head"], head_modules.get("ibot_head"))
+    heads = st.Heads(head_modules["dino_head"], head_modules.get("ibot_head"))
     shardings = parallel.logical_to_shardings(
-        jax.eval_shape(ssl.model_init(backbone, heads, size), jax.random.key(0)), mesh, rules)
+        jax.eval_shape(st.model_init(backbone, heads, size), jax.random.key(0)), mesh, rules)
     source = f"checkpoint:{os.path.abspath(t.checkpoint)}"
     return backbone, heads, parallel.to_device(params, shardings), source
 
   backbone = backbones.build_vit(t.model)
-  heads = ssl.build_heads(t.dino_head, t.ibot_head, t.separate_head, backbone.dtype)
-  init = ssl.model_init(backbone, heads, size)
+  heads = st.build_heads(t.dino_head, t.ibot_head, t.separate_head, backbone.dtype)
+  init = st.model_init(backbone, heads, size)
   if t.workdir:
     params, source = backbones.restore_from_run(t.workdir, init, entry=("teacher",), mesh=mesh,
                                                 rules=rules, step=t.step, flag="teacher.workdir")
@@ -86,7 +90,7 @@ def check_config(config):
                      "without stochastic depth (DINOv2 §5); set it to 0.")
 
 
-def check_compatible(config, student, student_heads: ssl.Heads, teacher, teacher_heads: ssl.Heads):
+def check_compatible(config, student, student_heads: st.Heads, teacher, teacher_heads: st.Heads):
   """The student must see the teacher's patch grid (iBOT compares patch by patch) and predict the
   teacher's prototypes."""
   size = config.crops.global_size
@@ -101,10 +105,63 @@ def check_compatible(config, student, student_heads: ssl.Heads, teacher, teacher
                        f"{t_head.out_dim} prototypes; the student predicts the teacher's.")
 
 
+def make_train_step(config, backbone: ViT, heads: st.Heads, make_tx, t_backbone: ViT,
+                    t_heads: st.Heads, mesh, rules):
+  """`train_step(state, batch, schedule, teacher) -> (state, metrics)`: one distillation step, pure
+  (jit it with the state donated; the teacher's params are an argument, neither donated nor
+  returned). `schedule` holds this step's scheduled scalars (`st.schedules` with `config.ema`), an
+  input so that runs of any length share one compiled step; `make_tx` is `st.make_optimizer`'s."""
+  n_local = config.crops.local_number
+  num_patches = (config.crops.global_size // config.model.patch_size) ** 2
+  images_per_loss_group = st.loss_group(config, mesh, rules)
+
+  def train_step(state, batch, schedule, teacher):
+    step = state["step"]
+    b = batch["global_crops"].shape[0]
+    # Sample-major layout (b·2, ...), so merging crops into the batch keeps its sharding.
+    global_crops = batch["global_crops"].reshape(2 * b, *batch["global_crops"].shape[2:])
+    local_crops = batch["local_crops"].reshape(b * n_local, *batch["local_crops"].shape[2:])
+
+    # Teacher: global crops, every patch token, no gradient.
+    t_out = t_backbone.apply({"params": teacher["backbone"]}, global_crops)
+    t_cls_logits, t_patch_logits = t_heads(
+        teacher, t_out["x_norm_clstoken"], t_out["x_norm_patchtokens"].reshape(-1, t_backbone.embed_dim))
+    t_cls, t_patch, center = st.teacher_targets(config, t_cls_logits, t_patch_logits, state["center"],
+                                                schedule["teacher_temp"])
+    t_cls = t_cls.reshape(b, 2, -1)
+    t_patch = t_patch.reshape(2 * b, num_patches, -1)
+
+    def loss_fn(params):
+      # No masks, and no stochastic depth (drop_path_rate is 0), so no randomness.
+      s_global = backbone.apply({"params": params["backbone"]}, global_crops)
+      s_global_logits, s_patch_logits = heads(
+          params, s_global["x_norm_clstoken"], s_global["x_norm_patchtokens"].reshape(-1, backbone.embed_dim))
+      s_local = backbone.apply({"params": params["backbone"]}, local_crops)
+      s_local_logits = heads.dino_logits(params, s_local["x_norm_clstoken"])
+      terms = st.dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls,
+                                   s_global["x_norm_clstoken"], images_per_loss_group)
+      # Every patch selected: weight 1/patches per patch, so each of the 2b images counts once.
+      patch_weights = jnp.full((2 * b, num_patches), 1.0 / num_patches)
+      terms["loss_ibot"] = dino.ibot_loss(s_patch_logits.reshape(2 * b, num_patches, -1), t_patch,
+                                          patch_weights, 2 * b, config.dino.student_temp)
+      return st.combine_losses(config, terms)
+
+    (loss, logged), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    params, opt, grad_norms = st.update(config, make_tx, schedule, state["params"], state["opt"], grads)
+    ema = st.ema_update(state["ema"], params, schedule["momentum"])
+    metrics = {"loss": loss, **logged, **schedule, "teacher_entropy": st.target_entropy(t_cls),
+               "param_norm": optax.tree.norm(params),
+               **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
+    new_state = {"params": params, "ema": ema, "opt": opt, "center": center, "step": step + 1}
+    return new_state, metrics
+
+  return train_step
+
+
 def run(config, workdir: str) -> dict:
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  num_steps = ssl.total_steps(config)
+  num_steps = st.total_steps(config)
 
   # ------------------------------------------------------------------------------------------------
   # Mesh
@@ -115,7 +172,7 @@ def run(config, workdir: str) -> dict:
   # Data: multi-crop, no masks
   # ------------------------------------------------------------------------------------------------
   crops = config.crops
-  dataset, skipped, batch_shardings = ssl.multi_crop_data(config, mesh, rules, masks=False)
+  dataset, skipped, batch_shardings = st.multi_crop_data(config, mesh, rules, masks=False)
 
   # ------------------------------------------------------------------------------------------------
   # The frozen teacher
@@ -128,18 +185,18 @@ def run(config, workdir: str) -> dict:
   # Student and optimizer
   # ------------------------------------------------------------------------------------------------
   backbone = backbones.build_vit(config.model)
-  heads = ssl.build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
+  heads = st.build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
   check_compatible(config, backbone, heads, t_backbone, t_heads)
-  init = ssl.model_init(backbone, heads, crops.global_size)
+  init = st.model_init(backbone, heads, crops.global_size)
   params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed),
                                                   tolerance=config.sharding_tolerance)
-  make_tx = ssl.make_optimizer(config, params, backbone.depth)
+  make_tx = st.make_optimizer(config, params, backbone.depth)
 
   # ------------------------------------------------------------------------------------------------
   # Sharded init of the whole state (the teacher is not part of it)
   # ------------------------------------------------------------------------------------------------
   # The spare EMA starts as the student.
-  state = jax.jit(functools.partial(ssl.init_state, config, make_tx, param_shardings=param_shardings,
+  state = jax.jit(functools.partial(st.init_state, config, make_tx, param_shardings=param_shardings,
                                     ema_key="ema"))(params)
   state_shardings = jax.tree.map(lambda x: x.sharding, state)
   teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher)
@@ -147,56 +204,13 @@ def run(config, workdir: str) -> dict:
                sum(x.size for x in jax.tree.leaves(params)) / 1e6, 100 * parallel.sharded_fraction(params))
 
   # ------------------------------------------------------------------------------------------------
-  # The update step
+  # The update step, and its schedules computed on the devices from the state's step
   # ------------------------------------------------------------------------------------------------
-  n_local = crops.local_number
-  num_patches = (crops.global_size // config.model.patch_size) ** 2
-  images_per_loss_group = ssl.loss_group(config, mesh, rules)
-
-  def train_step(state, teacher, batch):
-    step = state["step"]
-    s = ssl.schedules(config, step, ema=config.ema)
-    b = batch["global_crops"].shape[0]
-    # Sample-major layout (b·2, ...), so merging crops into the batch keeps its sharding.
-    global_crops = batch["global_crops"].reshape(2 * b, *batch["global_crops"].shape[2:])
-    local_crops = batch["local_crops"].reshape(b * n_local, *batch["local_crops"].shape[2:])
-
-    # Teacher: global crops, every patch token, no gradient.
-    t_out = t_backbone.apply({"params": teacher["backbone"]}, global_crops)
-    t_cls_logits, t_patch_logits = t_heads(
-        teacher, t_out["x_norm_clstoken"], t_out["x_norm_patchtokens"].reshape(-1, t_backbone.embed_dim))
-    t_cls, t_patch, center = ssl.teacher_targets(config, t_cls_logits, t_patch_logits, state["center"],
-                                                 s["teacher_temp"])
-    t_cls = t_cls.reshape(b, 2, -1)
-    t_patch = t_patch.reshape(2 * b, num_patches, -1)
-
-    def loss_fn(params):
-      # No masks, and no stochastic depth (drop_path_rate is 0), so no randomness.
-      s_global = backbone.apply({"params": params["backbone"]}, global_crops)
-      s_global_logits, s_patch_logits = heads(
-          params, s_global["x_norm_clstoken"], s_global["x_norm_patchtokens"].reshape(-1, backbone.embed_dim))
-      s_local = backbone.apply({"params": params["backbone"]}, local_crops)
-      s_local_logits = heads.dino_logits(params, s_local["x_norm_clstoken"])
-      terms = ssl.dino_koleo_losses(config, s_global_logits, s_local_logits, t_cls,
-                                    s_global["x_norm_clstoken"], images_per_loss_group)
-      # Every patch selected: weight 1/patches per patch, so each of the 2b images counts once.
-      patch_weights = jnp.full((2 * b, num_patches), 1.0 / num_patches)
-      terms["loss_ibot"] = dino.ibot_loss(s_patch_logits.reshape(2 * b, num_patches, -1), t_patch,
-                                          patch_weights, 2 * b, config.dino.student_temp)
-      return ssl.combine_losses(config, terms)
-
-    (loss, logged), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    params, opt, grad_norms = ssl.update(config, make_tx, s, state["params"], state["opt"], grads)
-    ema = ssl.ema_update(state["ema"], params, s["momentum"])
-    metrics = {"loss": loss, **logged, **s, "teacher_entropy": ssl.target_entropy(t_cls),
-               "param_norm": optax.tree.norm(params),
-               **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
-    new_state = {"params": params, "ema": ema, "opt": opt, "center": center, "step": step + 1}
-    return new_state, metrics
-
-  # The teacher is an argument, neither donated nor returned: it stays as loaded.
-  jitted_step = jax.jit(train_step, in_shardings=(state_shardings, teacher_shardings, batch_shardings),
-                        out_shardings=(state_shardings, None), donate_argnums=0)
+  replicated = NamedSharding(mesh, P())
+  train_step = jax.jit(make_train_step(config, backbone, heads, make_tx, t_backbone, t_heads, mesh, rules),
+                       in_shardings=(state_shardings, batch_shardings, replicated, teacher_shardings),
+                       out_shardings=(state_shardings, None), donate_argnums=0)
+  schedule = jax.jit(functools.partial(st.schedules, config, ema=config.ema))
 
   # ------------------------------------------------------------------------------------------------
   # Checkpoint and resume (or a new phase of an earlier distillation run: its student, EMA and
@@ -204,10 +218,11 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
                             config.checkpoint.every)
-  data_iter = iter(dataset)
-  run_meta = {"teacher": teacher_source}
-  state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, config.init_from,
-                              init_keys=("params", "ema", "center"), run_meta=run_meta)
+  context = loop.Run(config=config, workdir=workdir, mesh=mesh, rules=rules, data_iter=iter(dataset),
+                     batch_shardings=batch_shardings, ckpt=ckpt, skipped=skipped,
+                     run_meta={"teacher": teacher_source})
+  state, start = loop.restore(context, state, state_shardings, init_from=config.init_from,
+                              init_keys=("params", "ema", "center"))
 
   # ------------------------------------------------------------------------------------------------
   # Evaluations of the student's EMA, the final model (`config.evals`: k-NN, pictures)
@@ -218,10 +233,9 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # The loop, then the export of the final model
   # ------------------------------------------------------------------------------------------------
-  state, summary = loop.train(
-      config, workdir, mesh, rules, state, lambda state, batch: jitted_step(state, teacher, batch),
-      data_iter, batch_shardings, ckpt, skipped, start, num_steps,
-      evaluations=evaluations, eval_params=lambda state: state["ema"]["backbone"], run_meta=run_meta)
+  state, summary = loop.train(context, state, train_step, start=start, num_steps=num_steps,
+                              step_args=lambda state: (schedule(state["step"]), teacher),
+                              evaluations=evaluations, eval_params=lambda state: state["ema"]["backbone"])
   loop.export_backbone(state["ema"]["backbone"], os.path.join(workdir, "student_ema.safetensors"))
   if skipped.count:
     logging.warning("%d unreadable images were skipped.", skipped.count)

@@ -6,8 +6,9 @@ tokens averaged with that head's CLS attention); a caption, through CLIP's text 
 compared with the head of its own image it matches best, and a symmetric InfoNCE over the global
 batch (all devices and hosts) with a fixed temperature pulls pairs together.
 
-Reads top to bottom: mesh, data, frozen models, ψ and its optimizer, the update step, checkpoint and
-resume, the loop. Everything numeric comes from the config (`configs/talk2dino_vitb14reg.py`).
+Reads top to bottom: the update step (`make_train_step`), then `run`: mesh, data, frozen models, ψ
+and its optimizer, checkpoint and resume, the loop. Everything numeric comes from the config
+(`configs/talk2dino_vitb14reg.py`).
 """
 
 import math
@@ -27,6 +28,46 @@ from dinojax.models import talk2dino
 
 def total_steps(config) -> int:
   return config.total_steps or config.optim.epochs * config.steps_per_epoch
+
+
+def make_train_step(config, backbone, text_encoder, projection, tx):
+  """`train_step(state, batch, frozen) -> (state, metrics)`: one step of ψ, pure (jit it with the
+  state donated). `frozen` holds the frozen towers' params ({"backbone", "text"}); `tx` is ψ's
+  optimizer (a constant lr, `config.optim.lr`)."""
+  logit_scale = math.log(1.0 / config.temperature)  # the InfoNCE's fixed temperature
+
+  def train_step(state, batch, frozen):
+    # Frozen towers: plain forward passes, outside the differentiated function.
+    out = backbone.apply(frozen["backbone"], batch["image"], return_cls_attention=True)
+    heads = talk2dino.head_pooled_embeddings(out["x_norm_patchtokens"], out["cls_attention_logits"],
+                                             1 + backbone.num_register_tokens)
+    text = text_encoder.apply(frozen["text"], batch["tokens"])["text_embeds"]
+    heads, text = jax.lax.stop_gradient((heads, text))
+
+    def loss_fn(params):
+      # Global (B, B) similarities: the arrays span the whole mesh, so every caption is contrasted
+      # with every image of the global batch whatever the device count.
+      similarity = t2d_loss.head_pooled_similarity(projection.apply({"params": params}, text), heads)
+      return t2d_loss.infonce_loss(similarity, logit_scale), similarity
+
+    (loss, similarity), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    diagonal = jnp.arange(similarity.shape[0])
+    metrics = {
+        "loss": loss,
+        # In-batch retrieval: how often a caption's best image (and an image's best caption) is its own.
+        "text_to_image_top1": (similarity.argmax(axis=1) == diagonal).mean(),
+        "image_to_text_top1": (similarity.argmax(axis=0) == diagonal).mean(),
+        "lr": jnp.asarray(config.optim.lr, jnp.float32),
+        "grad_norm": optax.tree.norm(grads),
+        "param_norm": optax.tree.norm(params),
+        # Constant over the run (and across resumes) when the towers really are frozen.
+        "frozen_norm": optax.tree.norm(frozen),
+    }
+    return {"params": params, "opt": opt, "step": state["step"] + 1}, metrics
+
+  return train_step
 
 
 def run(config, workdir: str) -> dict:
@@ -54,12 +95,12 @@ def run(config, workdir: str) -> dict:
   if size % backbone.patch_size:
     raise ValueError(f"image_size={size} is not a multiple of the backbone's patch size "
                      f"{backbone.patch_size}.")
-  context = text_encoder.context_length
+  context_length = text_encoder.context_length
   frozen_params = {
       "backbone": backbones.place(backbone, frozen.backbone_params, jnp.zeros((1, size, size, 3)), mesh,
                                   rules),
-      "text": backbones.place(text_encoder, frozen.text_params, jnp.zeros((1, context), jnp.int32), mesh,
-                              rules),
+      "text": backbones.place(text_encoder, frozen.text_params, jnp.zeros((1, context_length), jnp.int32),
+                              mesh, rules),
   }
 
   # ------------------------------------------------------------------------------------------------
@@ -67,7 +108,7 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   source = captions.make_caption_source(config.data.source, config.data.split)
   dataset, skipped = captions.caption_dataset(
-      source, config.batch_size, size, config.seed, lambda text: tokenize([text], context)[0],
+      source, config.batch_size, size, config.seed, lambda text: tokenize([text], context_length)[0],
       jax.process_index(), jax.process_count(), config.data.threads)
   batch_shardings = {"image": parallel.batch_sharding(mesh, rules, 4),
                      "tokens": parallel.batch_sharding(mesh, rules, 2),
@@ -83,7 +124,6 @@ def run(config, workdir: str) -> dict:
       jax.random.key(config.seed))
   o = config.optim
   tx = optax.adam(o.lr, b1=o.adam_beta1, b2=o.adam_beta2, eps=o.adam_eps)
-  logit_scale = math.log(1.0 / config.temperature)
 
   state = jax.jit(lambda p: {"params": p, "opt": optim.sharded_init(tx, p, param_shardings),
                              "step": jnp.zeros((), jnp.int32)})(params)
@@ -96,38 +136,8 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   # The update step
   # ------------------------------------------------------------------------------------------------
-  def train_step(state, frozen_params, batch):
-    # Frozen towers: plain forward passes, outside the differentiated function.
-    out = backbone.apply(frozen_params["backbone"], batch["image"], return_cls_attention=True)
-    heads = talk2dino.head_pooled_embeddings(out["x_norm_patchtokens"], out["cls_attention_logits"],
-                                             1 + backbone.num_register_tokens)
-    text = text_encoder.apply(frozen_params["text"], batch["tokens"])["text_embeds"]
-    heads, text = jax.lax.stop_gradient((heads, text))
-
-    def loss_fn(params):
-      # Global (B, B) similarities: the arrays span the whole mesh, so every caption is contrasted
-      # with every image of the global batch whatever the device count.
-      similarity = t2d_loss.head_pooled_similarity(projection.apply({"params": params}, text), heads)
-      return t2d_loss.infonce_loss(similarity, logit_scale), similarity
-
-    (loss, similarity), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-    updates, opt = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    diagonal = jnp.arange(similarity.shape[0])
-    metrics = {
-        "loss": loss,
-        # In-batch retrieval: how often a caption's best image (and an image's best caption) is its own.
-        "text_to_image_top1": (similarity.argmax(axis=1) == diagonal).mean(),
-        "image_to_text_top1": (similarity.argmax(axis=0) == diagonal).mean(),
-        "lr": jnp.asarray(o.lr, jnp.float32),
-        "grad_norm": optax.tree.norm(grads),
-        "param_norm": optax.tree.norm(params),
-        # Constant over the run (and across resumes) when the towers really are frozen.
-        "frozen_norm": optax.tree.norm(frozen_params),
-    }
-    return {"params": params, "opt": opt, "step": state["step"] + 1}, metrics
-
-  train_step = jax.jit(train_step, in_shardings=(state_shardings, frozen_shardings, batch_shardings),
+  train_step = jax.jit(make_train_step(config, backbone, text_encoder, projection, tx),
+                       in_shardings=(state_shardings, batch_shardings, frozen_shardings),
                        out_shardings=(state_shardings, None), donate_argnums=0)
 
   # ------------------------------------------------------------------------------------------------
@@ -135,17 +145,18 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   ckpt = checkpoint.manager(os.path.join(workdir, "checkpoints"), config.checkpoint.keep,
                             config.checkpoint.every)
-  data_iter = iter(dataset)
   # The frozen towers are not checkpointed: resuming must read the same ones.
-  run_meta = {"backbone_checkpoint": m.backbone_checkpoint, "clip_checkpoint": m.clip_checkpoint}
-  state, start = loop.restore(ckpt, state, state_shardings, data_iter, skipped, run_meta=run_meta)
+  context = loop.Run(config=config, workdir=workdir, mesh=mesh, rules=rules, data_iter=iter(dataset),
+                     batch_shardings=batch_shardings, ckpt=ckpt, skipped=skipped,
+                     run_meta={"backbone_checkpoint": m.backbone_checkpoint,
+                               "clip_checkpoint": m.clip_checkpoint})
+  state, start = loop.restore(context, state, state_shardings)
 
   # ------------------------------------------------------------------------------------------------
   # The loop
   # ------------------------------------------------------------------------------------------------
-  state, summary = loop.train(config, workdir, mesh, rules, state,
-                              lambda state, batch: train_step(state, frozen_params, batch), data_iter,
-                              batch_shardings, ckpt, skipped, start, num_steps, run_meta=run_meta)
+  state, summary = loop.train(context, state, train_step, start=start, num_steps=num_steps,
+                              step_args=lambda state: (frozen_params,))
   if jax.process_index() == 0:  # ψ in the official key layout, for `--projection` and the official code
     convert.save_state_dict(convert.talk2dino_to_state_dict(jax.device_get(state["params"])),
                             os.path.join(workdir, "projection.safetensors"))

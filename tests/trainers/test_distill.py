@@ -19,7 +19,8 @@ import torch
 
 import jobs
 from dinojax import backbones, checkpoint, config_args, convert, loop, parallel
-from dinojax.trainers import distill, ssl
+from dinojax import student_teacher as st
+from dinojax.trainers import distill
 
 CONFIG_FILE = jobs.REPO / "configs/distill_vitg14_to_vits14.py"
 # Small enough for CI: 2-block teacher (96 wide) and student (48 wide), 16 images a step; KoLeo in
@@ -156,8 +157,8 @@ def test_teacher_loads_from_an_ssl_run(tmp_path):
   config = load_config(**SMALL)
   mesh, rules = loop.make_mesh(config)
   backbone = backbones.build_vit(config.teacher.model)
-  heads = ssl.build_heads(config.teacher.dino_head, config.teacher.ibot_head, False, backbone.dtype)
-  abstract = jax.eval_shape(ssl.model_init(backbone, heads, 32), jax.random.key(0))
+  heads = st.build_heads(config.teacher.dino_head, config.teacher.ibot_head, False, backbone.dtype)
+  abstract = jax.eval_shape(st.model_init(backbone, heads, 32), jax.random.key(0))
   shardings = parallel.logical_to_shardings(abstract, mesh, rules)
   student, ema = (parallel.to_device(_random_params(abstract, seed), shardings) for seed in (3, 4))
   state = {"params": student, "teacher": ema, "opt": {"mu": student}, "step": jnp.int32(5)}
@@ -182,13 +183,13 @@ def test_teacher_loads_from_an_ssl_run(tmp_path):
 def test_incompatible_teacher_or_student_is_an_error():
   config = load_config(**SMALL)
   t_backbone = backbones.build_vit(config.teacher.model)
-  t_heads = ssl.build_heads(config.teacher.dino_head, config.teacher.ibot_head, False, jnp.float32)
-  heads = ssl.build_heads(config.dino.head, config.ibot.head, False, jnp.float32)
+  t_heads = st.build_heads(config.teacher.dino_head, config.teacher.ibot_head, False, jnp.float32)
+  heads = st.build_heads(config.dino.head, config.ibot.head, False, jnp.float32)
   with pytest.raises(ValueError, match="patch grids"):
     distill.check_compatible(config, backbones.build_vit({**config.model, "patch_size": 8}), heads,
                              t_backbone, t_heads)
   fewer = ml_collections.ConfigDict({**config.dino.head, "prototypes": 256})
-  wrong = ssl.build_heads(fewer, config.ibot.head, False, jnp.float32)
+  wrong = st.build_heads(fewer, config.ibot.head, False, jnp.float32)
   with pytest.raises(ValueError, match="dino.head.prototypes=256"):
     distill.check_compatible(config, backbones.build_vit(config.model), wrong, t_backbone, t_heads)
   config.model.drop_path_rate = 0.1
@@ -207,7 +208,9 @@ def test_resuming_with_another_teacher_is_an_error(tmp_path):
   checkpoint.save(mgr, 1, {"step": jnp.int32(1)}, {"teacher": "checkpoint:/a.pth", "data": {}}, force=True)
   mgr.wait_until_finished()
   with pytest.raises(ValueError, match="teacher='checkpoint:/a.pth'"):
-    loop.restore(mgr, {"step": jnp.int32(0)}, None, None, None, run_meta={"teacher": "checkpoint:/b.pth"})
+    loop.restore(loop.Run(config=None, workdir=str(tmp_path), mesh=None, rules=(), data_iter=None,
+                          batch_shardings={}, ckpt=mgr, skipped=None,
+                          run_meta={"teacher": "checkpoint:/b.pth"}), {"step": jnp.int32(0)}, None)
 
 
 @pytest.mark.parametrize("arg,variant", [(None, "vit_small"), ("student=vitb14", "vit_base"),
@@ -240,7 +243,7 @@ def test_tiny_teacher_is_the_tiny_ssl_model():
 
   def shapes(model, dino_head, ibot_head, separate):
     backbone = backbones.build_vit(model)
-    init = ssl.model_init(backbone, ssl.build_heads(dino_head, ibot_head, separate, backbone.dtype), 32)
+    init = st.model_init(backbone, st.build_heads(dino_head, ibot_head, separate, backbone.dtype), 32)
     return jax.tree.map(lambda x: x.shape, nn.unbox(jax.eval_shape(init, jax.random.key(0))))
 
   t = config.teacher

@@ -9,8 +9,8 @@ import pytest
 
 import jobs
 from dinojax import config_defaults, parallel
+from dinojax import student_teacher as st
 from dinojax.losses import dino
-from dinojax.trainers import ssl
 
 rng = np.random.default_rng(0)
 
@@ -74,11 +74,11 @@ def test_loss_and_logged_losses_are_the_official_ones_on_4_gpus():
   @jax.jit
   def losses(s_global, s_local, t_cls, cls_tokens, s_patch, t_patch, masks):
     # The trainer's layout: crops sample-major, merged into the batch.
-    terms = ssl.dino_koleo_losses(config, s_global.reshape(2 * b, k), s_local.reshape(2 * b, k), t_cls,
+    terms = st.dino_koleo_losses(config, s_global.reshape(2 * b, k), s_local.reshape(2 * b, k), t_cls,
                                   cls_tokens.reshape(2 * b, d), loss_group=b // gpus)
     terms["loss_ibot"] = dino.ibot_loss(s_patch.reshape(2 * b, p, k), t_patch.reshape(2 * b, p, k),
                                         dino.masked_patch_weights(masks.reshape(2 * b, p)), 2 * b)
-    return ssl.combine_losses(config, terms)
+    return st.combine_losses(config, terms)
 
   f32 = lambda x: np.asarray(x, np.float32)
   loss, logged = losses(*map(f32, (s_global, s_local, t_cls, cls_tokens, s_patch, t_patch)), masks)
@@ -106,9 +106,9 @@ def test_ibot_centre_on_8_devices_is_the_per_gpu_update(mesh_axes, loss_group):
             "ibot": rng.normal(size=(1, k)).astype(np.float32)}
 
   def new_center(masks, cls_logits, patch_logits, center):
-    index, valid = ssl.masked_patch_index(masks, groups=8, size=4 * p)
-    groups = ssl.masked_patch_groups(masks, index, loss_group)
-    *_, center = ssl.teacher_targets(config, cls_logits, ssl.take_masked(patch_logits, index), center,
+    index, valid = st.masked_patch_index(masks, groups=8, size=4 * p)
+    groups = st.masked_patch_groups(masks, index, loss_group)
+    *_, center = st.teacher_targets(config, cls_logits, st.take_masked(patch_logits, index), center,
                                      0.04, valid.reshape(-1), groups, b // loss_group)
     return center
 
@@ -126,13 +126,13 @@ def test_default_loss_group_is_each_devices_batch_and_must_divide_the_batch():
   config = jobs.config("dinov2_vits14.py:tiny")
   config.batch_size = 32
   rules = parallel.DEFAULT_RULES
-  assert ssl.loss_group(config, parallel.make_mesh({"data": 8}), rules) == 4
-  assert ssl.loss_group(config, parallel.make_mesh({"data": 2, "model": 4}), rules) == 16
+  assert st.loss_group(config, parallel.make_mesh({"data": 8}), rules) == 4
+  assert st.loss_group(config, parallel.make_mesh({"data": 2, "model": 4}), rules) == 16
   config.loss_group = 16
-  assert ssl.loss_group(config, parallel.make_mesh({"data": 8}), rules) == 16
+  assert st.loss_group(config, parallel.make_mesh({"data": 8}), rules) == 16
   config.loss_group = 12
   with pytest.raises(ValueError, match="loss_group=12 does not divide batch_size=32"):
-    ssl.loss_group(config, parallel.make_mesh({"data": 8}), rules)
+    st.loss_group(config, parallel.make_mesh({"data": 8}), rules)
 
 
 def test_zero_local_crops_are_refused():
@@ -140,4 +140,4 @@ def test_zero_local_crops_are_refused():
   config = jobs.config("dinov2_vits14.py:tiny")
   config.crops.local_number = 0
   with pytest.raises(ValueError, match="crops.local_number=0"):
-    ssl.multi_crop_data(config, parallel.make_mesh({"data": 8}), parallel.DEFAULT_RULES)
+    st.multi_crop_data(config, parallel.make_mesh({"data": 8}), parallel.DEFAULT_RULES)

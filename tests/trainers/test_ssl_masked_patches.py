@@ -9,28 +9,28 @@ import pytest
 
 import jobs
 from dinojax import backbones, parallel
-from dinojax.trainers import ssl
+from dinojax import student_teacher as st
 
 
 def test_default_mask_group_is_each_devices_batch():
   config = jobs.config("dinov2_vits14.py:tiny")
   config.batch_size = 32
   rules = parallel.DEFAULT_RULES
-  assert ssl.mask_group(config, parallel.make_mesh({"data": 8}), rules) == 4
-  assert ssl.mask_group(config, parallel.make_mesh({"data": 2, "model": 4}), rules) == 16
+  assert st.mask_group(config, parallel.make_mesh({"data": 8}), rules) == 4
+  assert st.mask_group(config, parallel.make_mesh({"data": 2, "model": 4}), rules) == 16
   config.batch_size = 12  # does not split over 8 devices: one group per host
-  assert ssl.mask_group(config, parallel.make_mesh({"data": 8}), rules) == 12
+  assert st.mask_group(config, parallel.make_mesh({"data": 8}), rules) == 12
   config.ibot.mask_group = 6
-  assert ssl.mask_group(config, parallel.make_mesh({"data": 8}), rules) == 6
+  assert st.mask_group(config, parallel.make_mesh({"data": 8}), rules) == 6
 
 
 def test_masked_patches_are_gathered_group_by_group():
   rng = np.random.default_rng(0)
   masks = rng.random((8, 5)) < 0.4  # 2b = 8 crops of 5 patches, in 2 groups of 4 crops
   patches = rng.normal(size=(8, 5, 3)).astype(np.float32)
-  index, valid = ssl.masked_patch_index(jnp.asarray(masks), groups=2, size=12)
+  index, valid = st.masked_patch_index(jnp.asarray(masks), groups=2, size=12)
   assert index.shape == valid.shape == (2, 12)
-  gathered = np.asarray(ssl.take_masked(jnp.asarray(patches), index)).reshape(2, 12, 3)
+  gathered = np.asarray(st.take_masked(jnp.asarray(patches), index)).reshape(2, 12, 3)
   for g in range(2):
     expected = patches[4 * g:4 * g + 4][masks[4 * g:4 * g + 4]]
     assert int(valid[g].sum()) == len(expected)
@@ -43,8 +43,8 @@ def test_sharded_gather_stays_on_each_device():
   patches = jax.random.normal(jax.random.key(1), (16, 6, 4))
 
   def masked_sum(patches, masks):
-    index, valid = ssl.masked_patch_index(masks, groups=8, size=12)
-    return jnp.sum(ssl.take_masked(patches, index) * valid.reshape(-1, 1), axis=0)
+    index, valid = st.masked_patch_index(masks, groups=8, size=12)
+    return jnp.sum(st.take_masked(patches, index) * valid.reshape(-1, 1), axis=0)
 
   sharding = parallel.batch_sharding(mesh, ndim=2)
   step = jax.jit(masked_sum, in_shardings=(parallel.batch_sharding(mesh, ndim=3), sharding))
@@ -61,11 +61,11 @@ def test_fsdp_shards_the_whole_state_heads_and_adam_moments_included():
   mesh = parallel.make_mesh({"fsdp": 8})
   rules = parallel.DEFAULT_RULES
   backbone = backbones.build_vit(config.model)
-  heads = ssl.build_heads(config.dino.head, config.ibot.head, True, backbone.dtype)
-  params, shardings = parallel.init_sharded(ssl.model_init(backbone, heads, config.crops.global_size),
+  heads = st.build_heads(config.dino.head, config.ibot.head, True, backbone.dtype)
+  params, shardings = parallel.init_sharded(st.model_init(backbone, heads, config.crops.global_size),
                                             mesh, rules, jax.random.key(0))
-  make_tx = ssl.make_optimizer(config, params, backbone.depth)
-  state = jax.jit(lambda p: ssl.init_state(config, make_tx, p, shardings, "teacher"))(params)
+  make_tx = st.make_optimizer(config, params, backbone.depth)
+  state = jax.jit(lambda p: st.init_state(config, make_tx, p, shardings, "teacher"))(params)
   for name in ("dino_head", "ibot_head"):
     assert state["params"][name]["last_layer_v"].sharding.spec[0] == "fsdp"
   # Adam's two moments: each sharded as its parameter, so a device holds ~1/8 of them.
