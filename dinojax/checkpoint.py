@@ -144,6 +144,13 @@ def _local_damage(step_dir: str, items: tuple[str, ...]) -> str | None:
   return None
 
 
+def barrier(name: str) -> None:
+  """Every process waits here until all have arrived (the coordination service's barrier, no device
+  collective: nothing to compile, so a process still compiling elsewhere cannot time it out)."""
+  if jax.process_count() > 1:
+    ocp.multihost.sync_global_processes(f"dinojax:{name}")
+
+
 def damage(mgr: ocp.CheckpointManager, step: int, items: tuple[str, ...] = ITEMS) -> str | None:
   """Why checkpoint `step` of `mgr` cannot be trusted (an item, a file, or a file's content that
   does not match the digest written with it), or None when it is intact. The processes split the
@@ -153,7 +160,7 @@ def damage(mgr: ocp.CheckpointManager, step: int, items: tuple[str, ...] = ITEMS
     return reason
   # Met first (a resume's first exchange: one process may still be compiling its init), as the
   # first run of a collective waits only 30 s for the other processes.
-  ocp.multihost.sync_global_processes(f"dinojax:damage_{next(_EXCHANGES)}")
+  barrier(f"damage_{next(_EXCHANGES)}")
   damaged = multihost_utils.process_allgather(np.int32(reason is not None))
   if not damaged.any():
     return None
@@ -247,8 +254,7 @@ def set_aside(mgr: ocp.CheckpointManager, steps) -> None:
       os.makedirs(os.path.dirname(destination), exist_ok=True)
       os.rename(os.path.join(directory, str(step)), destination)
       logging.warning("Moved the damaged checkpoint step %d to %s.", step, destination)
-  if jax.process_count() > 1:
-    ocp.multihost.sync_global_processes(f"dinojax:set_aside_{next(_EXCHANGES)}")
+  barrier(f"set_aside_{next(_EXCHANGES)}")
   mgr.reload()
 
 

@@ -10,7 +10,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
@@ -75,7 +74,7 @@ class MetricWriter:
           f.writelines(kept)
         os.replace(self.path + ".tmp", self.path)
     if jax.process_count() > 1:
-      ocp.multihost.sync_global_processes("dinojax:metrics_resumed")  # see checkpoint.damage
+      checkpoint.barrier("metrics_resumed")  # see checkpoint.damage
       evaluated = bool(multihost_utils.broadcast_one_to_all(np.int32(evaluated)))
     return evaluated
 
@@ -196,7 +195,7 @@ def compiled_on_every_process(step_fn: Callable, *args) -> Callable:
   if jax.process_count() == 1 or not hasattr(step_fn, "lower"):
     return step_fn
   compiled = step_fn.lower(*args).compile()
-  ocp.multihost.sync_global_processes("dinojax:compiled_train_step")
+  checkpoint.barrier("compiled_train_step")
   return compiled
 
 
