@@ -9,6 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 import optax
+from absl import logging
 
 from dinojax import optim, parallel
 from dinojax.data import pipeline, sources
@@ -271,6 +272,20 @@ def center_norms(config, center: dict) -> dict:
   if config.centering != "softmax":
     return {}
   return {f"center_norm_{k}": jnp.linalg.norm(v) for k, v in center.items()}
+
+
+def init_student(config, backbone: ViT, heads: Heads, mesh, rules, ema_key: str):
+  """The student's params initialised sharded over the mesh (`config.seed`), its optimizer, and the
+  whole training state (`init_state`) on the mesh: (state, state shardings, make_tx)."""
+  init = model_init(backbone, heads, config.crops.global_size)
+  params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed),
+                                                  tolerance=config.sharding_tolerance)
+  make_tx = make_optimizer(config, params, backbone.depth)
+  state = jax.jit(functools.partial(init_state, config, make_tx, param_shardings=param_shardings,
+                                    ema_key=ema_key))(params)
+  logging.info("Params: %.2fM (student), %.1f%% of bytes on one device",
+               sum(x.size for x in jax.tree.leaves(params)) / 1e6, 100 * parallel.sharded_fraction(params))
+  return state, jax.tree.map(lambda x: x.sharding, state), make_tx
 
 
 def init_state(config, make_tx, params, param_shardings, ema_key: str) -> dict:

@@ -187,21 +187,9 @@ def run(config, workdir: str) -> dict:
   backbone = backbones.build_vit(config.model)
   heads = st.build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
   check_compatible(config, backbone, heads, t_backbone, t_heads)
-  init = st.model_init(backbone, heads, crops.global_size)
-  params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed),
-                                                  tolerance=config.sharding_tolerance)
-  make_tx = st.make_optimizer(config, params, backbone.depth)
-
-  # ------------------------------------------------------------------------------------------------
-  # Sharded init of the whole state (the teacher is not part of it)
-  # ------------------------------------------------------------------------------------------------
-  # The spare EMA starts as the student.
-  state = jax.jit(functools.partial(st.init_state, config, make_tx, param_shardings=param_shardings,
-                                    ema_key="ema"))(params)
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
+  # The spare EMA starts as the student; the teacher is not part of the state.
+  state, state_shardings, make_tx = st.init_student(config, backbone, heads, mesh, rules, ema_key="ema")
   teacher_shardings = jax.tree.map(lambda x: x.sharding, teacher)
-  logging.info("Params: %.2fM (student), %.1f%% of bytes on one device",
-               sum(x.size for x in jax.tree.leaves(params)) / 1e6, 100 * parallel.sharded_fraction(params))
 
   # ------------------------------------------------------------------------------------------------
   # The update step, and its schedules computed on the devices from the state's step

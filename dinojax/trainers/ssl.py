@@ -15,7 +15,7 @@ import optax
 from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from dinojax import backbones, checkpoint, loop, parallel
+from dinojax import backbones, checkpoint, loop
 from dinojax import student_teacher as st
 from dinojax.data import masking
 from dinojax.evaluators import base
@@ -109,21 +109,8 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   backbone = backbones.build_vit(config.model)
   heads = st.build_heads(config.dino.head, config.ibot.head, config.ibot.separate_head, backbone.dtype)
-  init = st.model_init(backbone, heads, config.crops.global_size)
-  params, param_shardings = parallel.init_sharded(init, mesh, rules, jax.random.key(config.seed),
-                                                  tolerance=config.sharding_tolerance)
-  make_tx = st.make_optimizer(config, params, backbone.depth)
-
-  # ------------------------------------------------------------------------------------------------
-  # Sharded init of the whole state
-  # ------------------------------------------------------------------------------------------------
   # The teacher starts as the student.
-  state = jax.jit(functools.partial(st.init_state, config, make_tx, param_shardings=param_shardings,
-                                    ema_key="teacher"))(params)
-  state_shardings = jax.tree.map(lambda x: x.sharding, state)
-  logging.info("Params: %.2fM (student), %.1f%% of bytes on one device",
-               sum(x.size for x in jax.tree.leaves(params)) / 1e6,
-               100 * parallel.sharded_fraction(params))
+  state, state_shardings, make_tx = st.init_student(config, backbone, heads, mesh, rules, ema_key="teacher")
 
   # ------------------------------------------------------------------------------------------------
   # The update step, and its schedules computed on the devices from the state's step
