@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from dinojax.models.text import TextTransformer
-from dinojax.models.vit import Block, ViT, layer_norm, with_axes
+from dinojax.models.layers import layer_norm, with_axes
+from dinojax.models.vit import Block, ViT
 from dinojax.ops.numerics import l2_normalize
 
 # PyTorch's nn.LayerNorm default, used by the official head's blocks and final norm.

@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dinojax.models.vit import Linear, with_axes
+from dinojax.models.layers import Linear, with_axes
 from dinojax.ops.numerics import gelu, l2_normalize
 
 

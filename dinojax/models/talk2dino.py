@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from dinojax.models.vit import Linear
+from dinojax.models.layers import Linear
 from dinojax.ops.numerics import l2_normalize
 
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid, None: lambda x: x}

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dinojax.models.vit import Linear, layer_norm, with_axes
+from dinojax.models.layers import Linear, layer_norm, with_axes
 from dinojax.ops import attention as attention_ops
 from dinojax.ops.numerics import gelu
 

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dinojax import parallel
+from dinojax.models.layers import Linear, dense_init, layer_norm, with_axes
 from dinojax.ops import attention as attention_ops
 from dinojax.ops.numerics import gelu
 from dinojax.ops.resize import torch_bicubic_resize
@@ -48,30 +49,12 @@ _LAYERS = {nn.PARTITION_NAME: "layers"}
 _BLOCK_KEY = re.compile(r"blocks_(\d+)")
 
 
-def with_axes(init: Callable, *names: str | None) -> Callable:
-  """`init` whose params carry the logical axis `names` (mapped to mesh axes by `parallel`)."""
-  return nn.with_logical_partitioning(init, names)
-
-
-# The official `trunc_normal_(std=0.02)` keeps PyTorch's absolute bounds ±2, i.e. ±100σ: in effect
-# N(0, 0.02²). (Flax's `truncated_normal(0.02)` cuts at ±2σ, a standard deviation of 0.0176.)
-_dense_init = nn.initializers.normal(0.02)
-
-
 def ffn_hidden_dim(embed_dim: int, mlp_ratio: float, ffn: str) -> int:
   """Hidden width of the FFN; SwiGLU keeps 2/3 of it, rounded up to a multiple of 8 (official)."""
   hidden = int(embed_dim * mlp_ratio)
   if ffn == "swiglu":
     hidden = (int(hidden * 2 / 3) + 7) // 8 * 8
   return hidden
-
-
-def layer_norm(name: str, dtype: Any, param_dtype: Any = jnp.float32,
-               eps: float = LAYER_NORM_EPS) -> nn.LayerNorm:
-  """LayerNorm whose scale and bias carry the (replicated) `norm` axis."""
-  return nn.LayerNorm(
-      epsilon=eps, dtype=dtype, param_dtype=param_dtype, name=name,
-      scale_init=with_axes(nn.initializers.ones, "norm"), bias_init=with_axes(nn.initializers.zeros, "norm"))
 
 
 def drop_path_rates(rate: float, depth: int, uniform: bool) -> list[float]:
@@ -140,30 +123,6 @@ class PatchEmbed(nn.Module):
     patches = images.reshape(b, h // p, p, w // p, p, c).astype(self.dtype)
     out = jnp.einsum("byixjc,ijcd->byxd", patches, kernel.astype(self.dtype))
     return out + bias.astype(self.dtype)
-
-
-class Linear(nn.Module):
-  """x @ kernel contracting x's last `len(in_axes)` dims; the kernel is (*inputs, *features) with
-  logical names `in_axes + out_axes`. (Our own rather than `nn.DenseGeneral`, whose flattened init
-  cannot carry per-dimension logical names.)"""
-  features: tuple[int, ...]
-  in_axes: tuple[str | None, ...]
-  out_axes: tuple[str | None, ...]
-  use_bias: bool = True
-  dtype: Any = jnp.float32
-  param_dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    contract = len(self.in_axes)
-    kernel = self.param("kernel", with_axes(_dense_init, *self.in_axes, *self.out_axes),
-                        (*x.shape[-contract:], *self.features), self.param_dtype)
-    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=contract)
-    if self.use_bias:
-      bias = self.param("bias", with_axes(nn.initializers.zeros, *self.out_axes), self.features,
-                        self.param_dtype)
-      y = y + bias.astype(self.dtype)
-    return y
 
 
 class Attention(nn.Module):
@@ -257,10 +216,10 @@ class Block(nn.Module):
   norm_eps: float = LAYER_NORM_EPS
 
   def setup(self):
-    self.norm1 = layer_norm("norm1", self.dtype, self.param_dtype, self.norm_eps)
+    self.norm1 = layer_norm("norm1", self.dtype, self.param_dtype, eps=self.norm_eps)
     self.attn = Attention(self.num_heads, qkv_bias=self.qkv_bias, proj_bias=self.proj_bias,
                           attention=self.attention, dtype=self.dtype, param_dtype=self.param_dtype)
-    self.norm2 = layer_norm("norm2", self.dtype, self.param_dtype, self.norm_eps)
+    self.norm2 = layer_norm("norm2", self.dtype, self.param_dtype, eps=self.norm_eps)
     ffn_cls = {"mlp": Mlp, "swiglu": SwiGLU}[self.ffn]
     self.mlp = ffn_cls(self.mlp_hidden_dim, bias=self.ffn_bias, dtype=self.dtype,
                        param_dtype=self.param_dtype)
@@ -385,7 +344,7 @@ class ViT(nn.Module):
     self.patch_embed = PatchEmbed(p, d, self.in_chans, self.dtype, self.param_dtype)
     self.cls_token = self.param("cls_token", with_axes(nn.initializers.normal(1e-6), None, None, "embed"),
                                 (1, 1, d), self.param_dtype)
-    self.pos_embed = self.param("pos_embed", with_axes(_dense_init, None, None, "embed"),
+    self.pos_embed = self.param("pos_embed", with_axes(dense_init, None, None, "embed"),
                                 (1, grid * grid + 1, d), self.param_dtype)
     if self.num_register_tokens:
       self.register_tokens = self.param(
@@ -405,7 +364,7 @@ class ViT(nn.Module):
     else:
       self.blocks = [block(**self._block_kwargs(), drop_path=rate, name=f"blocks_{i}")
                      for i, rate in enumerate(self.drop_rates)]
-    self.norm = layer_norm("norm", self.dtype, self.param_dtype)
+    self.norm = layer_norm("norm", self.dtype, self.param_dtype, eps=LAYER_NORM_EPS)
 
   def _block_kwargs(self) -> dict:
     """What every block shares (all but its stochastic-depth rate)."""
