@@ -84,8 +84,8 @@ def run(config, workdir: str) -> dict:
   # ------------------------------------------------------------------------------------------------
   m = config.model
   frozen = hub.talk2dino(m.backbone, m.backbone_checkpoint, m.clip_checkpoint, seed=config.seed,
-                       backbone_overrides=m.backbone_overrides.to_dict(),
-                       text_overrides=m.text_overrides.to_dict())
+                        backbone_overrides=m.backbone_overrides.to_dict(),
+                        text_overrides=m.text_overrides.to_dict())
   missing = [n for n in ("backbone_checkpoint", "clip_checkpoint") if not m[n]]
   if missing:
     logging.warning("No %s: randomly initialised frozen parts (a pipeline check, not Talk2DINO).",
