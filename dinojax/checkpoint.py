@@ -182,10 +182,14 @@ def check_blocks_layout(saved: Any, target: Any, where: str) -> None:
   target_layouts = _blocks_layouts(target)
   for path, layout in _blocks_layouts(saved).items():
     if target_layouts.get(path, layout) != layout:
+      # Scanned runs from before the stacked layout (2026-12-03) hold their blocks one per block.
+      older = "" if layout == "stacked" else (
+          " Runs started with scan_blocks=True before scanned blocks were stored stacked hold them "
+          "unrolled: resume those with scan_blocks=False, the same model.")
       raise ValueError(
           f"{where} holds the ViT blocks at {path} {layout} (written with model.scan_blocks="
           f"{layout == 'stacked'}), this run's model has them {target_layouts[path]}: resume with the "
-          "scan_blocks the run was started with (a frozen backbone read from a run converts itself).")
+          f"scan_blocks the run was started with (a frozen backbone read from a run converts itself).{older}")
 
 
 def _restore(mgr: ocp.CheckpointManager, target: Any, step: int, with_meta: bool) -> Any:
