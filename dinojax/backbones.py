@@ -75,8 +75,8 @@ def restore_from_run(workdir: str, init, entry: tuple[str, ...], mesh, rules, st
   if not os.path.isdir(directory):
     raise FileNotFoundError(f"{flag}={workdir!r} has no checkpoints/ yet (not a dinojax run?).")
   step = step or checkpoint.latest_step(checkpoint.manager(directory, None))
+  saved = checkpoint.saved_structure(directory, step)  # a missing step or unreadable metadata: named
   abstract = jax.eval_shape(init, jax.random.key(0))
-  saved = checkpoint.saved_structure(directory, step)
   for key in entry:
     saved = saved.get(key, {}) if isinstance(saved, dict) else {}
   stored = jax.eval_shape(lambda tree: blocks_like(tree, saved), abstract)

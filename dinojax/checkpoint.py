@@ -145,8 +145,8 @@ def _local_damage(step_dir: str, items: tuple[str, ...]) -> str | None:
 
 
 def barrier(name: str) -> None:
-  """Every process waits here until all have arrived (the coordination service's barrier, no device
-  collective: nothing to compile, so a process still compiling elsewhere cannot time it out)."""
+  """Every process waits here until all have arrived (orbax's process barrier, under a name made
+  unique per call: by default a tiny all-device collective, as `multihost_utils.sync_global_devices`)."""
   if jax.process_count() > 1:
     ocp.multihost.sync_global_processes(f"dinojax:{name}")
 
@@ -274,10 +274,25 @@ def _reader(directory: str | os.PathLike) -> ocp.CheckpointManager:
                                               "meta": ocp.JsonCheckpointHandler()})
 
 
-def saved_structure(directory: str | os.PathLike, step: int) -> Any:
-  """The tree of the state saved at `step` under `directory`, from its metadata (nothing else is
-  read): nested dicts whose leaves carry each array's shape and dtype."""
-  return _reader(directory).item_metadata(step)["state"].tree
+def _existing_step(mgr: ocp.CheckpointManager, step: int | None) -> int:
+  """`step` (None: the latest) if `mgr` holds it, else an error naming the directory."""
+  step = mgr.latest_step() if step is None else step
+  if step is None or step not in mgr.all_steps():
+    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in {mgr.directory}.")
+  return step
+
+
+def saved_structure(directory: str | os.PathLike, step: int | None = None) -> Any:
+  """The tree of the state saved at `step` (None: the latest) under `directory`, from its metadata
+  (nothing else is read): nested dicts whose leaves carry each array's shape and dtype. A missing
+  step, or metadata that cannot be read, is an error naming the checkpoint."""
+  mgr = _reader(directory)
+  step = _existing_step(mgr, step)
+  try:
+    return mgr.item_metadata(step)["state"].tree
+  except Exception as e:  # orbax's error names neither the step nor that the checkpoint is damaged
+    raise ValueError(f"Checkpoint step {step} in {mgr.directory} is damaged: its metadata cannot be "
+                     f"read ({type(e).__name__}: {e}).") from e
 
 
 def restore_subtree(directory: str | os.PathLike, target: Any, step: int | None = None) -> Any:
@@ -285,9 +300,7 @@ def restore_subtree(directory: str | os.PathLike, target: Any, step: int | None 
   of a whole training state) onto its shapes, dtypes and shardings, reading nothing else. A key the
   checkpoint lacks, or a shape that differs, is an error naming the key; so is damage (see `damage`)."""
   mgr = _reader(directory)
-  step = mgr.latest_step() if step is None else step
-  if step is None or step not in mgr.all_steps():
-    raise FileNotFoundError(f"No checkpoint{'' if step is None else f' at step {step}'} in {mgr.directory}.")
+  step = _existing_step(mgr, step)
   if reason := damage(mgr, step, ("state",)):
     raise ValueError(f"Checkpoint step {step} in {mgr.directory} is damaged: {reason}.")
   saved = {jax.tree_util.keystr(path): leaf for path, leaf in

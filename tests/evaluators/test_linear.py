@@ -153,6 +153,10 @@ def test_a_workdir_that_is_not_a_backbone_run_is_named(tmp_path):
   mesh, rules = loop.make_mesh(config)
   with pytest.raises(FileNotFoundError, match="has no checkpoints/ yet"):
     backbones.init_backbone(config, backbones.build_backbone(config), mesh, rules)
+  # ... or whose checkpoints/ holds none yet.
+  (tmp_path / "checkpoints").mkdir()
+  with pytest.raises(FileNotFoundError, match="No checkpoint in .*checkpoints"):
+    backbones.init_backbone(config, backbones.build_backbone(config), mesh, rules)
 
 
 @pytest.mark.parametrize("overrides, message", [
