@@ -12,6 +12,7 @@ from dinojax.convert.state_dicts import (StateDict, abstract_params, params_from
                                          torch_norm, torch_weight)
 from dinojax.models.text import CLIP, TextTransformer
 
+
 def is_openai_clip(sd: StateDict) -> bool:
   """OpenAI's `clip` package naming (also open_clip's): `transformer.resblocks.N.*`, `ln_final`."""
   return "token_embedding.weight" in sd and "ln_final.weight" in sd

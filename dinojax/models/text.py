@@ -1,5 +1,5 @@
-"""Causal text transformers: CLIP's text tower (Radford et al., 2021), the text side of Talk2DINO, and
-dino.txt's (Jose et al., "DINOv2 Meets Text", 2025, §3), trained from scratch. Both embed tokens and
+"""Causal text transformers: CLIP's text tower (Radford et al., 2021; also Talk2DINO's text side) and
+dino.txt's (Jose et al., "DINOv2 Meets Text", 2025, §3, trained from scratch). Both embed tokens and
 positions, run causal pre-LN blocks, take a final LayerNorm, pool one vector per caption and project it
 linearly (no bias) into the joint space; they differ only in options:
 

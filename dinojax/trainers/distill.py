@@ -14,7 +14,7 @@ SSL's training (`ssl.py`, with the pieces both share in `student_teacher`) with 
   selected (`iBOTPatchLoss.forward` with an all-ones mask). Teacher and student must therefore see
   the same patch grid.
 The DINO loss (student global and local CLS tokens against the teacher's global CLS targets, each
-global view against the other view, Sinkhorn-Knopp or softmax centering) and KoLeo are SSL's.
+global view against the other view, Sinkhorn-Knopp or softmax centering) and KoLeo are SSL's (`student_teacher`'s).
 
 Reads top to bottom: loading and checking the teacher, the update step (`make_train_step`), then
 `run`: mesh, data, the frozen teacher, student and optimizer, sharded init, checkpoint and resume,
